@@ -1,0 +1,81 @@
+// cmd_forward.cpp: dsmoe forward --model DIR --input IN.safetensors --output OUT.safetensors
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "apps/cli/commands.h"
+#include "io/safetensors.h"
+#include "model/transformer.h"
+#include "util/check.h"
+#include "util/log.h"
+#include "util/threads.h"
+
+namespace dsmoe::cli {
+namespace {
+
+struct ForwardArgs {
+  std::string model_dir, input, output;
+  int threads = 0;
+};
+
+int run_forward(const ForwardArgs& args) {
+  set_num_threads(args.threads);
+  Timer timer;
+  Model model = Model::load(args.model_dir);
+  const ModelConfig& c = model.config();
+  log_info("loaded {} ({}, {} layers) in {:.2f} s", args.model_dir, arch_name(c.arch),
+           c.num_hidden_layers, timer.seconds());
+
+  SafetensorsFile input(args.input);
+  const TensorInfo* ids_info = input.find("input_ids");
+  DSMOE_CHECK(ids_info != nullptr, "{}: missing tensor 'input_ids'", args.input);
+  DSMOE_CHECK(ids_info->shape.size() == 2 && ids_info->shape[0] > 0 && ids_info->shape[1] > 0,
+              "{}: tensor 'input_ids' must have shape [B, T], found {}", args.input,
+              shape_str(ids_info->shape));
+  const std::vector<int64_t> ids = read_i64(*ids_info);
+  const int64_t B = ids_info->shape[0], T = ids_info->shape[1], N = B * T;
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  for (int64_t i = 0; i < N; i++)
+    DSMOE_CHECK(ids[i] >= 0 && ids[i] < V,
+                "{}: input_ids[{}, {}] = {} is outside the vocabulary [0, {})", args.input, i / T,
+                i % T, ids[i], V);
+
+  ForwardRecord record;
+  record.keep_hidden = record.keep_routes = true;
+  timer.reset();
+  Tensor logits = model.forward(ids.data(), B, T, &record);
+  const double seconds = timer.seconds();
+  const float loss = static_cast<float>(next_token_loss(logits.data, ids.data(), B, T, V));
+  log_info("forward of {} x {} tokens in {:.3f} s ({:.1f} tokens/s), loss {:.6f}", B, T, seconds,
+           N / seconds, loss);
+
+  SafetensorsWriter out;
+  out.add_f32("logits", {B, T, V}, logits.data);
+  out.add_f32("loss", {}, &loss);
+  for (size_t i = 0; i < record.hidden.size(); i++)
+    out.add_f32(fmt::format("hidden.{}", i), {B, T, H}, record.hidden[i].data);
+  for (const auto& [layer, routing] : record.routes) {
+    const int64_t K = routing.top_k;
+    std::vector<int64_t> idx(routing.expert.begin(), routing.expert.end());
+    out.add_i64(fmt::format("route.{}.idx", layer), {N, K}, idx.data());
+    out.add_f32(fmt::format("route.{}.weight", layer), {N, K}, routing.weight.data());
+  }
+  out.write(args.output);
+  log_info("wrote {}", args.output);
+  return 0;
+}
+
+}  // namespace
+
+Command add_forward(CLI::App& app) {
+  auto args = std::make_shared<ForwardArgs>();
+  app.add_option("--model", args->model_dir, "checkpoint directory (config.json + safetensors)")
+      ->required();
+  app.add_option("--input", args->input, "safetensors file with int64 input_ids [B, T]")
+      ->required();
+  app.add_option("--output", args->output, "safetensors file to write")->required();
+  app.add_option("--threads", args->threads, "threads (default: all cores)");
+  return [args] { return run_forward(*args); };
+}
+
+}  // namespace dsmoe::cli

@@ -1,0 +1,110 @@
+// cmd_generate.cpp: dsmoe generate --model DIR --prompt-ids 5,17,3 --max-new-tokens N ...
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "apps/cli/commands.h"
+#include "model/transformer.h"
+#include "runtime/generate.h"
+#include "util/check.h"
+#include "util/log.h"
+#include "util/threads.h"
+
+namespace dsmoe::cli {
+namespace {
+
+struct GenerateArgs {
+  std::string model_dir, prompt_ids;
+  int64_t max_new_tokens = 16;
+  SamplingParams sampling;
+  bool print_ids = false;
+  bool no_cache = false;
+  bool stop_at_eos = false;
+  int threads = 0;
+};
+
+std::vector<int64_t> parse_ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    size_t used = 0;
+    int64_t value = 0;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    DSMOE_CHECK(used > 0 && item.find_first_not_of(" ", used) == std::string::npos,
+                "--prompt-ids: '{}' is not an integer (expected e.g. 5,17,3)", item);
+    ids.push_back(value);
+  }
+  DSMOE_CHECK(!ids.empty(), "--prompt-ids is empty");
+  return ids;
+}
+
+int run_generate(const GenerateArgs& args) {
+  set_num_threads(args.threads);
+  const std::vector<int64_t> prompt = parse_ids(args.prompt_ids);
+  Timer timer;
+  Model model = Model::load(args.model_dir);
+  const ModelConfig& c = model.config();
+  log_info("loaded {} ({}, {} layers, vocab {}) in {:.2f} s", args.model_dir, arch_name(c.arch),
+           c.num_hidden_layers, c.vocab_size, timer.seconds());
+  for (size_t i = 0; i < prompt.size(); i++)
+    DSMOE_CHECK(prompt[i] >= 0 && prompt[i] < c.vocab_size,
+                "--prompt-ids: id {} at position {} is outside the vocabulary [0, {})", prompt[i],
+                i, c.vocab_size);
+  GenerateOptions options;
+  options.max_new_tokens = args.max_new_tokens;
+  options.sampling = args.sampling;
+  options.use_cache = !args.no_cache;
+  options.stop_at_eos = args.stop_at_eos;
+  if (!args.print_ids)
+    options.on_token = [](int64_t token) {
+      std::printf("%lld ", static_cast<long long>(token));
+      std::fflush(stdout);
+    };
+  GenerateStats stats;
+  std::vector<int64_t> tokens = generate(model, prompt, options, &stats);
+  if (!args.print_ids) std::printf("\n");
+  if (options.use_cache)
+    log_info("KV cache: {} bytes per token ({}: {} floats per layer x {} layers)",
+             stats.cache_bytes_per_token,
+             c.use_mla() ? "latent c_kv + rope key" : "k + v", c.kv_cache_row(),
+             c.num_hidden_layers);
+  log_info("prefill {} tokens in {:.3f} s; decoded {} tokens in {:.3f} s ({:.1f} tokens/s)",
+           stats.prompt_tokens, stats.prefill_seconds, stats.new_tokens, stats.decode_seconds,
+           stats.new_tokens > 1 ? (stats.new_tokens - 1) / stats.decode_seconds : 0.0);
+  if (args.print_ids) fmt::print("{}\n", fmt::join(tokens, ","));
+  return 0;
+}
+
+}  // namespace
+
+Command add_generate(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  app.add_option("--model", args->model_dir, "checkpoint directory")->required();
+  app.add_option("--prompt-ids", args->prompt_ids, "comma-separated prompt token ids")
+      ->required();
+  app.add_option("--max-new-tokens", args->max_new_tokens, "tokens to generate")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--temperature", args->sampling.temperature, "0 = greedy (default)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", args->sampling.top_k, "sample among the k most likely (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", args->sampling.top_p, "nucleus sampling mass in (0, 1]")
+      ->check(CLI::Range(0.0f, 1.0f));
+  app.add_option("--seed", args->sampling.seed, "sampling seed");
+  app.add_flag("--print-ids", args->print_ids,
+               "print prompt + new ids as one comma-separated line, last on stdout");
+  app.add_flag("--no-cache", args->no_cache, "recompute the whole sequence for every token");
+  app.add_flag("--stop-at-eos", args->stop_at_eos, "stop after the config's eos_token_id");
+  app.add_option("--threads", args->threads, "threads (default: all cores)");
+  return [args] { return run_generate(*args); };
+}
+
+}  // namespace dsmoe::cli

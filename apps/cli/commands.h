@@ -1,0 +1,15 @@
+// commands.h: the dsmoe subcommands; each registers its flags on the CLI11 app and returns the
+// function that runs it.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace dsmoe::cli {
+
+using Command = std::function<int()>;
+
+Command add_forward(CLI::App& app);
+Command add_generate(CLI::App& app);
+Command add_init(CLI::App& app);
+
+}  // namespace dsmoe::cli

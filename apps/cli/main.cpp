@@ -1,0 +1,36 @@
+// main.cpp: the dsmoe command: forward, generate, init.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "apps/cli/commands.h"
+#include "util/check.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dsmoe: inference and training for DeepSeekMoE-family models (V1, V2, V3)"};
+  app.require_subcommand(1);
+  std::map<CLI::App*, dsmoe::cli::Command> commands;
+  auto add = [&](const char* name, const char* help, auto make) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    commands[sub] = make(*sub);
+  };
+  add("forward", "Run a checkpoint on input ids; write logits, loss, hidden states, routes",
+      dsmoe::cli::add_forward);
+  add("generate", "Generate tokens from prompt ids with the (latent) KV cache",
+      dsmoe::cli::add_generate);
+  add("init", "Write a random-weight checkpoint for a config.json", dsmoe::cli::add_init);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : commands)
+      if (sub->parsed()) return run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsmoe: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

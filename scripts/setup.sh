@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs dsmoe's build and test dependencies from Debian 12 packages (run as root; no other
+# downloads). Skips apt-get when everything is already installed.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libopenblas-openmp-dev      # BLAS, sharing OpenMP's thread pool
+  nlohmann-json3-dev          # config.json, safetensors headers
+  libcli11-dev                # the dsmoe command line
+  libfmt-dev                  # formatting
+  libgtest-dev                # tests
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "setup: dependencies present"

@@ -1,0 +1,97 @@
+#include "kernels/cpu/ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/ref/ops.h"
+
+namespace dsmoe::cpu {
+
+void linear_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
+                    int64_t N) {
+  gemm(false, true, M, N, K, 1.0f, inp, K, weight, K, 0.0f, out, N);
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // BLAS leaves C untouched only for beta == 1; make K == 0 mean "scale C".
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,
+              static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+}
+
+void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,
+                     float eps) {
+#pragma omp parallel for schedule(static) if (M * C > 16384)
+  for (int64_t m = 0; m < M; m++) ref::rmsnorm_forward(out + m * C, inp + m * C, weight, 1, C, eps);
+}
+
+void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+  for (int64_t c = 0; c < n_chunks; c++) {
+    const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+    ref::silu_mul_forward(out + begin, gate + begin, up + begin, len);
+  }
+}
+
+void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
+                  int64_t head_stride, int64_t rope_dim, const float* cos, const float* sin,
+                  bool interleaved) {
+  const int64_t half = rope_dim / 2;
+#pragma omp parallel for schedule(static) if (n_tokens > 16)
+  for (int64_t t = 0; t < n_tokens; t++)
+    ref::rope_forward(x + t * token_stride, 1, n_heads, token_stride, head_stride, rope_dim,
+                      cos + t * half, sin + t * half, interleaved);
+}
+
+void attention_forward(float* out, const float* q, const float* k, const float* v,
+                       const AttentionShape& s) {
+  const int64_t group = s.n_heads / s.n_kv_heads;
+  const int64_t n_items = s.n_q_tokens * s.n_heads;
+#pragma omp parallel if (n_items > 1)
+  {
+    std::vector<float> scores(s.n_kv_tokens);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t item = 0; item < n_items; item++) {
+      const int64_t t = item / s.n_heads, h = item % s.n_heads, kv_head = h / group;
+      const float* qrow = q + t * s.q_token_stride + h * s.q_head_stride;
+      const int64_t n_visible = s.q_pos0 + t + 1;
+      const float* kbase = k + kv_head * s.k_head_stride;
+      const float* vbase = v + kv_head * s.v_head_stride;
+      float max_score = -INFINITY;
+      for (int64_t j = 0; j < n_visible; j++) {
+        const float* krow = kbase + j * s.k_token_stride;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < s.qk_dim; d++) dot += qrow[d] * krow[d];
+        scores[j] = dot * s.scale;
+        max_score = std::max(max_score, scores[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < n_visible; j++) {
+        scores[j] = std::exp(scores[j] - max_score);
+        sum += scores[j];
+      }
+      const float inv_sum = 1.0f / sum;
+      float* orow = out + t * s.out_token_stride + h * s.out_head_stride;
+      std::fill(orow, orow + s.v_dim, 0.0f);
+      for (int64_t j = 0; j < n_visible; j++) {
+        const float p = scores[j] * inv_sum;
+        const float* vrow = vbase + j * s.v_token_stride;
+        for (int64_t d = 0; d < s.v_dim; d++) orow[d] += p * vrow[d];
+      }
+    }
+  }
+}
+
+}  // namespace dsmoe::cpu

@@ -1,0 +1,36 @@
+// ops.h (cpu): the fast float32 kernels the model calls: BLAS for matrix products, OpenMP over
+// rows, tokens and heads elsewhere. Each has a scalar twin in kernels/ref/ops.h and a test row in
+// tests/test_kernels.cpp.
+#pragma once
+#include <cstdint>
+
+#include "kernels/attention_shape.h"
+
+namespace dsmoe::cpu {
+
+// out[M, N] = inp[M, K] . weight[N, K]^T
+void linear_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
+                    int64_t N);
+
+// General row-major product C[M, N] = alpha * op(A) . op(B) + beta * C, op = transpose or not.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc);
+
+// out[M, C] = rmsnorm(inp[M, C]) * weight[C]
+void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,
+                     float eps);
+
+// out[n] = silu(gate[n]) * up[n]
+void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n);
+
+// RoPE in place, see ref::rope_forward.
+void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
+                  int64_t head_stride, int64_t rope_dim, const float* cos, const float* sin,
+                  bool interleaved);
+
+// Causal attention, see ref::attention_forward; parallel over (token, head).
+void attention_forward(float* out, const float* q, const float* k, const float* v,
+                       const AttentionShape& shape);
+
+}  // namespace dsmoe::cpu

@@ -1,0 +1,33 @@
+// attention.h: the attention sub-layers: Multi-head Latent Attention (DeepSeek-V2/V3) with a
+// naive and an absorbed path, and the multi-head attention of DeepSeekMoE V1.
+#pragma once
+#include <cstdint>
+
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace dsmoe {
+
+// How MLA attends. Naive: expand every cached latent into per-head keys and values through
+// kv_b_proj. Absorbed (DeepSeek-V2 paper, sec. 2.1.2): fold W_UK into the query and apply W_UV
+// after the attention-weighted sum of latents, so the cache is read as latents only. Auto: naive
+// for a first chunk (prefill), absorbed once the cache holds past tokens (decode).
+enum class MlaMode { kAuto, kNaive, kAbsorbed };
+
+struct AttentionContext {
+  int64_t n_seqs = 1;      // sequences in the batch (1 when a cache is used)
+  int64_t n_tokens = 0;    // new tokens per sequence
+  int64_t n_past = 0;      // tokens already in the cache (positions start there)
+  const float* cos = nullptr;  // [n_tokens, rope_dim/2]
+  const float* sin = nullptr;
+  // Cache rows [capacity, config.kv_cache_row()] of this layer, or null: MLA stores per token
+  // [kv_a_layernorm(c_kv) | rope key]; V1 stores [k | v] after RoPE. Rows n_past .. are written.
+  float* cache = nullptr;
+  MlaMode mla_mode = MlaMode::kAuto;
+};
+
+// out [n_seqs * n_tokens, H] = attention(x [n_seqs * n_tokens, H]) (x is already normalised).
+void attention_forward(const ModelConfig& config, const AttentionWeights& weights, const float* x,
+                       float* out, const AttentionContext& context);
+
+}  // namespace dsmoe

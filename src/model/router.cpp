@@ -1,0 +1,100 @@
+#include "model/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/ref/ops.h"
+
+namespace dsmoe {
+namespace {
+
+// Indices of the k largest values (ties: lower index first), best first.
+void top_k_indices(const float* values, int64_t n, int64_t k, int32_t* out) {
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  std::copy(order.begin(), order.begin() + k, out);
+}
+
+// Group-limited routing: keep the topk_group groups with the best group score (V2
+// group_limited_greedy: the group's max; V3 noaux_tc: the sum of its top-2) and mask the experts
+// of every other group with -inf, as DeepSeek's own code does.
+void mask_groups(const ModelConfig& c, float* selection) {
+  const int64_t n_experts = c.n_routed_experts, per_group = n_experts / c.n_group;
+  std::vector<float> group_score(c.n_group);
+  for (int64_t g = 0; g < c.n_group; g++) {
+    const float* s = selection + g * per_group;
+    float best = -std::numeric_limits<float>::infinity(), second = best;
+    for (int64_t i = 0; i < per_group; i++) {
+      if (s[i] > best) {
+        second = best;
+        best = s[i];
+      } else if (s[i] > second) {
+        second = s[i];
+      }
+    }
+    group_score[g] = c.topk_method == TopkMethod::kNoauxTc ? best + second : best;
+  }
+  std::vector<int32_t> kept(c.topk_group);
+  top_k_indices(group_score.data(), c.n_group, c.topk_group, kept.data());
+  std::vector<bool> keep(c.n_group, false);
+  for (int32_t g : kept) keep[g] = true;
+  for (int64_t g = 0; g < c.n_group; g++)
+    if (!keep[g])
+      std::fill(selection + g * per_group, selection + (g + 1) * per_group,
+                -std::numeric_limits<float>::infinity());
+}
+
+}  // namespace
+
+void select_experts(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert,
+                    float* weight) {
+  const int64_t n_experts = c.n_routed_experts, k = c.num_experts_per_tok;
+  // DeepSeek-V3 eq. 16: the bias enters the selection only, never the gate weights.
+  std::vector<float> selection(scores, scores + n_experts);
+  if (bias != nullptr)
+    for (int64_t e = 0; e < n_experts; e++) selection[e] += bias[e];
+  if (c.topk_method != TopkMethod::kGreedy) mask_groups(c, selection.data());
+  top_k_indices(selection.data(), n_experts, k, expert);
+  for (int64_t j = 0; j < k; j++) weight[j] = scores[expert[j]];
+  const bool normalize = c.norm_topk_prob && (k > 1 || c.arch == Arch::kDeepseekV3);
+  if (normalize) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; j++) sum += weight[j];
+    for (int64_t j = 0; j < k; j++) weight[j] /= sum + 1e-20f;
+  }
+  // V3 scales always; DeepSeek-V2's code scales only when it does not normalise; V1 has no
+  // factor (parse_model_config fixes it to 1).
+  const bool scale = c.arch != Arch::kDeepseekV2 || !normalize;
+  if (scale)
+    for (int64_t j = 0; j < k; j++) weight[j] *= c.routed_scaling_factor;
+}
+
+void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, int64_t n_tokens,
+                  Routing& r) {
+  const int64_t n_experts = c.n_routed_experts, k = c.num_experts_per_tok;
+  r.n_tokens = n_tokens;
+  r.top_k = k;
+  r.scores.resize(n_tokens * n_experts);
+  r.expert.resize(n_tokens * k);
+  r.weight.resize(n_tokens * k);
+  cpu::linear_forward(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
+  const float* bias = c.has_router_bias() ? moe.e_score_correction_bias.data : nullptr;
+#pragma omp parallel for schedule(static) if (n_tokens > 8)
+  for (int64_t t = 0; t < n_tokens; t++) {
+    float* s = r.scores.data() + t * n_experts;
+    if (c.scoring_func == ScoringFunc::kSoftmax) {
+      ref::softmax_inplace(s, n_experts);
+    } else {
+      for (int64_t e = 0; e < n_experts; e++) s[e] = 1.0f / (1.0f + std::exp(-s[e]));
+    }
+    select_experts(c, s, bias, r.expert.data() + t * k, r.weight.data() + t * k);
+  }
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,29 @@
+// router.h: the MoE gate: token-to-expert affinities, expert selection (greedy, V2
+// group-limited, V3 noaux_tc with the bias correction) and the final gate weights.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace dsmoe {
+
+struct Routing {
+  int64_t n_tokens = 0;
+  int64_t top_k = 0;
+  std::vector<int32_t> expert;  // [n_tokens, top_k] chosen routed experts, best first
+  std::vector<float> weight;    // [n_tokens, top_k] final gate weights
+  std::vector<float> scores;    // [n_tokens, n_routed_experts] affinities s (softmax or sigmoid)
+};
+
+// Routes x [n_tokens, H] through the gate of one MoE layer.
+void route_tokens(const ModelConfig& config, const MoeWeights& moe, const float* x,
+                  int64_t n_tokens, Routing& routing);
+
+// The selection for one token, from its affinities s [E] (and bias [E] or nullptr):
+// writes top_k expert ids (best first) and their weights.
+void select_experts(const ModelConfig& config, const float* scores, const float* bias,
+                    int32_t* expert, float* weight);
+
+}  // namespace dsmoe

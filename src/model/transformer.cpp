@@ -1,0 +1,134 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "io/safetensors.h"
+#include "kernels/cpu/ops.h"
+#include "model/moe.h"
+#include "model/rope.h"
+#include "util/check.h"
+
+namespace dsmoe {
+
+Model::Model(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {}
+
+Model Model::load(const std::string& dir) {
+  ModelConfig config = load_model_config(dir);
+  Checkpoint checkpoint(dir);
+  ModelWeights weights = load_weights(config, checkpoint);
+  return Model(std::move(config), std::move(weights));
+}
+
+void Model::check_ids(const int64_t* ids, int64_t n) const {
+  for (int64_t i = 0; i < n; i++)
+    DSMOE_CHECK(ids[i] >= 0 && ids[i] < config_.vocab_size,
+                "input id {} at position {} is outside the vocabulary [0, {})", ids[i], i,
+                config_.vocab_size);
+}
+
+void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
+                       ForwardRecord* record) const {
+  const ModelConfig& c = config_;
+  const int64_t N = n_seqs * n_tokens, H = c.hidden_size, half = c.rope_dim() / 2;
+  const int64_t n_past = cache != nullptr ? cache->n_past : 0;
+  std::vector<float> cos(n_tokens * half), sin(n_tokens * half);  // (T, rope_dim/2)
+  rope_angles(c, n_past, n_tokens, cos.data(), sin.data());
+  AttentionContext ctx;
+  ctx.n_seqs = n_seqs, ctx.n_tokens = n_tokens, ctx.n_past = n_past;
+  ctx.cos = cos.data(), ctx.sin = sin.data(), ctx.mla_mode = mla_mode_;
+
+  std::vector<float> normed(N * H), branch(N * H);  // (N, H)
+  Routing routing;
+  for (int64_t L = 0; L < c.num_hidden_layers; L++) {
+    const LayerWeights& layer = weights_.layers[L];
+    ctx.cache = cache != nullptr ? cache->layers[L] : nullptr;
+    cpu::rmsnorm_forward(normed.data(), x, layer.input_layernorm.data, N, H, c.rms_norm_eps);
+    attention_forward(c, layer.attn, normed.data(), branch.data(), ctx);
+    for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
+    cpu::rmsnorm_forward(normed.data(), x, layer.post_attention_layernorm.data, N, H,
+                         c.rms_norm_eps);
+    if (c.is_moe_layer(L)) {
+      moe_forward(c, layer.moe, normed.data(), branch.data(), N, routing);
+      if (record != nullptr && record->keep_routes) record->routes[L] = routing;
+    } else {
+      mlp_forward(layer.mlp, normed.data(), branch.data(), N, H, c.intermediate_size);
+    }
+    for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
+    if (record != nullptr && record->keep_hidden) {
+      Tensor h = Tensor::zeros({N, H});
+      std::copy(x, x + N * H, h.data);
+      record->hidden.push_back(std::move(h));
+    }
+  }
+}
+
+Tensor Model::forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                      ForwardRecord* record) const {
+  const ModelConfig& c = config_;
+  const int64_t N = n_seqs * n_tokens, H = c.hidden_size;
+  DSMOE_CHECK(n_seqs > 0 && n_tokens > 0, "empty input: {} sequences of {} tokens", n_seqs,
+              n_tokens);
+  check_ids(ids, N);
+  std::vector<float> x(N * H);  // (N, H) the residual stream
+  for (int64_t i = 0; i < N; i++)
+    std::copy(weights_.embed_tokens.data + ids[i] * H, weights_.embed_tokens.data + (ids[i] + 1) * H,
+              x.data() + i * H);
+  if (record != nullptr) {
+    record->hidden.clear();
+    record->routes.clear();
+    if (record->keep_hidden) {
+      Tensor h = Tensor::zeros({N, H});
+      std::copy(x.begin(), x.end(), h.data);
+      record->hidden.push_back(std::move(h));
+    }
+  }
+  run_layers(x.data(), n_seqs, n_tokens, nullptr, record);
+  cpu::rmsnorm_forward(x.data(), x.data(), weights_.norm.data, N, H, c.rms_norm_eps);
+  if (record != nullptr && record->keep_hidden)
+    std::copy(x.begin(), x.end(), record->hidden.back().data);  // the final norm replaces it
+  Tensor logits = Tensor::zeros({N, c.vocab_size});
+  cpu::linear_forward(logits.data, x.data(), weights_.lm_head.data, N, H, c.vocab_size);
+  return logits;
+}
+
+Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size;
+  DSMOE_CHECK(n_tokens > 0, "forward_cached: no tokens");
+  DSMOE_CHECK(cache.n_past + n_tokens <= cache.capacity,
+              "KV cache full: {} tokens stored + {} new exceed its capacity of {}", cache.n_past,
+              n_tokens, cache.capacity);
+  DSMOE_ASSERT(static_cast<int64_t>(cache.layers.size()) == c.num_hidden_layers);
+  check_ids(ids, n_tokens);
+  std::vector<float> x(n_tokens * H);  // (T, H)
+  for (int64_t i = 0; i < n_tokens; i++)
+    std::copy(weights_.embed_tokens.data + ids[i] * H, weights_.embed_tokens.data + (ids[i] + 1) * H,
+              x.data() + i * H);
+  run_layers(x.data(), 1, n_tokens, &cache, nullptr);
+  float* last = x.data() + (n_tokens - 1) * H;
+  cpu::rmsnorm_forward(last, last, weights_.norm.data, 1, H, c.rms_norm_eps);
+  Tensor logits = Tensor::zeros({c.vocab_size});
+  cpu::linear_forward(logits.data, last, weights_.lm_head.data, 1, H, c.vocab_size);
+  return logits;
+}
+
+double next_token_loss(const float* logits, const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                       int64_t vocab_size) {
+  if (n_tokens < 2) return 0.0;
+  double total = 0.0;
+  for (int64_t b = 0; b < n_seqs; b++)
+    for (int64_t t = 0; t + 1 < n_tokens; t++) {
+      const float* row = logits + (b * n_tokens + t) * vocab_size;
+      const int64_t target = ids[b * n_tokens + t + 1];
+      double max_value = row[0];
+      for (int64_t v = 1; v < vocab_size; v++) max_value = std::max<double>(max_value, row[v]);
+      double sum = 0.0;
+      for (int64_t v = 0; v < vocab_size; v++) sum += std::exp(row[v] - max_value);
+      total += std::log(sum) + max_value - row[target];
+    }
+  return total / static_cast<double>(n_seqs * (n_tokens - 1));
+}
+
+}  // namespace dsmoe

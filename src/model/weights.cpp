@@ -1,0 +1,149 @@
+#include "model/weights.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "io/safetensors.h"
+#include "tensor/random.h"
+#include "util/check.h"
+
+namespace dsmoe {
+namespace {
+
+void visit_mlp(const std::string& prefix, int64_t hidden, int64_t width, MlpWeights& mlp,
+               const TensorVisitor& visit) {
+  visit(prefix + ".gate_proj.weight", {width, hidden}, TensorRole::kMatrix, mlp.gate_proj);
+  visit(prefix + ".up_proj.weight", {width, hidden}, TensorRole::kMatrix, mlp.up_proj);
+  visit(prefix + ".down_proj.weight", {hidden, width}, TensorRole::kMatrix, mlp.down_proj);
+}
+
+void visit_mla(const ModelConfig& c, const std::string& p, AttentionWeights& a,
+               const TensorVisitor& visit) {
+  const int64_t H = c.hidden_size, n_heads = c.num_attention_heads;
+  if (c.q_lora_rank == 0) {
+    visit(p + ".q_proj.weight", {n_heads * c.qk_head_dim(), H}, TensorRole::kMatrix, a.q_proj);
+  } else {
+    visit(p + ".q_a_proj.weight", {c.q_lora_rank, H}, TensorRole::kMatrix, a.q_a_proj);
+    visit(p + ".q_a_layernorm.weight", {c.q_lora_rank}, TensorRole::kNorm, a.q_a_layernorm);
+    visit(p + ".q_b_proj.weight", {n_heads * c.qk_head_dim(), c.q_lora_rank}, TensorRole::kMatrix,
+          a.q_b_proj);
+  }
+  visit(p + ".kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, H},
+        TensorRole::kMatrix, a.kv_a_proj_with_mqa);
+  visit(p + ".kv_a_layernorm.weight", {c.kv_lora_rank}, TensorRole::kNorm, a.kv_a_layernorm);
+  visit(p + ".kv_b_proj.weight", {n_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+        TensorRole::kMatrix, a.kv_b_proj);
+  visit(p + ".o_proj.weight", {H, n_heads * c.v_head_dim}, TensorRole::kMatrix, a.o_proj);
+}
+
+void visit_mha(const ModelConfig& c, const std::string& p, AttentionWeights& a,
+               const TensorVisitor& visit) {
+  const int64_t H = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim;
+  const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
+  visit(p + ".q_proj.weight", {q_dim, H}, TensorRole::kMatrix, a.q_proj);
+  visit(p + ".k_proj.weight", {kv_dim, H}, TensorRole::kMatrix, a.k_proj);
+  visit(p + ".v_proj.weight", {kv_dim, H}, TensorRole::kMatrix, a.v_proj);
+  visit(p + ".o_proj.weight", {H, q_dim}, TensorRole::kMatrix, a.o_proj);
+  if (!c.attention_bias) return;
+  visit(p + ".q_proj.bias", {q_dim}, TensorRole::kBias, a.q_bias);
+  visit(p + ".k_proj.bias", {kv_dim}, TensorRole::kBias, a.k_bias);
+  visit(p + ".v_proj.bias", {kv_dim}, TensorRole::kBias, a.v_bias);
+  visit(p + ".o_proj.bias", {H}, TensorRole::kBias, a.o_bias);
+}
+
+void visit_moe(const ModelConfig& c, const std::string& p, MoeWeights& moe,
+               const TensorVisitor& visit) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts;
+  visit(p + ".gate.weight", {E, H}, TensorRole::kMatrix, moe.gate);
+  if (c.has_router_bias())
+    visit(p + ".gate.e_score_correction_bias", {E}, TensorRole::kRouterBias,
+          moe.e_score_correction_bias);
+  moe.experts.resize(E);
+  for (int64_t e = 0; e < E; e++)
+    visit_mlp(fmt::format("{}.experts.{}", p, e), H, c.moe_intermediate_size, moe.experts[e],
+              visit);
+  if (c.n_shared_experts > 0)
+    visit_mlp(p + ".shared_experts", H, c.moe_intermediate_size * c.n_shared_experts, moe.shared,
+              visit);
+}
+
+}  // namespace
+
+void for_each_tensor(const ModelConfig& c, ModelWeights& w, const TensorVisitor& visit) {
+  const int64_t H = c.hidden_size;
+  visit("model.embed_tokens.weight", {c.vocab_size, H}, TensorRole::kEmbedding, w.embed_tokens);
+  w.layers.resize(c.num_hidden_layers);
+  for (int64_t L = 0; L < c.num_hidden_layers; L++) {
+    const std::string p = fmt::format("model.layers.{}", L);
+    LayerWeights& layer = w.layers[L];
+    visit(p + ".input_layernorm.weight", {H}, TensorRole::kNorm, layer.input_layernorm);
+    if (c.use_mla())
+      visit_mla(c, p + ".self_attn", layer.attn, visit);
+    else
+      visit_mha(c, p + ".self_attn", layer.attn, visit);
+    visit(p + ".post_attention_layernorm.weight", {H}, TensorRole::kNorm,
+          layer.post_attention_layernorm);
+    if (c.is_moe_layer(L))
+      visit_moe(c, p + ".mlp", layer.moe, visit);
+    else
+      visit_mlp(p + ".mlp", H, c.intermediate_size, layer.mlp, visit);
+  }
+  visit("model.norm.weight", {H}, TensorRole::kNorm, w.norm);
+  if (!c.tie_word_embeddings)
+    visit("lm_head.weight", {c.vocab_size, H}, TensorRole::kMatrix, w.lm_head);
+}
+
+ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint) {
+  ModelWeights weights;
+  for_each_tensor(config, weights,
+                  [&](const std::string& name, const Shape& shape, TensorRole, Tensor& tensor) {
+                    tensor = checkpoint.load_f32(name, shape);
+                  });
+  if (config.tie_word_embeddings) weights.lm_head = weights.embed_tokens;
+  return weights;
+}
+
+void init_random_tensor(const Shape& shape, TensorRole role, Rng& rng, float* data) {
+  const int64_t n = shape_numel(shape);
+  switch (role) {
+    case TensorRole::kMatrix: {
+      const float std = 1.0f / std::sqrt(static_cast<float>(shape[1]));
+      for (int64_t i = 0; i < n; i++) data[i] = std * rng.normal();
+      break;
+    }
+    case TensorRole::kEmbedding:  // a lookup table, not a product: unit variance
+      for (int64_t i = 0; i < n; i++) data[i] = rng.normal();
+      break;
+    case TensorRole::kNorm:
+      std::fill(data, data + n, 1.0f);
+      break;
+    case TensorRole::kBias:
+    case TensorRole::kRouterBias:
+      std::fill(data, data + n, 0.0f);
+      break;
+  }
+}
+
+ModelWeights random_weights(const ModelConfig& config, uint64_t seed) {
+  ModelWeights weights;
+  Rng rng(seed);
+  for_each_tensor(config, weights,
+                  [&](const std::string&, const Shape& shape, TensorRole role, Tensor& tensor) {
+                    tensor = Tensor::zeros(shape);
+                    init_random_tensor(shape, role, rng, tensor.data);
+                  });
+  if (config.tie_word_embeddings) weights.lm_head = weights.embed_tokens;
+  return weights;
+}
+
+int64_t count_parameters(const ModelConfig& config) {
+  ModelWeights shapes_only;
+  int64_t total = 0;
+  for_each_tensor(config, shapes_only,
+                  [&](const std::string&, const Shape& shape, TensorRole, Tensor&) {
+                    total += shape_numel(shape);
+                  });
+  return total;
+}
+
+}  // namespace dsmoe

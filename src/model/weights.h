@@ -1,0 +1,83 @@
+// weights.h: the parameters of a DeepSeekMoE V1 / V2 / V3 model as named views, and the one
+// visitor that walks them with their checkpoint names and shapes (load, init, save all use it).
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace dsmoe {
+
+class Checkpoint;
+
+struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
+  Tensor gate_proj;  // [I, H]
+  Tensor up_proj;    // [I, H]
+  Tensor down_proj;  // [H, I]
+};
+
+struct AttentionWeights {
+  // MLA (V2/V3)
+  Tensor q_proj;              // [n_heads * qk_head_dim, H]   when q_lora_rank == 0
+  Tensor q_a_proj;            // [q_lora_rank, H]
+  Tensor q_a_layernorm;       // [q_lora_rank]
+  Tensor q_b_proj;            // [n_heads * qk_head_dim, q_lora_rank]
+  Tensor kv_a_proj_with_mqa;  // [kv_lora_rank + qk_rope_head_dim, H]
+  Tensor kv_a_layernorm;      // [kv_lora_rank]
+  Tensor kv_b_proj;           // [n_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  // Multi-head attention (V1); q_proj above is shared: [n_heads * head_dim, H]
+  Tensor k_proj, v_proj;                  // [n_kv_heads * head_dim, H]
+  Tensor q_bias, k_bias, v_bias, o_bias;  // only with attention_bias
+  Tensor o_proj;                          // [H, n_heads * v_head_dim] (V1: n_heads * head_dim)
+};
+
+struct MoeWeights {
+  Tensor gate;                     // [n_routed_experts, H] router
+  Tensor e_score_correction_bias;  // [n_routed_experts] V3 noaux_tc only: selection bias
+  std::vector<MlpWeights> experts;  // n_routed_experts, width moe_intermediate_size
+  MlpWeights shared;  // width moe_intermediate_size * n_shared_experts (empty when 0)
+};
+
+struct LayerWeights {
+  Tensor input_layernorm;           // [H]
+  Tensor post_attention_layernorm;  // [H]
+  AttentionWeights attn;
+  MlpWeights mlp;  // dense layers
+  MoeWeights moe;  // MoE layers
+};
+
+struct ModelWeights {
+  Tensor embed_tokens;  // [V, H]
+  std::vector<LayerWeights> layers;
+  Tensor norm;     // [H]
+  Tensor lm_head;  // [V, H] (a view of embed_tokens when tie_word_embeddings)
+};
+
+enum class TensorRole { kMatrix, kNorm, kEmbedding, kBias, kRouterBias };
+
+// Calls visit(name, shape, role, tensor) for every checkpoint tensor of `config`, with the names
+// transformers writes (model.layers.L.self_attn.kv_b_proj.weight, ...
+// model.layers.L.mlp.experts.E.down_proj.weight). Sizes `weights.layers` first. lm_head is not
+// visited when tie_word_embeddings (it is set to embed_tokens after).
+using TensorVisitor =
+    std::function<void(const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor)>;
+void for_each_tensor(const ModelConfig& config, ModelWeights& weights, const TensorVisitor& visit);
+
+// Loads every tensor as float32 (converting BF16/F16/F8 with its scale); a missing or mis-shaped
+// tensor is an error naming the file and tensor. Extra tensors (MTP layers
+// model.layers.{num_hidden_layers}.*, FP8 scales) are left alone.
+ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+
+// Fills one tensor as random_weights does (the order of calls fixes the numbers).
+void init_random_tensor(const Shape& shape, TensorRole role, Rng& rng, float* data);
+
+// Random weights: matrices ~N(0, 1/fan_in), embeddings ~N(0, 1), norms 1, biases 0.
+ModelWeights random_weights(const ModelConfig& config, uint64_t seed);
+
+// Number of parameters, and of those a token activates (for the benchmark's byte counts).
+int64_t count_parameters(const ModelConfig& config);
+
+}  // namespace dsmoe
