@@ -16,6 +16,8 @@ SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
                                                  std::vector<TensorSpec> specs)
     : path_(path), tmp_path_(path + ".tmp"), specs_(std::move(specs)) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  // transformers refuses a safetensors checkpoint without format metadata.
+  header["__metadata__"] = {{"format", "pt"}};
   size_t offset = 0;
   for (const TensorSpec& spec : specs_) {
     const size_t nbytes = static_cast<size_t>(shape_numel(spec.shape)) * dtype_size(spec.dtype);
