@@ -165,6 +165,36 @@ TEST_P(Golden, CacheStoresOnlyTheLatentAndRopeKey) {
             c.num_hidden_layers * per_layer * static_cast<int64_t>(sizeof(float)));
 }
 
+// Fixture README: gradients within relative L2 error 1e-3 per tensor.
+TEST_P(Golden, GradientsOfEveryWeight) {
+  const ModelConfig& c = model_->config();
+  ModelWeights grads = zeros_like_weights(c);
+  TrainActs acts;
+  const double loss = model_->forward_backward(ids_.data(), n_seqs_, n_tokens_, grads, acts);
+  EXPECT_NEAR(loss, read_f32(*expected_, "loss")[0], 1e-5 * loss);
+  double worst = 0;
+  std::string worst_name;
+  int64_t n_checked = 0;
+  for_each_tensor(c, grads, [&](const std::string& name, const Shape&, TensorRole role,
+                                Tensor& grad) {
+    if (role == TensorRole::kRouterBias) return;  // a buffer: no gradient
+    const std::vector<float> expected = read_f32(*expected_, "grad." + name);
+    ASSERT_EQ(static_cast<int64_t>(expected.size()), grad.numel()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < expected.size(); i++) {
+      diff += (grad.data[i] - static_cast<double>(expected[i])) *
+              (grad.data[i] - static_cast<double>(expected[i]));
+      norm += static_cast<double>(expected[i]) * expected[i];
+    }
+    const double relative = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+    EXPECT_LE(relative, 1e-3) << name;
+    if (relative > worst) worst = relative, worst_name = name;
+    n_checked++;
+  });
+  std::printf("[ %s ] %lld gradients, worst relative L2 error %.3g (%s)\n", GetParam().c_str(),
+              static_cast<long long>(n_checked), worst, worst_name.c_str());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden,
                          ::testing::Values("v1-tiny", "v2-tiny", "v3-tiny", "v3-yarn"),
                          [](const auto& info) {

@@ -16,6 +16,7 @@ namespace {
 struct ForwardArgs {
   std::string model_dir, input, output;
   int threads = 0;
+  bool grad = false;
 };
 
 int run_forward(const ForwardArgs& args) {
@@ -60,6 +61,17 @@ int run_forward(const ForwardArgs& args) {
     out.add_i64(fmt::format("route.{}.idx", layer), {N, K}, idx.data());
     out.add_f32(fmt::format("route.{}.weight", layer), {N, K}, routing.weight.data());
   }
+  if (args.grad) {  // d loss / d every checkpoint tensor (router bias buffers excepted)
+    timer.reset();
+    ModelWeights grads = zeros_like_weights(c);
+    TrainActs acts;
+    model.forward_backward(ids.data(), B, T, grads, acts);
+    log_info("forward + backward in {:.3f} s", timer.seconds());
+    for_each_tensor(c, grads, [&](const std::string& name, const Shape& shape, TensorRole role,
+                                  Tensor& grad) {
+      if (role != TensorRole::kRouterBias) out.add_f32("grad." + name, shape, grad.data);
+    });
+  }
   out.write(args.output);
   log_info("wrote {}", args.output);
   return 0;
@@ -75,6 +87,8 @@ Command add_forward(CLI::App& app) {
       ->required();
   app.add_option("--output", args->output, "safetensors file to write")->required();
   app.add_option("--threads", args->threads, "threads (default: all cores)");
+  app.add_flag("--grad", args->grad,
+               "also write grad.<tensor> = d loss / d tensor for every checkpoint tensor");
   return [args] { return run_forward(*args); };
 }
 

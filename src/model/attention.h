@@ -2,6 +2,7 @@
 // naive and an absorbed path, and the multi-head attention of DeepSeekMoE V1.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "model/config.h"
 #include "model/weights.h"
@@ -26,8 +27,27 @@ struct AttentionContext {
   MlaMode mla_mode = MlaMode::kAuto;
 };
 
+// The intermediate buffers of one attention call; a training forward keeps them for backward.
+struct AttentionActs {
+  std::vector<float> q_latent;         // (N, q_lora_rank) MLA q_a_proj output
+  std::vector<float> q_latent_normed;  // (N, q_lora_rank) after q_a_layernorm
+  std::vector<float> q;                // (N, heads, qk_head_dim | head_dim) after RoPE
+  std::vector<float> rows_raw;         // (N, kv_lora_rank + rope) MLA kv_a_proj output
+  std::vector<float> rows;             // (N, kv_cache_row) this call's cache rows
+  std::vector<float> kv;               // (S, heads, nope + v) MLA naive: kv_b_proj output
+  std::vector<float> keys;             // (S, heads, qk_head_dim) MLA naive: full keys
+  std::vector<float> heads;            // (N, heads, v_head_dim) attention output
+};
+
 // out [n_seqs * n_tokens, H] = attention(x [n_seqs * n_tokens, H]) (x is already normalised).
+// `acts` (optional) receives the intermediates.
 void attention_forward(const ModelConfig& config, const AttentionWeights& weights, const float* x,
-                       float* out, const AttentionContext& context);
+                       float* out, const AttentionContext& context,
+                       AttentionActs* acts = nullptr);
+
+// Backward of a cache-free forward (naive MLA) that kept `acts`: dx += d x, grads += d weights.
+void attention_backward(const ModelConfig& config, const AttentionWeights& weights,
+                        AttentionWeights& grads, const float* x, const float* dout, float* dx,
+                        const AttentionContext& context, const AttentionActs& acts);
 
 }  // namespace dsmoe

@@ -8,53 +8,107 @@
 namespace dsmoe {
 
 void mlp_forward(const MlpWeights& mlp, const float* x, float* out, int64_t n_tokens,
-                 int64_t hidden, int64_t width) {
-  std::vector<float> gate(n_tokens * width), up(n_tokens * width);  // (n, I)
-  cpu::linear_forward(gate.data(), x, mlp.gate_proj.data, n_tokens, hidden, width);
-  cpu::linear_forward(up.data(), x, mlp.up_proj.data, n_tokens, hidden, width);
-  cpu::silu_mul_forward(gate.data(), gate.data(), up.data(), n_tokens * width);
-  cpu::linear_forward(out, gate.data(), mlp.down_proj.data, n_tokens, width, hidden);
+                 int64_t hidden, int64_t width, MlpActs& a) {
+  a.gate.resize(n_tokens * width);
+  a.up.resize(n_tokens * width);
+  a.hidden.resize(n_tokens * width);
+  cpu::linear_forward(a.gate.data(), x, mlp.gate_proj.data, n_tokens, hidden, width);
+  cpu::linear_forward(a.up.data(), x, mlp.up_proj.data, n_tokens, hidden, width);
+  cpu::silu_mul_forward(a.hidden.data(), a.gate.data(), a.up.data(), n_tokens * width);
+  cpu::linear_forward(out, a.hidden.data(), mlp.down_proj.data, n_tokens, width, hidden);
+}
+
+void mlp_backward(const MlpWeights& mlp, MlpWeights& g, const float* x, const float* dout,
+                  float* dx, int64_t n_tokens, int64_t hidden, int64_t width, const MlpActs& a) {
+  std::vector<float> dhidden(n_tokens * width, 0.0f), dgate(n_tokens * width),
+      dup(n_tokens * width);  // (n, I)
+  cpu::linear_backward(dhidden.data(), g.down_proj.data, dout, a.hidden.data(),
+                       mlp.down_proj.data, n_tokens, width, hidden);
+  cpu::silu_mul_backward(dgate.data(), dup.data(), dhidden.data(), a.gate.data(), a.up.data(),
+                         n_tokens * width);
+  cpu::linear_backward(dx, g.gate_proj.data, dgate.data(), x, mlp.gate_proj.data, n_tokens,
+                       hidden, width);
+  cpu::linear_backward(dx, g.up_proj.data, dup.data(), x, mlp.up_proj.data, n_tokens, hidden,
+                       width);
 }
 
 void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, float* out,
-                 int64_t n_tokens, Routing& routing) {
+                 int64_t n_tokens, MoeActs& a) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  route_tokens(c, moe, x, n_tokens, routing);
+  const int64_t I = c.moe_intermediate_size;
+  route_tokens(c, moe, x, n_tokens, a.routing);
+  const std::vector<int32_t>& expert = a.routing.expert;
 
   // Gather: the (token, slot) assignments of each expert, in token order.
-  std::vector<int64_t> offsets(E + 1, 0);
-  for (int64_t i = 0; i < n_tokens * K; i++) offsets[routing.expert[i] + 1]++;
-  for (int64_t e = 0; e < E; e++) offsets[e + 1] += offsets[e];
-  std::vector<int64_t> assignment(n_tokens * K);  // flat index t * K + j, grouped by expert
-  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
-  for (int64_t i = 0; i < n_tokens * K; i++) assignment[fill[routing.expert[i]]++] = i;
+  a.offsets.assign(E + 1, 0);
+  for (int64_t i = 0; i < n_tokens * K; i++) a.offsets[expert[i] + 1]++;
+  for (int64_t e = 0; e < E; e++) a.offsets[e + 1] += a.offsets[e];
+  a.assignment.resize(n_tokens * K);
+  std::vector<int64_t> fill(a.offsets.begin(), a.offsets.end() - 1);
+  for (int64_t i = 0; i < n_tokens * K; i++) a.assignment[fill[expert[i]]++] = i;
+  a.x_sorted.resize(n_tokens * K * H);
+  a.y_sorted.resize(n_tokens * K * H);
+  for (int64_t i = 0; i < n_tokens * K; i++) {
+    const int64_t token = a.assignment[i] / K;
+    std::copy(x + token * H, x + (token + 1) * H, a.x_sorted.data() + i * H);
+  }
 
-  if (c.n_shared_experts > 0) {
-    mlp_forward(moe.shared, x, out, n_tokens, H, c.moe_intermediate_size * c.n_shared_experts);
-  } else {
+  if (c.n_shared_experts > 0)
+    mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
+  else
     std::fill(out, out + n_tokens * H, 0.0f);
-  }
   // One GEMM chain per expert over its gathered tokens; results scattered back with the weight.
-  std::vector<float> x_expert, y_expert;
+  a.experts.resize(E);
   for (int64_t e = 0; e < E; e++) {
-    const int64_t begin = offsets[e], count = offsets[e + 1] - begin;
+    const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
     if (count == 0) continue;
-    x_expert.resize(count * H);  // (count, H)
-    y_expert.resize(count * H);
-    for (int64_t i = 0; i < count; i++) {
-      const int64_t token = assignment[begin + i] / K;
-      std::copy(x + token * H, x + (token + 1) * H, x_expert.data() + i * H);
-    }
-    mlp_forward(moe.experts[e], x_expert.data(), y_expert.data(), count, H,
-                c.moe_intermediate_size);
-    for (int64_t i = 0; i < count; i++) {
-      const int64_t flat = assignment[begin + i], token = flat / K;
-      const float w = routing.weight[flat];
-      float* dst = out + token * H;
-      const float* src = y_expert.data() + i * H;
-      for (int64_t h = 0; h < H; h++) dst[h] += w * src[h];
-    }
+    mlp_forward(moe.experts[e], a.x_sorted.data() + begin * H, a.y_sorted.data() + begin * H,
+                count, H, I, a.experts[e]);
   }
+  for (int64_t i = 0; i < n_tokens * K; i++) {
+    const int64_t flat = a.assignment[i];
+    const float w = a.routing.weight[flat];
+    float* dst = out + (flat / K) * H;
+    const float* src = a.y_sorted.data() + i * H;
+    for (int64_t h = 0; h < H; h++) dst[h] += w * src[h];
+  }
+}
+
+void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, const float* x,
+                  const float* dout, float* dx, int64_t n_tokens, const MoeActs& a) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t I = c.moe_intermediate_size;
+  if (c.n_shared_experts > 0)
+    mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts,
+                 a.shared);
+  // out += w * y: d y = w * d out; d w = <d out, y>.
+  std::vector<float> dy_sorted(n_tokens * K * H), dx_sorted(n_tokens * K * H, 0.0f);
+  std::vector<float> dweight(n_tokens * K);  // [n, K]
+  for (int64_t i = 0; i < n_tokens * K; i++) {
+    const int64_t flat = a.assignment[i];
+    const float w = a.routing.weight[flat];
+    const float* d = dout + (flat / K) * H;
+    const float* y = a.y_sorted.data() + i * H;
+    double dot = 0.0;
+    for (int64_t h = 0; h < H; h++) {
+      dy_sorted[i * H + h] = w * d[h];
+      dot += static_cast<double>(d[h]) * y[h];
+    }
+    dweight[flat] = static_cast<float>(dot);
+  }
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
+    if (count == 0) continue;
+    mlp_backward(moe.experts[e], g.experts[e], a.x_sorted.data() + begin * H,
+                 dy_sorted.data() + begin * H, dx_sorted.data() + begin * H, count, H, I,
+                 a.experts[e]);
+  }
+  for (int64_t i = 0; i < n_tokens * K; i++) {  // scatter back, in a fixed order
+    float* dst = dx + (a.assignment[i] / K) * H;
+    const float* src = dx_sorted.data() + i * H;
+    for (int64_t h = 0; h < H; h++) dst[h] += src[h];
+  }
+  route_backward(c, moe, g, x, a.routing, dweight.data(), dx, n_tokens);
 }
 
 }  // namespace dsmoe

@@ -62,17 +62,58 @@ void select_experts(const ModelConfig& c, const float* scores, const float* bias
   if (c.topk_method != TopkMethod::kGreedy) mask_groups(c, selection.data());
   top_k_indices(selection.data(), n_experts, k, expert);
   for (int64_t j = 0; j < k; j++) weight[j] = scores[expert[j]];
-  const bool normalize = c.norm_topk_prob && (k > 1 || c.arch == Arch::kDeepseekV3);
-  if (normalize) {
+  const GateRule rule = gate_rule(c);
+  if (rule.normalize) {
     float sum = 0.0f;
     for (int64_t j = 0; j < k; j++) sum += weight[j];
     for (int64_t j = 0; j < k; j++) weight[j] /= sum + 1e-20f;
   }
+  for (int64_t j = 0; j < k; j++) weight[j] *= rule.scale;
+}
+
+GateRule gate_rule(const ModelConfig& c) {
+  GateRule rule;
+  // V1/V2 code normalises only for top_k > 1; transformers' V3 whenever norm_topk_prob.
+  rule.normalize = c.norm_topk_prob && (c.num_experts_per_tok > 1 || c.arch == Arch::kDeepseekV3);
   // V3 scales always; DeepSeek-V2's code scales only when it does not normalise; V1 has no
   // factor (parse_model_config fixes it to 1).
-  const bool scale = c.arch != Arch::kDeepseekV2 || !normalize;
-  if (scale)
-    for (int64_t j = 0; j < k; j++) weight[j] *= c.routed_scaling_factor;
+  const bool scaled = c.arch != Arch::kDeepseekV2 || !rule.normalize;
+  rule.scale = scaled ? c.routed_scaling_factor : 1.0f;
+  return rule;
+}
+
+void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, const float* x,
+                    const Routing& r, const float* dweight, float* dx, int64_t n_tokens) {
+  const int64_t n_experts = c.n_routed_experts, k = c.num_experts_per_tok;
+  const GateRule rule = gate_rule(c);
+  std::vector<float> dlogits(n_tokens * n_experts, 0.0f);  // (n, E)
+#pragma omp parallel for schedule(static) if (n_tokens > 8)
+  for (int64_t t = 0; t < n_tokens; t++) {
+    const float* s = r.scores.data() + t * n_experts;
+    const int32_t* expert = r.expert.data() + t * k;
+    const float* dw = dweight + t * k;
+    std::vector<float> ds(n_experts, 0.0f);  // d loss / d scores
+    if (rule.normalize) {  // w_j = scale * s_j / D, D = sum s + 1e-20
+      float sum = 0.0f, dot = 0.0f;
+      for (int64_t j = 0; j < k; j++) sum += s[expert[j]];
+      const float denom = sum + 1e-20f;
+      for (int64_t j = 0; j < k; j++) dot += dw[j] * s[expert[j]];
+      for (int64_t j = 0; j < k; j++)
+        ds[expert[j]] += rule.scale * (dw[j] / denom - dot / (denom * denom));
+    } else {
+      for (int64_t j = 0; j < k; j++) ds[expert[j]] += rule.scale * dw[j];
+    }
+    float* dl = dlogits.data() + t * n_experts;
+    if (c.scoring_func == ScoringFunc::kSoftmax) {
+      float dot = 0.0f;
+      for (int64_t e = 0; e < n_experts; e++) dot += ds[e] * s[e];
+      for (int64_t e = 0; e < n_experts; e++) dl[e] = s[e] * (ds[e] - dot);
+    } else {
+      for (int64_t e = 0; e < n_experts; e++) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
+    }
+  }
+  cpu::linear_backward(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens,
+                       c.hidden_size, n_experts);
 }
 
 void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, int64_t n_tokens,

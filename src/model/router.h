@@ -26,4 +26,18 @@ void route_tokens(const ModelConfig& config, const MoeWeights& moe, const float*
 void select_experts(const ModelConfig& config, const float* scores, const float* bias,
                     int32_t* expert, float* weight);
 
+// How the chosen scores become gate weights: divided by their sum (+1e-20) when `normalize`,
+// then multiplied by `scale`.
+struct GateRule {
+  bool normalize = false;
+  float scale = 1.0f;
+};
+GateRule gate_rule(const ModelConfig& config);
+
+// Backward of route_tokens: from d gate weights [n_tokens, top_k] to d router weight (grads.gate)
+// and dx [n_tokens, H] (+=). The selection itself is piecewise constant and carries no gradient.
+void route_backward(const ModelConfig& config, const MoeWeights& moe, MoeWeights& grads,
+                    const float* x, const Routing& routing, const float* dweight, float* dx,
+                    int64_t n_tokens);
+
 }  // namespace dsmoe

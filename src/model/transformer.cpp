@@ -28,8 +28,16 @@ void Model::check_ids(const int64_t* ids, int64_t n) const {
                 config_.vocab_size);
 }
 
+void Model::embed(const int64_t* ids, int64_t n, float* x) const {
+  const int64_t H = config_.hidden_size;
+  check_ids(ids, n);
+  for (int64_t i = 0; i < n; i++)
+    std::copy(weights_.embed_tokens.data + ids[i] * H, weights_.embed_tokens.data + (ids[i] + 1) * H,
+              x + i * H);
+}
+
 void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
-                       ForwardRecord* record) const {
+                       ForwardRecord* record, std::vector<LayerActs>* train) const {
   const ModelConfig& c = config_;
   const int64_t N = n_seqs * n_tokens, H = c.hidden_size, half = c.rope_dim() / 2;
   const int64_t n_past = cache != nullptr ? cache->n_past : 0;
@@ -39,21 +47,27 @@ void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* 
   ctx.n_seqs = n_seqs, ctx.n_tokens = n_tokens, ctx.n_past = n_past;
   ctx.cos = cos.data(), ctx.sin = sin.data(), ctx.mla_mode = mla_mode_;
 
-  std::vector<float> normed(N * H), branch(N * H);  // (N, H)
-  Routing routing;
+  LayerActs scratch;  // inference: one set of buffers reused by every layer
+  std::vector<float> branch(N * H);  // (N, H)
+  if (train != nullptr) train->resize(c.num_hidden_layers);
   for (int64_t L = 0; L < c.num_hidden_layers; L++) {
     const LayerWeights& layer = weights_.layers[L];
+    LayerActs& a = train != nullptr ? (*train)[L] : scratch;
+    if (train != nullptr) a.x_in.assign(x, x + N * H);
+    a.normed1.resize(N * H);
+    a.normed2.resize(N * H);
     ctx.cache = cache != nullptr ? cache->layers[L] : nullptr;
-    cpu::rmsnorm_forward(normed.data(), x, layer.input_layernorm.data, N, H, c.rms_norm_eps);
-    attention_forward(c, layer.attn, normed.data(), branch.data(), ctx);
+    cpu::rmsnorm_forward(a.normed1.data(), x, layer.input_layernorm.data, N, H, c.rms_norm_eps);
+    attention_forward(c, layer.attn, a.normed1.data(), branch.data(), ctx, &a.attn);
     for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
-    cpu::rmsnorm_forward(normed.data(), x, layer.post_attention_layernorm.data, N, H,
+    if (train != nullptr) a.x_mid.assign(x, x + N * H);
+    cpu::rmsnorm_forward(a.normed2.data(), x, layer.post_attention_layernorm.data, N, H,
                          c.rms_norm_eps);
     if (c.is_moe_layer(L)) {
-      moe_forward(c, layer.moe, normed.data(), branch.data(), N, routing);
-      if (record != nullptr && record->keep_routes) record->routes[L] = routing;
+      moe_forward(c, layer.moe, a.normed2.data(), branch.data(), N, a.moe);
+      if (record != nullptr && record->keep_routes) record->routes[L] = a.moe.routing;
     } else {
-      mlp_forward(layer.mlp, normed.data(), branch.data(), N, H, c.intermediate_size);
+      mlp_forward(layer.mlp, a.normed2.data(), branch.data(), N, H, c.intermediate_size, a.mlp);
     }
     for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
     if (record != nullptr && record->keep_hidden) {
@@ -70,11 +84,8 @@ Tensor Model::forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
   const int64_t N = n_seqs * n_tokens, H = c.hidden_size;
   DSMOE_CHECK(n_seqs > 0 && n_tokens > 0, "empty input: {} sequences of {} tokens", n_seqs,
               n_tokens);
-  check_ids(ids, N);
   std::vector<float> x(N * H);  // (N, H) the residual stream
-  for (int64_t i = 0; i < N; i++)
-    std::copy(weights_.embed_tokens.data + ids[i] * H, weights_.embed_tokens.data + (ids[i] + 1) * H,
-              x.data() + i * H);
+  embed(ids, N, x.data());
   if (record != nullptr) {
     record->hidden.clear();
     record->routes.clear();
@@ -101,11 +112,8 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
               "KV cache full: {} tokens stored + {} new exceed its capacity of {}", cache.n_past,
               n_tokens, cache.capacity);
   DSMOE_ASSERT(static_cast<int64_t>(cache.layers.size()) == c.num_hidden_layers);
-  check_ids(ids, n_tokens);
   std::vector<float> x(n_tokens * H);  // (T, H)
-  for (int64_t i = 0; i < n_tokens; i++)
-    std::copy(weights_.embed_tokens.data + ids[i] * H, weights_.embed_tokens.data + (ids[i] + 1) * H,
-              x.data() + i * H);
+  embed(ids, n_tokens, x.data());
   run_layers(x.data(), 1, n_tokens, &cache, nullptr);
   float* last = x.data() + (n_tokens - 1) * H;
   cpu::rmsnorm_forward(last, last, weights_.norm.data, 1, H, c.rms_norm_eps);
@@ -114,21 +122,35 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   return logits;
 }
 
-double next_token_loss(const float* logits, const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
-                       int64_t vocab_size) {
+double next_token_loss_backward(const float* logits, const int64_t* ids, int64_t n_seqs,
+                                int64_t n_tokens, int64_t vocab_size, float* dlogits) {
+  if (dlogits != nullptr) std::fill(dlogits, dlogits + n_seqs * n_tokens * vocab_size, 0.0f);
   if (n_tokens < 2) return 0.0;
+  const int64_t n_predictions = n_seqs * (n_tokens - 1);
   double total = 0.0;
   for (int64_t b = 0; b < n_seqs; b++)
     for (int64_t t = 0; t + 1 < n_tokens; t++) {
-      const float* row = logits + (b * n_tokens + t) * vocab_size;
-      const int64_t target = ids[b * n_tokens + t + 1];
+      const int64_t position = b * n_tokens + t;
+      const float* row = logits + position * vocab_size;
+      const int64_t target = ids[position + 1];
       double max_value = row[0];
       for (int64_t v = 1; v < vocab_size; v++) max_value = std::max<double>(max_value, row[v]);
       double sum = 0.0;
       for (int64_t v = 0; v < vocab_size; v++) sum += std::exp(row[v] - max_value);
       total += std::log(sum) + max_value - row[target];
+      if (dlogits == nullptr) continue;
+      // d/d logit_v of the mean = (softmax_v - [v == target]) / n_predictions
+      float* drow = dlogits + position * vocab_size;
+      for (int64_t v = 0; v < vocab_size; v++)
+        drow[v] = static_cast<float>(std::exp(row[v] - max_value) / sum / n_predictions);
+      drow[target] -= 1.0f / static_cast<float>(n_predictions);
     }
-  return total / static_cast<double>(n_seqs * (n_tokens - 1));
+  return total / static_cast<double>(n_predictions);
+}
+
+double next_token_loss(const float* logits, const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                       int64_t vocab_size) {
+  return next_token_loss_backward(logits, ids, n_seqs, n_tokens, vocab_size, nullptr);
 }
 
 }  // namespace dsmoe

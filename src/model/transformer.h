@@ -8,6 +8,7 @@
 
 #include "model/attention.h"
 #include "model/config.h"
+#include "model/moe.h"
 #include "model/router.h"
 #include "model/weights.h"
 
@@ -30,6 +31,28 @@ struct KvCacheView {
   int64_t n_past = 0;          // tokens already stored
 };
 
+// What one decoder layer keeps from a training forward for its backward.
+struct LayerActs {
+  std::vector<float> x_in;     // (N, H) residual stream entering the layer
+  std::vector<float> normed1;  // (N, H) input_layernorm(x_in)
+  AttentionActs attn;
+  std::vector<float> x_mid;    // (N, H) x_in + attention
+  std::vector<float> normed2;  // (N, H) post_attention_layernorm(x_mid)
+  MlpActs mlp;                 // dense layers
+  MoeActs moe;                 // MoE layers
+};
+
+// Everything a training forward keeps (reused across steps to avoid reallocation).
+struct TrainActs {
+  std::vector<LayerActs> layers;
+  std::vector<float> x_final;  // (N, H) output of the last layer, before the final norm
+  std::vector<float> normed;   // (N, H) after the final norm
+  std::vector<float> logits;   // (N, V)
+};
+
+// Gradients (or optimizer moments): zero tensors shaped like the model's weights.
+ModelWeights zeros_like_weights(const ModelConfig& config);
+
 class Model {
  public:
   Model(ModelConfig config, ModelWeights weights);
@@ -44,20 +67,32 @@ class Model {
   Tensor forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
                  ForwardRecord* record = nullptr) const;
 
+  // Training step core: forward with activations kept, mean next-token cross-entropy, and
+  // backward: grads += d loss / d weights (grads from zeros_like_weights). Returns the loss.
+  double forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                          ModelWeights& grads, TrainActs& acts) const;
+
   // One sequence: ids [n_tokens] at positions cache.n_past .., appended to the cache (the caller
   // advances n_past). Returns the logits of the last token [V].
   Tensor forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const;
 
  private:
   // Runs the decoder stack on embedded tokens x [n_seqs * n_tokens, H] in place.
+  // `train` (optional) keeps each layer's activations.
   void run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
-                  ForwardRecord* record) const;
+                  ForwardRecord* record, std::vector<LayerActs>* train = nullptr) const;
+  void embed(const int64_t* ids, int64_t n, float* x) const;
   void check_ids(const int64_t* ids, int64_t n) const;
 
   ModelConfig config_;
   ModelWeights weights_;
   MlaMode mla_mode_ = MlaMode::kAuto;
 };
+
+// d loss / d logits of next_token_loss into dlogits [n_seqs * n_tokens, V] (the last position
+// of each sequence gets zeros); returns the loss.
+double next_token_loss_backward(const float* logits, const int64_t* ids, int64_t n_seqs,
+                                int64_t n_tokens, int64_t vocab_size, float* dlogits);
 
 // Mean next-token cross-entropy of logits [n_seqs * n_tokens, V] against ids[:, 1:]
 // (positions 0 .. n_tokens-2 predict 1 .. n_tokens-1), computed in double.

@@ -95,3 +95,65 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
 }
 
 }  // namespace dsmoe::cpu
+
+namespace dsmoe::cpu {
+
+void linear_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                     const float* weight, int64_t M, int64_t K, int64_t N) {
+  if (dinp != nullptr) gemm(false, false, M, K, N, 1.0f, dout, N, weight, K, 1.0f, dinp, K);
+  if (dweight != nullptr) gemm(true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dweight, K);
+}
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, int64_t M, int64_t C, float eps) {
+  if (dinp != nullptr) {
+#pragma omp parallel for schedule(static) if (M * C > 16384)
+    for (int64_t m = 0; m < M; m++)
+      ref::rmsnorm_backward(dinp + m * C, static_cast<float*>(nullptr), dout + m * C, inp + m * C,
+                            weight, 1, C, eps);
+  }
+  if (dweight != nullptr)  // a reduction over rows: kept serial for a deterministic sum
+    ref::rmsnorm_backward(static_cast<float*>(nullptr), dweight, dout, inp, weight, M, C, eps);
+}
+
+void silu_mul_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                       const float* up, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+  for (int64_t c = 0; c < n_chunks; c++) {
+    const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+    ref::silu_mul_backward(dgate + begin, dup + begin, dout + begin, gate + begin, up + begin,
+                           len);
+  }
+}
+
+void rope_backward(float* dx, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
+                   int64_t head_stride, int64_t rope_dim, const float* cos, const float* sin,
+                   bool interleaved) {
+  // The transpose of a rotation is the rotation by the opposite angle.
+  std::vector<float> minus_sin(n_tokens * (rope_dim / 2));
+  for (size_t i = 0; i < minus_sin.size(); i++) minus_sin[i] = -sin[i];
+  rope_forward(dx, n_tokens, n_heads, token_stride, head_stride, rope_dim, cos, minus_sin.data(),
+               interleaved);
+}
+
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                        const float* k, const float* v, const float* out,
+                        const AttentionShape& s) {
+  const int64_t group = s.n_heads / s.n_kv_heads;
+#pragma omp parallel for schedule(dynamic, 1) if (s.n_kv_heads > 1)
+  for (int64_t kv_head = 0; kv_head < s.n_kv_heads; kv_head++) {
+    // The heads of this KV group, as a sub-problem with one KV head.
+    AttentionShape sub = s;
+    sub.n_heads = group;
+    sub.n_kv_heads = 1;
+    const int64_t q_offset = kv_head * group * s.q_head_stride;
+    const int64_t k_offset = kv_head * s.k_head_stride, v_offset = kv_head * s.v_head_stride;
+    const int64_t o_offset = kv_head * group * s.out_head_stride;
+    ref::attention_backward(dq + q_offset, dk + k_offset, dv + v_offset, dout + o_offset,
+                            q + q_offset, k + k_offset, v + v_offset, out + o_offset, sub);
+  }
+}
+
+}  // namespace dsmoe::cpu

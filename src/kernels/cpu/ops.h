@@ -33,4 +33,28 @@ void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_str
 void attention_forward(float* out, const float* q, const float* k, const float* v,
                        const AttentionShape& shape);
 
+// ---------------------------------------------------------------------------- backward
+// Accumulate (+=) into gradients like the ref versions; null pointers skip a gradient.
+
+// dinp[M, K] += dout[M, N] . weight[N, K]; dweight[N, K] += dout^T . inp[M, K].
+void linear_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                     const float* weight, int64_t M, int64_t K, int64_t N);
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                      const float* weight, int64_t M, int64_t C, float eps);
+
+// Overwrites dgate and dup.
+void silu_mul_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                       const float* up, int64_t n);
+
+// Of rope_forward: rotates dx back by the same angles, in place.
+void rope_backward(float* dx, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
+                   int64_t head_stride, int64_t rope_dim, const float* cos, const float* sin,
+                   bool interleaved);
+
+// Of attention_forward; parallel over KV heads (each owns its dk, dv and its heads' dq).
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                        const float* k, const float* v, const float* out,
+                        const AttentionShape& shape);
+
 }  // namespace dsmoe::cpu

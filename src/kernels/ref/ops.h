@@ -100,4 +100,97 @@ void attention_forward(T* out, const T* q, const T* k, const T* v, const Attenti
     }
 }
 
+// ---------------------------------------------------------------------------- backward
+// Each backward accumulates (+=) into the gradients of inputs and parameters, as llm.c does;
+// a null gradient pointer skips that gradient.
+
+// Of linear_forward: dinp[M, K] += dout[M, N] . weight[N, K]; dweight[N, K] += dout^T . inp.
+template <typename T>
+void linear_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
+                     int64_t M, int64_t K, int64_t N) {
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      const T d = dout[m * N + n];
+      for (int64_t k = 0; k < K; k++) {
+        if (dinp != nullptr) dinp[m * K + k] += d * weight[n * K + k];
+        if (dweight != nullptr) dweight[n * K + k] += d * inp[m * K + k];
+      }
+    }
+}
+
+// Of rmsnorm_forward: with xhat = x * rstd and g = dout * weight,
+// dx = rstd * (g - xhat * mean(g * xhat)), dweight += dout * xhat.
+template <typename T>
+void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
+                      int64_t M, int64_t C, float eps) {
+  for (int64_t m = 0; m < M; m++) {
+    const T* x = inp + m * C;
+    const T* dy = dout + m * C;
+    double sum_sq = 0;
+    for (int64_t c = 0; c < C; c++) sum_sq += static_cast<double>(x[c]) * x[c];
+    const T rstd = static_cast<T>(1.0 / std::sqrt(sum_sq / C + eps));
+    double dot = 0;  // sum g * xhat
+    for (int64_t c = 0; c < C; c++) dot += static_cast<double>(dy[c]) * weight[c] * x[c] * rstd;
+    const T mean_dot = static_cast<T>(dot / C);
+    for (int64_t c = 0; c < C; c++) {
+      const T xhat = x[c] * rstd;
+      if (dweight != nullptr) dweight[c] += dy[c] * xhat;
+      if (dinp != nullptr) dinp[m * C + c] += rstd * (dy[c] * weight[c] - xhat * mean_dot);
+    }
+  }
+}
+
+// Of silu_mul_forward (overwrites dgate, dup): silu'(g) = sigma(g) * (1 + g * (1 - sigma(g))).
+template <typename T>
+void silu_mul_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    const T sigma = T(1) / (T(1) + std::exp(-gate[i]));
+    const T silu = gate[i] * sigma;
+    dup[i] = dout[i] * silu;
+    dgate[i] = dout[i] * up[i] * sigma * (T(1) + gate[i] * (T(1) - sigma));
+  }
+}
+
+// Of attention_forward: recomputes the probabilities, then dV += P^T dO, dS = P * (dP - sum(dO *
+// O)), dQ += scale * dS K, dK += scale * dS^T Q. `out` is the forward's output.
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* out, const AttentionShape& s) {
+  std::vector<T> p(s.n_kv_tokens);
+  const int64_t group = s.n_heads / s.n_kv_heads;
+  for (int64_t t = 0; t < s.n_q_tokens; t++)
+    for (int64_t h = 0; h < s.n_heads; h++) {
+      const int64_t kv_head = h / group, n_visible = s.q_pos0 + t + 1;
+      const T* qrow = q + t * s.q_token_stride + h * s.q_head_stride;
+      const T* dorow = dout + t * s.out_token_stride + h * s.out_head_stride;
+      const T* orow = out + t * s.out_token_stride + h * s.out_head_stride;
+      for (int64_t j = 0; j < n_visible; j++) {
+        const T* krow = k + j * s.k_token_stride + kv_head * s.k_head_stride;
+        T dot = 0;
+        for (int64_t d = 0; d < s.qk_dim; d++) dot += qrow[d] * krow[d];
+        p[j] = dot * static_cast<T>(s.scale);
+      }
+      softmax_inplace(p.data(), n_visible);
+      T do_dot_o = 0;
+      for (int64_t d = 0; d < s.v_dim; d++) do_dot_o += dorow[d] * orow[d];
+      for (int64_t j = 0; j < n_visible; j++) {
+        const T* vrow = v + j * s.v_token_stride + kv_head * s.v_head_stride;
+        T* dvrow = dv + j * s.v_token_stride + kv_head * s.v_head_stride;
+        T dp = 0;
+        for (int64_t d = 0; d < s.v_dim; d++) {
+          dp += dorow[d] * vrow[d];
+          dvrow[d] += p[j] * dorow[d];
+        }
+        const T ds = p[j] * (dp - do_dot_o) * static_cast<T>(s.scale);
+        const T* krow = k + j * s.k_token_stride + kv_head * s.k_head_stride;
+        T* dkrow = dk + j * s.k_token_stride + kv_head * s.k_head_stride;
+        T* dqrow = dq + t * s.q_token_stride + h * s.q_head_stride;
+        for (int64_t d = 0; d < s.qk_dim; d++) {
+          dqrow[d] += ds * krow[d];
+          dkrow[d] += ds * qrow[d];
+        }
+      }
+    }
+}
+
 }  // namespace dsmoe::ref

@@ -1,0 +1,209 @@
+// mla.cpp: Multi-head Latent Attention (DeepSeek-V2 sec. 2.1), forward (naive and absorbed) and
+// backward (naive, no cache).
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "model/attention_impl.h"
+
+namespace dsmoe {
+namespace {
+
+// q [N, heads, qk] from x, with RoPE on the rope part of each head.
+void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x,
+                 const AttentionContext& ctx, AttentionActs& a) {
+  const int64_t N = ctx.n_seqs * ctx.n_tokens, H = c.hidden_size;
+  const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim();
+  a.q.resize(N * n_heads * qk);
+  if (c.q_lora_rank == 0) {
+    cpu::linear_forward(a.q.data(), x, w.q_proj.data, N, H, n_heads * qk);
+  } else {
+    a.q_latent.resize(N * c.q_lora_rank);
+    a.q_latent_normed.resize(N * c.q_lora_rank);
+    cpu::linear_forward(a.q_latent.data(), x, w.q_a_proj.data, N, H, c.q_lora_rank);
+    cpu::rmsnorm_forward(a.q_latent_normed.data(), a.q_latent.data(), w.q_a_layernorm.data, N,
+                         c.q_lora_rank, c.rms_norm_eps);
+    cpu::linear_forward(a.q.data(), a.q_latent_normed.data(), w.q_b_proj.data, N, c.q_lora_rank,
+                        n_heads * qk);
+  }
+  for (int64_t b = 0; b < ctx.n_seqs; b++)
+    cpu::rope_forward(a.q.data() + b * ctx.n_tokens * n_heads * qk + c.qk_nope_head_dim,
+                      ctx.n_tokens, n_heads, n_heads * qk, qk, c.qk_rope_head_dim, ctx.cos,
+                      ctx.sin, true);
+}
+
+// rows [N, kv_lora_rank + rope] = [kv_a_layernorm(c_kv) | RoPE(k_rope)].
+void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x,
+                 const AttentionContext& ctx, AttentionActs& a) {
+  const int64_t N = ctx.n_seqs * ctx.n_tokens, row = c.kv_cache_row();
+  a.rows_raw.resize(N * row);
+  a.rows.resize(N * row);
+  cpu::linear_forward(a.rows_raw.data(), x, w.kv_a_proj_with_mqa.data, N, c.hidden_size, row);
+  for (int64_t t = 0; t < N; t++) {
+    cpu::rmsnorm_forward(a.rows.data() + t * row, a.rows_raw.data() + t * row,
+                         w.kv_a_layernorm.data, 1, c.kv_lora_rank, c.rms_norm_eps);
+    std::copy(a.rows_raw.data() + t * row + c.kv_lora_rank, a.rows_raw.data() + (t + 1) * row,
+              a.rows.data() + t * row + c.kv_lora_rank);
+  }
+  for (int64_t b = 0; b < ctx.n_seqs; b++)
+    cpu::rope_forward(a.rows.data() + b * ctx.n_tokens * row + c.kv_lora_rank, ctx.n_tokens, 1,
+                      row, 0, c.qk_rope_head_dim, ctx.cos, ctx.sin, true);
+}
+
+AttentionShape naive_shape(const ModelConfig& c, int64_t n_q, int64_t n_kv) {
+  const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim(), dv = c.v_head_dim;
+  const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
+  return attention_shape(n_q, n_kv, n_heads, n_heads, qk, dv, c.softmax_scale(),
+                         {n_heads * qk, qk, n_heads * qk, qk, kv_width, c.qk_nope_head_dim + dv,
+                          n_heads * dv, dv});
+}
+
+// Naive MLA for one sequence: expand the S latent rows into keys [S, heads, qk] and values.
+void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* q,
+                  const float* rows, int64_t n_q, int64_t n_kv, float* kv, float* keys,
+                  float* heads) {
+  const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim;
+  const int64_t qk = c.qk_head_dim(), dv = c.v_head_dim, row = c.kv_cache_row();
+  const int64_t kv_width = n_heads * (nope + dv);
+  cpu::gemm(false, true, n_kv, kv_width, c.kv_lora_rank, 1.0f, rows, row, w.kv_b_proj.data,
+            c.kv_lora_rank, 0.0f, kv, kv_width);
+  for (int64_t s = 0; s < n_kv; s++)
+    for (int64_t h = 0; h < n_heads; h++) {
+      float* key = keys + (s * n_heads + h) * qk;
+      const float* k_nope = kv + s * kv_width + h * (nope + dv);
+      std::copy(k_nope, k_nope + nope, key);
+      std::copy(rows + s * row + c.kv_lora_rank, rows + (s + 1) * row, key + nope);
+    }
+  cpu::attention_forward(heads, q, keys, kv + nope, naive_shape(c, n_q, n_kv));
+}
+
+// Absorbed MLA for one sequence: attention over the latent rows themselves (one shared "kv
+// head" of width kv_lora_rank + rope, values = the latent), with q_nope . W_UK as the query.
+void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const float* q,
+                     const float* rows, int64_t n_q, int64_t n_kv, float* heads) {
+  const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
+  const int64_t qk = c.qk_head_dim(), rank = c.kv_lora_rank, row = c.kv_cache_row();
+  const float* kv_b = w.kv_b_proj.data;  // [heads, nope + dv, rank]
+  std::vector<float> q_latent(n_q * n_heads * row);  // (T, heads, rank + rope)
+  for (int64_t h = 0; h < n_heads; h++) {
+    const float* w_uk = kv_b + h * (nope + dv) * rank;  // [nope, rank]
+    cpu::gemm(false, false, n_q, rank, nope, 1.0f, q + h * qk, n_heads * qk, w_uk, rank, 0.0f,
+              q_latent.data() + h * row, n_heads * row);
+    for (int64_t t = 0; t < n_q; t++)
+      std::copy(q + t * n_heads * qk + h * qk + nope, q + t * n_heads * qk + (h + 1) * qk,
+                q_latent.data() + (t * n_heads + h) * row + rank);
+  }
+  const AttentionShape shape = attention_shape(
+      n_q, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
+      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
+  std::vector<float> o_latent(n_q * n_heads * rank);  // (T, heads, rank)
+  cpu::attention_forward(o_latent.data(), q_latent.data(), rows, rows, shape);
+  for (int64_t h = 0; h < n_heads; h++) {
+    const float* w_uv = kv_b + (h * (nope + dv) + nope) * rank;  // [dv, rank]
+    cpu::gemm(false, true, n_q, dv, rank, 1.0f, o_latent.data() + h * rank, n_heads * rank, w_uv,
+              rank, 0.0f, heads + h * dv, n_heads * dv);
+  }
+}
+
+}  // namespace
+
+void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x, float* out,
+                 const AttentionContext& ctx, AttentionActs& a) {
+  const int64_t T = ctx.n_tokens, N = ctx.n_seqs * T, n_heads = c.num_attention_heads;
+  const int64_t qk = c.qk_head_dim(), row = c.kv_cache_row(), dv = c.v_head_dim;
+  const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
+  mla_queries(c, w, x, ctx, a);
+  mla_latents(c, w, x, ctx, a);
+  const bool absorbed =
+      ctx.mla_mode == MlaMode::kAbsorbed ||
+      (ctx.mla_mode == MlaMode::kAuto && ctx.cache != nullptr && ctx.n_past > 0);
+  a.heads.resize(N * n_heads * dv);
+  const int64_t n_kv = ctx.cache != nullptr ? ctx.n_past + T : T;
+  if (!absorbed) {
+    a.kv.resize(ctx.n_seqs * n_kv * kv_width);
+    a.keys.resize(ctx.n_seqs * n_kv * n_heads * qk);
+  }
+  for (int64_t b = 0; b < ctx.n_seqs; b++) {
+    const float* seq_rows = a.rows.data() + b * T * row;
+    if (ctx.cache != nullptr) {
+      std::copy(seq_rows, seq_rows + T * row, ctx.cache + ctx.n_past * row);
+      seq_rows = ctx.cache;
+    }
+    const float* seq_q = a.q.data() + b * T * n_heads * qk;
+    float* seq_heads = a.heads.data() + b * T * n_heads * dv;
+    if (absorbed)
+      attend_absorbed(c, w, seq_q, seq_rows, T, n_kv, seq_heads);
+    else
+      attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + b * n_kv * kv_width,
+                   a.keys.data() + b * n_kv * n_heads * qk, seq_heads);
+  }
+  cpu::linear_forward(out, a.heads.data(), w.o_proj.data, N, n_heads * dv, c.hidden_size);
+}
+
+void mla_backward(const ModelConfig& c, const AttentionWeights& w, AttentionWeights& g,
+                  const float* x, const float* dout, float* dx, const AttentionContext& ctx,
+                  const AttentionActs& a) {
+  const int64_t T = ctx.n_tokens, N = ctx.n_seqs * T, H = c.hidden_size;
+  const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim;
+  const int64_t rope = c.qk_rope_head_dim, qk = c.qk_head_dim(), dv = c.v_head_dim;
+  const int64_t rank = c.kv_lora_rank, row = c.kv_cache_row(), kv_width = n_heads * (nope + dv);
+  // o_proj
+  std::vector<float> dheads(N * n_heads * dv, 0.0f);  // (N, heads, dv)
+  cpu::linear_backward(dheads.data(), g.o_proj.data, dout, a.heads.data(), w.o_proj.data, N,
+                       n_heads * dv, H);
+  // attention, per sequence
+  std::vector<float> dq(N * n_heads * qk, 0.0f), dkeys(N * n_heads * qk, 0.0f);
+  std::vector<float> dkv(N * kv_width, 0.0f);  // (N, heads, nope + dv); the v part from attention
+  for (int64_t b = 0; b < ctx.n_seqs; b++) {
+    const int64_t qo = b * T * n_heads * qk, ko = b * T * kv_width;
+    cpu::attention_backward(dq.data() + qo, dkeys.data() + qo, dkv.data() + ko + nope,
+                            dheads.data() + b * T * n_heads * dv, a.q.data() + qo,
+                            a.keys.data() + qo, a.kv.data() + ko + nope,
+                            a.heads.data() + b * T * n_heads * dv, naive_shape(c, T, T));
+  }
+  // keys = [k_nope (from kv) | k_rope (shared by the heads)]
+  std::vector<float> drows(N * row, 0.0f);  // (N, rank + rope): d of the rows
+  for (int64_t t = 0; t < N; t++)
+    for (int64_t h = 0; h < n_heads; h++) {
+      const float* dkey = dkeys.data() + (t * n_heads + h) * qk;
+      float* dk_nope = dkv.data() + t * kv_width + h * (nope + dv);
+      for (int64_t d = 0; d < nope; d++) dk_nope[d] += dkey[d];
+      for (int64_t d = 0; d < rope; d++) drows[t * row + rank + d] += dkey[nope + d];
+    }
+  // kv = rows[:, :rank] . kv_b^T
+  cpu::gemm(true, false, kv_width, rank, N, 1.0f, dkv.data(), kv_width, a.rows.data(), row, 1.0f,
+            g.kv_b_proj.data, rank);
+  cpu::gemm(false, false, N, rank, kv_width, 1.0f, dkv.data(), kv_width, w.kv_b_proj.data, rank,
+            1.0f, drows.data(), row);
+  // rows = [rmsnorm(raw latent) | rope(raw k_rope)]
+  std::vector<float> drows_raw(N * row, 0.0f);
+  for (int64_t t = 0; t < N; t++) {
+    cpu::rmsnorm_backward(drows_raw.data() + t * row, g.kv_a_layernorm.data,
+                          drows.data() + t * row, a.rows_raw.data() + t * row,
+                          w.kv_a_layernorm.data, 1, rank, c.rms_norm_eps);
+    std::copy(drows.data() + t * row + rank, drows.data() + (t + 1) * row,
+              drows_raw.data() + t * row + rank);
+  }
+  for (int64_t b = 0; b < ctx.n_seqs; b++)
+    cpu::rope_backward(drows_raw.data() + b * T * row + rank, T, 1, row, 0, rope, ctx.cos,
+                       ctx.sin, true);
+  cpu::linear_backward(dx, g.kv_a_proj_with_mqa.data, drows_raw.data(), x,
+                       w.kv_a_proj_with_mqa.data, N, H, row);
+  // queries
+  for (int64_t b = 0; b < ctx.n_seqs; b++)
+    cpu::rope_backward(dq.data() + b * T * n_heads * qk + nope, T, n_heads, n_heads * qk, qk,
+                       rope, ctx.cos, ctx.sin, true);
+  if (c.q_lora_rank == 0) {
+    cpu::linear_backward(dx, g.q_proj.data, dq.data(), x, w.q_proj.data, N, H, n_heads * qk);
+    return;
+  }
+  const int64_t q_rank = c.q_lora_rank;
+  std::vector<float> dq_normed(N * q_rank, 0.0f), dq_latent(N * q_rank, 0.0f);
+  cpu::linear_backward(dq_normed.data(), g.q_b_proj.data, dq.data(), a.q_latent_normed.data(),
+                       w.q_b_proj.data, N, q_rank, n_heads * qk);
+  cpu::rmsnorm_backward(dq_latent.data(), g.q_a_layernorm.data, dq_normed.data(),
+                        a.q_latent.data(), w.q_a_layernorm.data, N, q_rank, c.rms_norm_eps);
+  cpu::linear_backward(dx, g.q_a_proj.data, dq_latent.data(), x, w.q_a_proj.data, N, H, q_rank);
+}
+
+}  // namespace dsmoe

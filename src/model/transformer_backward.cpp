@@ -1,0 +1,79 @@
+// transformer_backward.cpp: the training forward and the backward pass of the whole model, the
+// forward's list of ops in reverse (llm.c style).
+#include <algorithm>
+
+#include "kernels/cpu/ops.h"
+#include "model/rope.h"
+#include "model/transformer.h"
+#include "util/check.h"
+
+namespace dsmoe {
+
+ModelWeights zeros_like_weights(const ModelConfig& config) {
+  ModelWeights zeros;
+  for_each_tensor(config, zeros,
+                  [](const std::string&, const Shape& shape, TensorRole, Tensor& tensor) {
+                    tensor = Tensor::zeros(shape);
+                  });
+  if (config.tie_word_embeddings) zeros.lm_head = zeros.embed_tokens;
+  return zeros;
+}
+
+double Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                               ModelWeights& grads, TrainActs& acts) const {
+  const ModelConfig& c = config_;
+  const int64_t N = n_seqs * n_tokens, H = c.hidden_size, V = c.vocab_size;
+  DSMOE_CHECK(n_seqs > 0 && n_tokens > 1, "training needs sequences of at least 2 tokens");
+  // ---- forward, keeping activations
+  acts.x_final.resize(N * H);
+  embed(ids, N, acts.x_final.data());
+  run_layers(acts.x_final.data(), n_seqs, n_tokens, nullptr, nullptr, &acts.layers);
+  acts.normed.resize(N * H);
+  acts.logits.resize(N * V);
+  cpu::rmsnorm_forward(acts.normed.data(), acts.x_final.data(), weights_.norm.data, N, H,
+                       c.rms_norm_eps);
+  cpu::linear_forward(acts.logits.data(), acts.normed.data(), weights_.lm_head.data, N, H, V);
+  std::vector<float> dlogits(N * V);  // (N, V)
+  const double loss =
+      next_token_loss_backward(acts.logits.data(), ids, n_seqs, n_tokens, V, dlogits.data());
+
+  // ---- backward
+  std::vector<float> dnormed(N * H, 0.0f), dx(N * H, 0.0f);  // (N, H)
+  cpu::linear_backward(dnormed.data(), grads.lm_head.data, dlogits.data(), acts.normed.data(),
+                       weights_.lm_head.data, N, H, V);
+  cpu::rmsnorm_backward(dx.data(), grads.norm.data, dnormed.data(), acts.x_final.data(),
+                        weights_.norm.data, N, H, c.rms_norm_eps);
+  const int64_t half = c.rope_dim() / 2;
+  std::vector<float> cos(n_tokens * half), sin(n_tokens * half);
+  rope_angles(c, 0, n_tokens, cos.data(), sin.data());
+  AttentionContext ctx;
+  ctx.n_seqs = n_seqs, ctx.n_tokens = n_tokens, ctx.cos = cos.data(), ctx.sin = sin.data();
+  ctx.mla_mode = MlaMode::kNaive;
+  for (int64_t L = c.num_hidden_layers - 1; L >= 0; L--) {
+    const LayerWeights& w = weights_.layers[L];
+    LayerWeights& g = grads.layers[L];
+    const LayerActs& a = acts.layers[L];
+    // x_out = x_mid + ffn(norm2(x_mid))
+    std::fill(dnormed.begin(), dnormed.end(), 0.0f);
+    if (c.is_moe_layer(L))
+      moe_backward(c, w.moe, g.moe, a.normed2.data(), dx.data(), dnormed.data(), N, a.moe);
+    else
+      mlp_backward(w.mlp, g.mlp, a.normed2.data(), dx.data(), dnormed.data(), N, H,
+                   c.intermediate_size, a.mlp);
+    cpu::rmsnorm_backward(dx.data(), g.post_attention_layernorm.data, dnormed.data(),
+                          a.x_mid.data(), w.post_attention_layernorm.data, N, H, c.rms_norm_eps);
+    // x_mid = x_in + attention(norm1(x_in))
+    std::fill(dnormed.begin(), dnormed.end(), 0.0f);
+    attention_backward(c, w.attn, g.attn, a.normed1.data(), dx.data(), dnormed.data(), ctx,
+                       a.attn);
+    cpu::rmsnorm_backward(dx.data(), g.input_layernorm.data, dnormed.data(), a.x_in.data(),
+                          w.input_layernorm.data, N, H, c.rms_norm_eps);
+  }
+  for (int64_t i = 0; i < N; i++) {  // embedding: scatter-add, in token order
+    float* row = grads.embed_tokens.data + ids[i] * H;
+    for (int64_t h = 0; h < H; h++) row[h] += dx[i * H + h];
+  }
+  return loss;
+}
+
+}  // namespace dsmoe
