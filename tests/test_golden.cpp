@@ -170,7 +170,10 @@ TEST_P(Golden, GradientsOfEveryWeight) {
   const ModelConfig& c = model_->config();
   ModelWeights grads = zeros_like_weights(c);
   TrainActs acts;
-  const double loss = model_->forward_backward(ids_.data(), n_seqs_, n_tokens_, grads, acts);
+  TrainOptions options;
+  options.balance_losses = false;  // grad.* is the gradient of the cross-entropy alone
+  const double loss =
+      model_->forward_backward(ids_.data(), n_seqs_, n_tokens_, grads, acts, options).loss;
   EXPECT_NEAR(loss, read_f32(*expected_, "loss")[0], 1e-5 * loss);
   double worst = 0;
   std::string worst_name;
@@ -193,6 +196,44 @@ TEST_P(Golden, GradientsOfEveryWeight) {
   });
   std::printf("[ %s ] %lld gradients, worst relative L2 error %.3g (%s)\n", GetParam().c_str(),
               static_cast<long long>(n_checked), worst, worst_name.c_str());
+}
+
+// The V1 fixture records the balance loss of the published V1 code (aux_loss_alpha, seq_aux):
+// aux.L per MoE layer (relative 1e-4) and grad_aux.* = d(sum of aux) / d tensor (relative L2 1e-3).
+TEST_P(Golden, BalanceLossAndItsGradient) {
+  if (expected_->find("aux.1") == nullptr) GTEST_SKIP() << "no aux loss recorded";
+  const ModelConfig& c = model_->config();
+  ModelWeights grads = zeros_like_weights(c);
+  TrainActs acts;
+  TrainOptions aux_only;
+  aux_only.cross_entropy = false;
+  const StepStats stats =
+      model_->forward_backward(ids_.data(), n_seqs_, n_tokens_, grads, acts, aux_only);
+  ASSERT_FALSE(stats.aux.empty());
+  for (const auto& [layer, losses] : stats.aux) {
+    const double expected = read_f32(*expected_, "aux." + std::to_string(layer))[0];
+    EXPECT_NEAR(losses.total(), expected, 1e-4 * std::fabs(expected)) << "layer " << layer;
+  }
+  double worst = 0;
+  for_each_tensor(c, grads, [&](const std::string& name, const Shape&, TensorRole,
+                                Tensor& grad) {
+    ASSERT_NE(expected_->find("grad_aux." + name), nullptr) << name;
+    const std::vector<float> expected = read_f32(*expected_, "grad_aux." + name);
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < expected.size(); i++) {
+      diff += (grad.data[i] - static_cast<double>(expected[i])) *
+              (grad.data[i] - static_cast<double>(expected[i]));
+      norm += static_cast<double>(expected[i]) * expected[i];
+    }
+    if (norm == 0) {  // tensors the balance loss does not reach (e.g. lm_head)
+      EXPECT_EQ(diff, 0.0) << name;
+      return;
+    }
+    const double relative = std::sqrt(diff / norm);
+    EXPECT_LE(relative, 1e-3) << name;
+    if (relative > worst) worst = relative;
+  });
+  std::printf("[ %s ] grad_aux worst relative L2 error %.3g\n", GetParam().c_str(), worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden,

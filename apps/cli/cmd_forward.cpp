@@ -65,7 +65,9 @@ int run_forward(const ForwardArgs& args) {
     timer.reset();
     ModelWeights grads = zeros_like_weights(c);
     TrainActs acts;
-    model.forward_backward(ids.data(), B, T, grads, acts);
+    TrainOptions options;
+    options.balance_losses = false;  // the gradient of `loss` alone
+    model.forward_backward(ids.data(), B, T, grads, acts, options);
     log_info("forward + backward in {:.3f} s", timer.seconds());
     for_each_tensor(c, grads, [&](const std::string& name, const Shape& shape, TensorRole role,
                                   Tensor& grad) {

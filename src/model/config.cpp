@@ -75,7 +75,7 @@ struct Defaults {
 };
 constexpr Defaults kV1Defaults{102400, 4096, 11008, 1407, 30, 32, 0, 0, 0, 0, 0, 0, 1, 1, 2048,
                                1.0, false, "greedy", "softmax"};
-constexpr Defaults kV2Defaults{102400, 5120, 12288, 1407, 30, 32, 0,    0,     0,  0, 1536, 512,
+constexpr Defaults kV2Defaults{102400, 4096, 11008, 1407, 30, 32, 0,    0,     0,  0, 1536, 512,
                                1,      1,    2048,  1.0,  false, "greedy", "softmax"};
 constexpr Defaults kV3Defaults{129280, 7168, 18432, 2048, 61, 128, 1,    256,        8, 3, 1536, 512,
                                8,      4,    4096,  2.5,  true, "noaux_tc", "sigmoid"};
@@ -157,8 +157,15 @@ void parse_moe(const Fields& f, const Defaults& d, ModelConfig& c) {
                                 ? 1.0f
                                 : static_cast<float>(f.number("routed_scaling_factor",
                                                               d.routed_scaling_factor));
-  c.aux_loss_alpha = static_cast<float>(f.number("aux_loss_alpha", 0.001));
-  c.seq_aux = f.boolean("seq_aux", true);
+  c.aux_loss_alpha = static_cast<float>(f.number("aux_loss_alpha", 0.0));
+  c.seq_aux = f.boolean("seq_aux", false);
+  c.device_aux_loss_alpha = static_cast<float>(f.number("moe_device_level_aux_loss_coeff", 0.0));
+  c.comm_aux_loss_alpha = static_cast<float>(f.number("moe_comm_aux_loss_coeff", 0.0));
+  c.ep_size = f.positive("ep_size", 1);
+  c.expert_bias_update = f.boolean("moe_router_enable_expert_bias", false);
+  c.bias_update_rate = static_cast<float>(f.number("moe_router_bias_update_rate", 0.001));
+  c.noisy_gating = f.boolean("noisy_gating", false);
+  c.capacity_factor = static_cast<float>(f.number("moe_expert_capacity_factor", 0.0));
   if (c.n_routed_experts == 0) return;
   const std::string& s = f.source();
   DSMOE_CHECK(c.n_routed_experts > 0, "{}: field 'n_routed_experts' must be positive", s);
@@ -181,6 +188,13 @@ void parse_moe(const Fields& f, const Defaults& d, ModelConfig& c) {
     DSMOE_CHECK(c.topk_method != TopkMethod::kNoauxTc || per_group >= 2,
                 "{}: noaux_tc needs at least 2 experts per group", s);
   }
+  DSMOE_CHECK(c.n_routed_experts % c.n_devices() == 0,
+              "{}: n_routed_experts={} is not divisible by ep_size={}", s, c.n_routed_experts,
+              c.n_devices());
+  DSMOE_CHECK(!c.expert_bias_update || c.has_router_bias(),
+              "{}: moe_router_enable_expert_bias needs topk_method noaux_tc (the bias is "
+              "e_score_correction_bias)", s);
+  DSMOE_CHECK(c.capacity_factor >= 0, "{}: moe_expert_capacity_factor must be >= 0", s);
 }
 
 void parse_attention(const Fields& f, const Defaults& d, ModelConfig& c) {

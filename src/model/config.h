@@ -2,6 +2,7 @@
 // config.json (model_type deepseek, deepseek_v2, deepseek_v3) with the defaults of each
 // architecture's own configuration code, and the quantities derived from it.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -67,9 +68,19 @@ struct ModelConfig {
   ScoringFunc scoring_func = ScoringFunc::kSoftmax;
   bool norm_topk_prob = false;
   float routed_scaling_factor = 1.0f;
-  float aux_loss_alpha = 0.0f;
-  bool seq_aux = false;
   int64_t num_nextn_predict_layers = 0;
+
+  // Training-time routing and balancing, each off unless config.json asks for it (DeepSeek's
+  // keys where they exist, Megatron-Core's otherwise). Inference never drops tokens or adds noise.
+  float aux_loss_alpha = 0.0f;         // alpha1, expert-level balance loss (DeepSeek-V2 eq. 12)
+  bool seq_aux = false;                // per sequence (V1 seq_aux; DeepSeek-V3 eq. 17-20)
+  float device_aux_loss_alpha = 0.0f;  // alpha2 (V2 eq. 15): moe_device_level_aux_loss_coeff
+  float comm_aux_loss_alpha = 0.0f;    // alpha3 (V2 eq. 18): moe_comm_aux_loss_coeff
+  int64_t ep_size = 1;                 // devices D holding equal expert groups (DeepSeek-V2)
+  bool expert_bias_update = false;     // V3 aux-loss-free bias: moe_router_enable_expert_bias
+  float bias_update_rate = 0.001f;     // gamma: moe_router_bias_update_rate
+  bool noisy_gating = false;           // KeepTopK noise x W_noise (Shazeer et al. 2017)
+  float capacity_factor = 0.0f;        // moe_expert_capacity_factor; 0: no capacity limit
 
   // Derived.
   bool use_mla() const { return arch != Arch::kDeepseekV1; }
@@ -78,6 +89,13 @@ struct ModelConfig {
     return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
   }
   bool has_router_bias() const { return topk_method == TopkMethod::kNoauxTc; }
+  // Devices for the device-level and communication losses: ep_size, else the routing groups.
+  int64_t n_devices() const { return ep_size > 1 ? ep_size : n_group; }
+  // Devices a token may reach: topk_group under group-limited routing, else min(K, D).
+  int64_t max_devices_per_token() const {
+    return topk_method == TopkMethod::kGreedy ? std::min(num_experts_per_tok, n_devices())
+                                              : topk_group;
+  }
   // The dimension RoPE rotates: qk_rope_head_dim (MLA) or head_dim (V1).
   int64_t rope_dim() const { return use_mla() ? qk_rope_head_dim : head_dim; }
   // Attention logit scale: qk_head_dim^-0.5 (times mscale^2 under YaRN with mscale_all_dim), or

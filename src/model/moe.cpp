@@ -33,22 +33,34 @@ void mlp_backward(const MlpWeights& mlp, MlpWeights& g, const float* x, const fl
 }
 
 void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, float* out,
-                 int64_t n_tokens, MoeActs& a) {
+                 int64_t n_tokens, MoeActs& a, const MoeTraining* training) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
-  route_tokens(c, moe, x, n_tokens, a.routing);
+  route_tokens(c, moe, x, n_tokens, a.routing, training != nullptr ? &training->router : nullptr);
   const std::vector<int32_t>& expert = a.routing.expert;
+  a.aux = BalanceLosses{};
+  a.aux_dscores.clear();
+  if (training != nullptr && training->balance_losses) {
+    a.aux_dscores.assign(n_tokens * E, 0.0f);
+    a.aux = balance_losses(c, a.routing, training->n_seqs, n_tokens / training->n_seqs,
+                           a.aux_dscores.data());
+  }
 
-  // Gather: the (token, slot) assignments of each expert, in token order.
+  // Gather: the kept (token, slot) assignments of each expert, in token order.
+  const std::vector<uint8_t>& dropped = a.routing.dropped;
+  auto kept = [&](int64_t i) { return dropped.empty() || !dropped[i]; };
   a.offsets.assign(E + 1, 0);
-  for (int64_t i = 0; i < n_tokens * K; i++) a.offsets[expert[i] + 1]++;
+  for (int64_t i = 0; i < n_tokens * K; i++)
+    if (kept(i)) a.offsets[expert[i] + 1]++;
   for (int64_t e = 0; e < E; e++) a.offsets[e + 1] += a.offsets[e];
-  a.assignment.resize(n_tokens * K);
+  const int64_t n_assigned = a.offsets[E];
+  a.assignment.resize(n_assigned);
   std::vector<int64_t> fill(a.offsets.begin(), a.offsets.end() - 1);
-  for (int64_t i = 0; i < n_tokens * K; i++) a.assignment[fill[expert[i]]++] = i;
-  a.x_sorted.resize(n_tokens * K * H);
-  a.y_sorted.resize(n_tokens * K * H);
-  for (int64_t i = 0; i < n_tokens * K; i++) {
+  for (int64_t i = 0; i < n_tokens * K; i++)
+    if (kept(i)) a.assignment[fill[expert[i]]++] = i;
+  a.x_sorted.resize(n_assigned * H);
+  a.y_sorted.resize(n_assigned * H);
+  for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t token = a.assignment[i] / K;
     std::copy(x + token * H, x + (token + 1) * H, a.x_sorted.data() + i * H);
   }
@@ -65,7 +77,7 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
     mlp_forward(moe.experts[e], a.x_sorted.data() + begin * H, a.y_sorted.data() + begin * H,
                 count, H, I, a.experts[e]);
   }
-  for (int64_t i = 0; i < n_tokens * K; i++) {
+  for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t flat = a.assignment[i];
     const float w = a.routing.weight[flat];
     float* dst = out + (flat / K) * H;
@@ -81,10 +93,11 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
   if (c.n_shared_experts > 0)
     mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts,
                  a.shared);
-  // out += w * y: d y = w * d out; d w = <d out, y>.
-  std::vector<float> dy_sorted(n_tokens * K * H), dx_sorted(n_tokens * K * H, 0.0f);
-  std::vector<float> dweight(n_tokens * K);  // [n, K]
-  for (int64_t i = 0; i < n_tokens * K; i++) {
+  // out += w * y: d y = w * d out; d w = <d out, y> (0 for dropped assignments).
+  const int64_t n_assigned = a.offsets[E];
+  std::vector<float> dy_sorted(n_assigned * H), dx_sorted(n_assigned * H, 0.0f);
+  std::vector<float> dweight(n_tokens * K, 0.0f);  // [n, K]
+  for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t flat = a.assignment[i];
     const float w = a.routing.weight[flat];
     const float* d = dout + (flat / K) * H;
@@ -103,12 +116,13 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
                  dy_sorted.data() + begin * H, dx_sorted.data() + begin * H, count, H, I,
                  a.experts[e]);
   }
-  for (int64_t i = 0; i < n_tokens * K; i++) {  // scatter back, in a fixed order
+  for (int64_t i = 0; i < n_assigned; i++) {  // scatter back, in a fixed order
     float* dst = dx + (a.assignment[i] / K) * H;
     const float* src = dx_sorted.data() + i * H;
     for (int64_t h = 0; h < H; h++) dst[h] += src[h];
   }
-  route_backward(c, moe, g, x, a.routing, dweight.data(), dx, n_tokens);
+  route_backward(c, moe, g, x, a.routing, dweight.data(),
+                 a.aux_dscores.empty() ? nullptr : a.aux_dscores.data(), dx, n_tokens);
 }
 
 }  // namespace dsmoe

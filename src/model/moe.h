@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/balance.h"
 #include "model/config.h"
 #include "model/router.h"
 #include "model/weights.h"
@@ -26,6 +27,8 @@ void mlp_backward(const MlpWeights& mlp, MlpWeights& grads, const float* x, cons
 
 struct MoeActs {
   Routing routing;
+  BalanceLosses aux;              // training: this layer's balance losses
+  std::vector<float> aux_dscores;  // training: d aux / d scores [n, E]
   std::vector<int64_t> offsets;     // [E + 1] first assignment of each expert
   std::vector<int64_t> assignment;  // [n * K] flat index t * K + j, grouped by expert
   std::vector<float> x_sorted;      // (n * K, H) inputs in assignment order
@@ -34,9 +37,17 @@ struct MoeActs {
   MlpActs shared;
 };
 
+// A training forward's extras: noise, capacity and balance losses over n_seqs sequences.
+struct MoeTraining {
+  RouterTraining router;
+  int64_t n_seqs = 1;
+  bool balance_losses = true;  // compute the configured balance losses (and their gradients)
+};
+
 // out[n, H] = shared(x) + sum_k weight_k * expert_k(x); acts.routing holds the decisions.
+// With `training`: noisy gating and capacity as configured, and acts.aux / aux_dscores.
 void moe_forward(const ModelConfig& config, const MoeWeights& moe, const float* x, float* out,
-                 int64_t n_tokens, MoeActs& acts);
+                 int64_t n_tokens, MoeActs& acts, const MoeTraining* training = nullptr);
 // dx += d x (through experts, shared experts and the router); grads += d weights.
 void moe_backward(const ModelConfig& config, const MoeWeights& moe, MoeWeights& grads,
                   const float* x, const float* dout, float* dx, int64_t n_tokens,

@@ -83,7 +83,8 @@ GateRule gate_rule(const ModelConfig& c) {
 }
 
 void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, const float* x,
-                    const Routing& r, const float* dweight, float* dx, int64_t n_tokens) {
+                    const Routing& r, const float* dweight, const float* dscores, float* dx,
+                    int64_t n_tokens) {
   const int64_t n_experts = c.n_routed_experts, k = c.num_experts_per_tok;
   const GateRule rule = gate_rule(c);
   std::vector<float> dlogits(n_tokens * n_experts, 0.0f);  // (n, E)
@@ -93,6 +94,8 @@ void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, 
     const int32_t* expert = r.expert.data() + t * k;
     const float* dw = dweight + t * k;
     std::vector<float> ds(n_experts, 0.0f);  // d loss / d scores
+    if (dscores != nullptr)
+      std::copy(dscores + t * n_experts, dscores + (t + 1) * n_experts, ds.begin());
     if (rule.normalize) {  // w_j = scale * s_j / D, D = sum s + 1e-20
       float sum = 0.0f, dot = 0.0f;
       for (int64_t j = 0; j < k; j++) sum += s[expert[j]];
@@ -112,19 +115,63 @@ void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, 
       for (int64_t e = 0; e < n_experts; e++) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
     }
   }
+  if (!r.noise.empty()) {  // logits = clean + noise * softplus(pre): d pre = d * noise * sigma(pre)
+    std::vector<float> dpre(n_tokens * n_experts);
+    for (int64_t i = 0; i < n_tokens * n_experts; i++)
+      dpre[i] = dlogits[i] * r.noise[i] / (1.0f + std::exp(-r.noise_pre[i]));
+    cpu::linear_backward(dx, g.noise_weight.data, dpre.data(), x, moe.noise_weight.data, n_tokens,
+                         c.hidden_size, n_experts);
+  }
   cpu::linear_backward(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens,
                        c.hidden_size, n_experts);
 }
 
+namespace {
+
+float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+
+// Capacity (training): each expert takes at most ceil(factor * n * K / E) assignments, first come
+// in token order; the rest are dropped and the residual stream carries those tokens.
+void apply_capacity(const ModelConfig& c, Routing& r) {
+  const int64_t n = r.n_tokens, K = r.top_k, E = c.n_routed_experts;
+  const int64_t capacity =
+      static_cast<int64_t>(std::ceil(static_cast<double>(c.capacity_factor) * n * K / E));
+  std::vector<int64_t> taken(E, 0);
+  r.dropped.assign(n * K, 0);
+  r.n_dropped = 0;
+  for (int64_t i = 0; i < n * K; i++)
+    if (taken[r.expert[i]]++ >= capacity) {
+      r.dropped[i] = 1;
+      r.n_dropped++;
+    }
+}
+
+}  // namespace
+
 void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, int64_t n_tokens,
-                  Routing& r) {
+                  Routing& r, const RouterTraining* training) {
   const int64_t n_experts = c.n_routed_experts, k = c.num_experts_per_tok;
   r.n_tokens = n_tokens;
   r.top_k = k;
   r.scores.resize(n_tokens * n_experts);
   r.expert.resize(n_tokens * k);
   r.weight.resize(n_tokens * k);
+  r.dropped.clear();
+  r.n_dropped = 0;
   cpu::linear_forward(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
+  const bool noisy = training != nullptr && c.noisy_gating;
+  r.noise.clear();
+  r.noise_pre.clear();
+  if (noisy) {  // KeepTopK: logits += N(0, 1) * softplus(x . W_noise^T)
+    r.noise.resize(n_tokens * n_experts);
+    r.noise_pre.resize(n_tokens * n_experts);
+    cpu::linear_forward(r.noise_pre.data(), x, moe.noise_weight.data, n_tokens, c.hidden_size,
+                        n_experts);
+    for (int64_t i = 0; i < n_tokens * n_experts; i++) {
+      r.noise[i] = training->noise_rng->normal();
+      r.scores[i] += r.noise[i] * softplus(r.noise_pre[i]);
+    }
+  }
   const float* bias = c.has_router_bias() ? moe.e_score_correction_bias.data : nullptr;
 #pragma omp parallel for schedule(static) if (n_tokens > 8)
   for (int64_t t = 0; t < n_tokens; t++) {
@@ -136,6 +183,7 @@ void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, i
     }
     select_experts(c, s, bias, r.expert.data() + t * k, r.weight.data() + t * k);
   }
+  if (training != nullptr && c.capacity_factor > 0.0f) apply_capacity(c, r);
 }
 
 }  // namespace dsmoe

@@ -37,7 +37,8 @@ void Model::embed(const int64_t* ids, int64_t n, float* x) const {
 }
 
 void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
-                       ForwardRecord* record, std::vector<LayerActs>* train) const {
+                       ForwardRecord* record, std::vector<LayerActs>* train,
+                       const MoeTraining* moe_training) const {
   const ModelConfig& c = config_;
   const int64_t N = n_seqs * n_tokens, H = c.hidden_size, half = c.rope_dim() / 2;
   const int64_t n_past = cache != nullptr ? cache->n_past : 0;
@@ -64,7 +65,7 @@ void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* 
     cpu::rmsnorm_forward(a.normed2.data(), x, layer.post_attention_layernorm.data, N, H,
                          c.rms_norm_eps);
     if (c.is_moe_layer(L)) {
-      moe_forward(c, layer.moe, a.normed2.data(), branch.data(), N, a.moe);
+      moe_forward(c, layer.moe, a.normed2.data(), branch.data(), N, a.moe, moe_training);
       if (record != nullptr && record->keep_routes) record->routes[L] = a.moe.routing;
     } else {
       mlp_forward(layer.mlp, a.normed2.data(), branch.data(), N, H, c.intermediate_size, a.mlp);

@@ -50,6 +50,23 @@ struct TrainActs {
   std::vector<float> logits;   // (N, V)
 };
 
+// Options of a training forward.
+struct TrainOptions {
+  bool balance_losses = true;  // add the configured balance losses to the objective
+  bool cross_entropy = true;   // false: differentiate the balance losses alone (the loss is
+                               // still measured)
+  Rng* noise_rng = nullptr;    // noisy gating draws (needed when config.noisy_gating)
+};
+
+// What one training forward/backward measured.
+struct StepStats {
+  double loss = 0.0;      // mean next-token cross-entropy
+  double aux_loss = 0.0;  // sum over MoE layers of their balance losses (in the objective)
+  std::map<int64_t, BalanceLosses> aux;                 // per MoE layer
+  std::map<int64_t, std::vector<int64_t>> expert_load;  // per MoE layer: tokens per expert
+  int64_t n_dropped = 0;  // assignments over capacity
+};
+
 // Gradients (or optimizer moments): zero tensors shaped like the model's weights.
 ModelWeights zeros_like_weights(const ModelConfig& config);
 
@@ -61,16 +78,18 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
+  ModelWeights& mutable_weights() { return weights_; }
   void set_mla_mode(MlaMode mode) { mla_mode_ = mode; }
 
   // ids [n_seqs, n_tokens] at positions 0 .. n_tokens-1, no cache -> logits [n_seqs * n_tokens, V].
   Tensor forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
                  ForwardRecord* record = nullptr) const;
 
-  // Training step core: forward with activations kept, mean next-token cross-entropy, and
-  // backward: grads += d loss / d weights (grads from zeros_like_weights). Returns the loss.
-  double forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
-                          ModelWeights& grads, TrainActs& acts) const;
+  // Training step core: forward with activations kept, mean next-token cross-entropy (+ balance
+  // losses), and backward: grads += d objective / d weights (grads from zeros_like_weights).
+  StepStats forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                             ModelWeights& grads, TrainActs& acts,
+                             const TrainOptions& options = {}) const;
 
   // One sequence: ids [n_tokens] at positions cache.n_past .., appended to the cache (the caller
   // advances n_past). Returns the logits of the last token [V].
@@ -80,7 +99,8 @@ class Model {
   // Runs the decoder stack on embedded tokens x [n_seqs * n_tokens, H] in place.
   // `train` (optional) keeps each layer's activations.
   void run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
-                  ForwardRecord* record, std::vector<LayerActs>* train = nullptr) const;
+                  ForwardRecord* record, std::vector<LayerActs>* train = nullptr,
+                  const MoeTraining* moe_training = nullptr) const;
   void embed(const int64_t* ids, int64_t n, float* x) const;
   void check_ids(const int64_t* ids, int64_t n) const;
 

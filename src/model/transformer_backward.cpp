@@ -19,23 +19,41 @@ ModelWeights zeros_like_weights(const ModelConfig& config) {
   return zeros;
 }
 
-double Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
-                               ModelWeights& grads, TrainActs& acts) const {
+StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
+                                  ModelWeights& grads, TrainActs& acts,
+                                  const TrainOptions& options) const {
   const ModelConfig& c = config_;
   const int64_t N = n_seqs * n_tokens, H = c.hidden_size, V = c.vocab_size;
   DSMOE_CHECK(n_seqs > 0 && n_tokens > 1, "training needs sequences of at least 2 tokens");
   // ---- forward, keeping activations
   acts.x_final.resize(N * H);
   embed(ids, N, acts.x_final.data());
-  run_layers(acts.x_final.data(), n_seqs, n_tokens, nullptr, nullptr, &acts.layers);
+  DSMOE_CHECK(!c.noisy_gating || options.noise_rng != nullptr,
+              "noisy gating needs a random generator for training");
+  MoeTraining moe_training;
+  moe_training.router.noise_rng = options.noise_rng;
+  moe_training.n_seqs = n_seqs;
+  moe_training.balance_losses = options.balance_losses;
+  run_layers(acts.x_final.data(), n_seqs, n_tokens, nullptr, nullptr, &acts.layers,
+             &moe_training);
   acts.normed.resize(N * H);
   acts.logits.resize(N * V);
   cpu::rmsnorm_forward(acts.normed.data(), acts.x_final.data(), weights_.norm.data, N, H,
                        c.rms_norm_eps);
   cpu::linear_forward(acts.logits.data(), acts.normed.data(), weights_.lm_head.data, N, H, V);
   std::vector<float> dlogits(N * V);  // (N, V)
-  const double loss =
+  StepStats stats;
+  stats.loss =
       next_token_loss_backward(acts.logits.data(), ids, n_seqs, n_tokens, V, dlogits.data());
+  if (!options.cross_entropy) std::fill(dlogits.begin(), dlogits.end(), 0.0f);
+  for (int64_t L = 0; L < c.num_hidden_layers; L++) {
+    if (!c.is_moe_layer(L)) continue;
+    const MoeActs& moe = acts.layers[L].moe;
+    stats.aux[L] = moe.aux;
+    stats.aux_loss += moe.aux.total();
+    stats.expert_load[L] = expert_loads(c, moe.routing);
+    stats.n_dropped += moe.routing.n_dropped;
+  }
 
   // ---- backward
   std::vector<float> dnormed(N * H, 0.0f), dx(N * H, 0.0f);  // (N, H)
@@ -73,7 +91,7 @@ double Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tok
     float* row = grads.embed_tokens.data + ids[i] * H;
     for (int64_t h = 0; h < H; h++) row[h] += dx[i * H + h];
   }
-  return loss;
+  return stats;
 }
 
 }  // namespace dsmoe

@@ -58,6 +58,8 @@ void visit_moe(const ModelConfig& c, const std::string& p, MoeWeights& moe,
   if (c.has_router_bias())
     visit(p + ".gate.e_score_correction_bias", {E}, TensorRole::kRouterBias,
           moe.e_score_correction_bias);
+  if (c.noisy_gating)
+    visit(p + ".gate.noise_weight", {E, H}, TensorRole::kNoise, moe.noise_weight);
   moe.experts.resize(E);
   for (int64_t e = 0; e < E; e++)
     visit_mlp(fmt::format("{}.experts.{}", p, e), H, c.moe_intermediate_size, moe.experts[e],
@@ -119,6 +121,7 @@ void init_random_tensor(const Shape& shape, TensorRole role, Rng& rng, float* da
       break;
     case TensorRole::kBias:
     case TensorRole::kRouterBias:
+    case TensorRole::kNoise:
       std::fill(data, data + n, 0.0f);
       break;
   }

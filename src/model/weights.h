@@ -37,6 +37,7 @@ struct AttentionWeights {
 struct MoeWeights {
   Tensor gate;                     // [n_routed_experts, H] router
   Tensor e_score_correction_bias;  // [n_routed_experts] V3 noaux_tc only: selection bias
+  Tensor noise_weight;             // [n_routed_experts, H] noisy gating only
   std::vector<MlpWeights> experts;  // n_routed_experts, width moe_intermediate_size
   MlpWeights shared;  // width moe_intermediate_size * n_shared_experts (empty when 0)
 };
@@ -56,7 +57,9 @@ struct ModelWeights {
   Tensor lm_head;  // [V, H] (a view of embed_tokens when tie_word_embeddings)
 };
 
-enum class TensorRole { kMatrix, kNorm, kEmbedding, kBias, kRouterBias };
+// How a tensor is initialised and trained: kRouterBias is a buffer (no gradient; updated by the
+// aux-loss-free rule), kNoise the learned noise projection of noisy gating (zeros at init).
+enum class TensorRole { kMatrix, kNorm, kEmbedding, kBias, kRouterBias, kNoise };
 
 // Calls visit(name, shape, role, tensor) for every checkpoint tensor of `config`, with the names
 // transformers writes (model.layers.L.self_attn.kv_b_proj.weight, ...
