@@ -49,28 +49,14 @@ void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* 
   ctx.cos = cos.data(), ctx.sin = sin.data(), ctx.mla_mode = mla_mode_;
 
   LayerActs scratch;  // inference: one set of buffers reused by every layer
-  std::vector<float> branch(N * H);  // (N, H)
   if (train != nullptr) train->resize(c.num_hidden_layers);
   for (int64_t L = 0; L < c.num_hidden_layers; L++) {
-    const LayerWeights& layer = weights_.layers[L];
     LayerActs& a = train != nullptr ? (*train)[L] : scratch;
-    if (train != nullptr) a.x_in.assign(x, x + N * H);
-    a.normed1.resize(N * H);
-    a.normed2.resize(N * H);
     ctx.cache = cache != nullptr ? cache->layers[L] : nullptr;
-    cpu::rmsnorm_forward(a.normed1.data(), x, layer.input_layernorm.data, N, H, c.rms_norm_eps);
-    attention_forward(c, layer.attn, a.normed1.data(), branch.data(), ctx, &a.attn);
-    for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
-    if (train != nullptr) a.x_mid.assign(x, x + N * H);
-    cpu::rmsnorm_forward(a.normed2.data(), x, layer.post_attention_layernorm.data, N, H,
-                         c.rms_norm_eps);
-    if (c.is_moe_layer(L)) {
-      moe_forward(c, layer.moe, a.normed2.data(), branch.data(), N, a.moe, moe_training);
-      if (record != nullptr && record->keep_routes) record->routes[L] = a.moe.routing;
-    } else {
-      mlp_forward(layer.mlp, a.normed2.data(), branch.data(), N, H, c.intermediate_size, a.mlp);
-    }
-    for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
+    layer_forward(c, weights_.layers[L], c.is_moe_layer(L), x, ctx, a, train != nullptr,
+                  moe_training);
+    if (record != nullptr && record->keep_routes && c.is_moe_layer(L))
+      record->routes[L] = a.moe.routing;
     if (record != nullptr && record->keep_hidden) {
       Tensor h = Tensor::zeros({N, H});
       std::copy(x, x + N * H, h.data);

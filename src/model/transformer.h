@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model/attention.h"
+#include "model/layer.h"
 #include "model/config.h"
 #include "model/moe.h"
 #include "model/router.h"
@@ -29,17 +30,6 @@ struct KvCacheView {
   std::vector<float*> layers;  // per layer: rows [capacity, config.kv_cache_row()]
   int64_t capacity = 0;        // tokens
   int64_t n_past = 0;          // tokens already stored
-};
-
-// What one decoder layer keeps from a training forward for its backward.
-struct LayerActs {
-  std::vector<float> x_in;     // (N, H) residual stream entering the layer
-  std::vector<float> normed1;  // (N, H) input_layernorm(x_in)
-  AttentionActs attn;
-  std::vector<float> x_mid;    // (N, H) x_in + attention
-  std::vector<float> normed2;  // (N, H) post_attention_layernorm(x_mid)
-  MlpActs mlp;                 // dense layers
-  MoeActs moe;                 // MoE layers
 };
 
 // Everything a training forward keeps (reused across steps to avoid reallocation).

@@ -67,26 +67,9 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
   AttentionContext ctx;
   ctx.n_seqs = n_seqs, ctx.n_tokens = n_tokens, ctx.cos = cos.data(), ctx.sin = sin.data();
   ctx.mla_mode = MlaMode::kNaive;
-  for (int64_t L = c.num_hidden_layers - 1; L >= 0; L--) {
-    const LayerWeights& w = weights_.layers[L];
-    LayerWeights& g = grads.layers[L];
-    const LayerActs& a = acts.layers[L];
-    // x_out = x_mid + ffn(norm2(x_mid))
-    std::fill(dnormed.begin(), dnormed.end(), 0.0f);
-    if (c.is_moe_layer(L))
-      moe_backward(c, w.moe, g.moe, a.normed2.data(), dx.data(), dnormed.data(), N, a.moe);
-    else
-      mlp_backward(w.mlp, g.mlp, a.normed2.data(), dx.data(), dnormed.data(), N, H,
-                   c.intermediate_size, a.mlp);
-    cpu::rmsnorm_backward(dx.data(), g.post_attention_layernorm.data, dnormed.data(),
-                          a.x_mid.data(), w.post_attention_layernorm.data, N, H, c.rms_norm_eps);
-    // x_mid = x_in + attention(norm1(x_in))
-    std::fill(dnormed.begin(), dnormed.end(), 0.0f);
-    attention_backward(c, w.attn, g.attn, a.normed1.data(), dx.data(), dnormed.data(), ctx,
-                       a.attn);
-    cpu::rmsnorm_backward(dx.data(), g.input_layernorm.data, dnormed.data(), a.x_in.data(),
-                          w.input_layernorm.data, N, H, c.rms_norm_eps);
-  }
+  for (int64_t L = c.num_hidden_layers - 1; L >= 0; L--)
+    layer_backward(c, weights_.layers[L], grads.layers[L], c.is_moe_layer(L), dx.data(), ctx,
+                   acts.layers[L]);
   for (int64_t i = 0; i < N; i++) {  // embedding: scatter-add, in token order
     float* row = grads.embed_tokens.data + ids[i] * H;
     for (int64_t h = 0; h < H; h++) row[h] += dx[i * H + h];
