@@ -59,20 +59,35 @@ TEST_F(ModelLoad, ShardedWithIndexAndMtpLayers) {
     shards[shard].add(name, info.dtype, info.shape, info.data);
     weight_map[name] = "model-0000" + std::to_string(shard + 1) + "-of-00002.safetensors";
   }
-  // A DeepSeek-V3 release carries its MTP module as layer num_hidden_layers (3 here).
+  // A DeepSeek-V3 release carries its MTP module as layer num_hidden_layers (3 here): a
+  // transformer block (a copy of layer 2's here), its norms and projection, and copies of the
+  // embedding and head.
   std::vector<float> ones(64, 1.0f), eh(64 * 128, 0.01f);
-  shards[1].add_f32("model.layers.3.enorm.weight", {64}, ones.data());
-  shards[1].add_f32("model.layers.3.hnorm.weight", {64}, ones.data());
-  shards[1].add_f32("model.layers.3.eh_proj.weight", {64, 128}, eh.data());
-  for (const char* name :
-       {"model.layers.3.enorm.weight", "model.layers.3.hnorm.weight", "model.layers.3.eh_proj.weight"})
+  auto add_mtp = [&](const std::string& name, const Shape& shape, const void* data, DType dtype) {
+    shards[1].add(name, dtype, shape, data);
     weight_map[name] = "model-00002-of-00002.safetensors";
+  };
+  for (const std::string& name : source.names()) {
+    const std::string prefix = "model.layers.2.";
+    if (name.rfind(prefix, 0) != 0) continue;
+    const TensorInfo& info = source.get(name);
+    add_mtp("model.layers.3." + name.substr(prefix.size()), info.shape, info.data, info.dtype);
+  }
+  for (const char* name : {"model.layers.3.enorm.weight", "model.layers.3.hnorm.weight",
+                           "model.layers.3.shared_head.norm.weight"})
+    add_mtp(name, {64}, ones.data(), DType::kF32);
+  add_mtp("model.layers.3.eh_proj.weight", {64, 128}, eh.data(), DType::kF32);
+  const TensorInfo& embed = source.get("model.embed_tokens.weight");
+  add_mtp("model.layers.3.embed_tokens.weight", embed.shape, embed.data, embed.dtype);
+  const TensorInfo& head = source.get("lm_head.weight");
+  add_mtp("model.layers.3.shared_head.head.weight", head.shape, head.data, head.dtype);
   shards[0].write((dir_ / "model-00001-of-00002.safetensors").string());
   shards[1].write((dir_ / "model-00002-of-00002.safetensors").string());
   std::ofstream((dir_ / "model.safetensors.index.json").string())
       << nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}}.dump();
   Model model = Model::load(dir_.string());
-  EXPECT_EQ(max_relative_diff(model), 0.0);
+  EXPECT_EQ(model.weights().mtp.size(), 1u);
+  EXPECT_EQ(max_relative_diff(model), 0.0);  // inference leaves the MTP module unused
 }
 
 // Writes every matrix of the fixture as `dtype` (F8_E4M3 with a per-128x128-block scale).

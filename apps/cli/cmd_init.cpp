@@ -42,7 +42,8 @@ int run_init(const InitArgs& args) {
   };
   std::vector<TensorSpec> specs;
   std::vector<Item> items;
-  ModelWeights shapes_only;
+  ModelWeights shapes_only;  // MTP modules too (without the release's embedding/head copies)
+  shapes_only.mtp.resize(std::max<int64_t>(config.num_nextn_predict_layers, 0));
   for_each_tensor(config, shapes_only,
                   [&](const std::string& name, const Shape& shape, TensorRole role, Tensor&) {
                     specs.push_back({name, dtype, shape});

@@ -58,7 +58,8 @@ struct StepStats {
 };
 
 // Gradients (or optimizer moments): zero tensors shaped like the model's weights.
-ModelWeights zeros_like_weights(const ModelConfig& config);
+// n_mtp: MTP modules to include (model.weights().mtp.size() for a model's gradients).
+ModelWeights zeros_like_weights(const ModelConfig& config, int64_t n_mtp = 0);
 
 class Model {
  public:

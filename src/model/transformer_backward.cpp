@@ -9,8 +9,9 @@
 
 namespace dsmoe {
 
-ModelWeights zeros_like_weights(const ModelConfig& config) {
+ModelWeights zeros_like_weights(const ModelConfig& config, int64_t n_mtp) {
   ModelWeights zeros;
+  zeros.mtp.resize(n_mtp);
   for_each_tensor(config, zeros,
                   [](const std::string&, const Shape& shape, TensorRole, Tensor& tensor) {
                     tensor = Tensor::zeros(shape);

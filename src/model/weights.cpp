@@ -69,34 +69,54 @@ void visit_moe(const ModelConfig& c, const std::string& p, MoeWeights& moe,
               visit);
 }
 
+void visit_layer(const ModelConfig& c, int64_t L, LayerWeights& layer, const TensorVisitor& visit) {
+  const int64_t H = c.hidden_size;
+  const std::string p = fmt::format("model.layers.{}", L);
+  visit(p + ".input_layernorm.weight", {H}, TensorRole::kNorm, layer.input_layernorm);
+  if (c.use_mla())
+    visit_mla(c, p + ".self_attn", layer.attn, visit);
+  else
+    visit_mha(c, p + ".self_attn", layer.attn, visit);
+  visit(p + ".post_attention_layernorm.weight", {H}, TensorRole::kNorm,
+        layer.post_attention_layernorm);
+  if (c.is_moe_layer(L))
+    visit_moe(c, p + ".mlp", layer.moe, visit);
+  else
+    visit_mlp(p + ".mlp", H, c.intermediate_size, layer.mlp, visit);
+}
+
 }  // namespace
 
 void for_each_tensor(const ModelConfig& c, ModelWeights& w, const TensorVisitor& visit) {
   const int64_t H = c.hidden_size;
   visit("model.embed_tokens.weight", {c.vocab_size, H}, TensorRole::kEmbedding, w.embed_tokens);
   w.layers.resize(c.num_hidden_layers);
-  for (int64_t L = 0; L < c.num_hidden_layers; L++) {
-    const std::string p = fmt::format("model.layers.{}", L);
-    LayerWeights& layer = w.layers[L];
-    visit(p + ".input_layernorm.weight", {H}, TensorRole::kNorm, layer.input_layernorm);
-    if (c.use_mla())
-      visit_mla(c, p + ".self_attn", layer.attn, visit);
-    else
-      visit_mha(c, p + ".self_attn", layer.attn, visit);
-    visit(p + ".post_attention_layernorm.weight", {H}, TensorRole::kNorm,
-          layer.post_attention_layernorm);
-    if (c.is_moe_layer(L))
-      visit_moe(c, p + ".mlp", layer.moe, visit);
-    else
-      visit_mlp(p + ".mlp", H, c.intermediate_size, layer.mlp, visit);
-  }
+  for (int64_t L = 0; L < c.num_hidden_layers; L++) visit_layer(c, L, w.layers[L], visit);
   visit("model.norm.weight", {H}, TensorRole::kNorm, w.norm);
   if (!c.tie_word_embeddings)
     visit("lm_head.weight", {c.vocab_size, H}, TensorRole::kMatrix, w.lm_head);
+  for (size_t k = 0; k < w.mtp.size(); k++) {
+    const int64_t L = c.num_hidden_layers + static_cast<int64_t>(k);
+    const std::string p = fmt::format("model.layers.{}", L);
+    MtpWeights& m = w.mtp[k];
+    visit(p + ".enorm.weight", {H}, TensorRole::kNorm, m.enorm);
+    visit(p + ".hnorm.weight", {H}, TensorRole::kNorm, m.hnorm);
+    visit(p + ".eh_proj.weight", {H, 2 * H}, TensorRole::kMatrix, m.eh_proj);
+    visit_layer(c, L, m.block, visit);
+    visit(p + ".shared_head.norm.weight", {H}, TensorRole::kNorm, m.shared_head_norm);
+  }
+}
+
+int64_t mtp_modules_in(const ModelConfig& c, const Checkpoint& checkpoint) {
+  if (c.num_nextn_predict_layers <= 0) return 0;
+  return checkpoint.has(fmt::format("model.layers.{}.eh_proj.weight", c.num_hidden_layers))
+             ? c.num_nextn_predict_layers
+             : 0;
 }
 
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint) {
   ModelWeights weights;
+  weights.mtp.resize(mtp_modules_in(config, checkpoint));
   for_each_tensor(config, weights,
                   [&](const std::string& name, const Shape& shape, TensorRole, Tensor& tensor) {
                     tensor = checkpoint.load_f32(name, shape);
@@ -129,6 +149,7 @@ void init_random_tensor(const Shape& shape, TensorRole role, Rng& rng, float* da
 
 ModelWeights random_weights(const ModelConfig& config, uint64_t seed) {
   ModelWeights weights;
+  weights.mtp.resize(std::max<int64_t>(config.num_nextn_predict_layers, 0));
   Rng rng(seed);
   for_each_tensor(config, weights,
                   [&](const std::string&, const Shape& shape, TensorRole role, Tensor& tensor) {

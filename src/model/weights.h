@@ -50,11 +50,23 @@ struct LayerWeights {
   MoeWeights moe;  // MoE layers
 };
 
+// Multi-token prediction module k of DeepSeek-V3 (sec. 2.2), stored as the release does under
+// model.layers.{num_hidden_layers + k}. Its embedding and output head are the main model's
+// (the release also stores copies, as embed_tokens and shared_head.head).
+struct MtpWeights {
+  Tensor enorm;             // [H] RMSNorm of the embedding of the token k+1 ahead
+  Tensor hnorm;             // [H] RMSNorm of the previous depth's hidden state
+  Tensor eh_proj;           // [H, 2H] projection of [enorm(embedding) | hnorm(hidden)]
+  LayerWeights block;       // its transformer block
+  Tensor shared_head_norm;  // [H] norm before the shared output head
+};
+
 struct ModelWeights {
   Tensor embed_tokens;  // [V, H]
   std::vector<LayerWeights> layers;
   Tensor norm;     // [H]
   Tensor lm_head;  // [V, H] (a view of embed_tokens when tie_word_embeddings)
+  std::vector<MtpWeights> mtp;  // MTP modules; empty: none (size it before for_each_tensor)
 };
 
 // How a tensor is initialised and trained: kRouterBias is a buffer (no gradient; updated by the
@@ -64,10 +76,15 @@ enum class TensorRole { kMatrix, kNorm, kEmbedding, kBias, kRouterBias, kNoise }
 // Calls visit(name, shape, role, tensor) for every checkpoint tensor of `config`, with the names
 // transformers writes (model.layers.L.self_attn.kv_b_proj.weight, ...
 // model.layers.L.mlp.experts.E.down_proj.weight). Sizes `weights.layers` first. lm_head is not
-// visited when tie_word_embeddings (it is set to embed_tokens after).
+// visited when tie_word_embeddings (it is set to embed_tokens after). Then the weights.mtp.size()
+// MTP modules.
 using TensorVisitor =
     std::function<void(const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor)>;
 void for_each_tensor(const ModelConfig& config, ModelWeights& weights, const TensorVisitor& visit);
+
+// MTP modules a checkpoint carries: num_nextn_predict_layers when its first module's eh_proj is
+// present, else 0.
+int64_t mtp_modules_in(const ModelConfig& config, const Checkpoint& checkpoint);
 
 // Loads every tensor as float32 (converting BF16/F16/F8 with its scale); a missing or mis-shaped
 // tensor is an error naming the file and tensor. Extra tensors (MTP layers
