@@ -9,6 +9,7 @@ packages=(
   libcli11-dev                # the dsmoe command line
   libfmt-dev                  # formatting
   libgtest-dev                # tests
+  libhwy-dev                  # Highway: SIMD kernels with run-time dispatch
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -11,5 +11,6 @@ using Command = std::function<int()>;
 Command add_forward(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_init(CLI::App& app);
+Command add_train(CLI::App& app);
 
 }  // namespace dsmoe::cli

@@ -1,4 +1,4 @@
-// main.cpp: the dsmoe command: forward, generate, init.
+// main.cpp: the dsmoe command: forward, generate, init, train.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <map>
@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   add("generate", "Generate tokens from prompt ids with the (latent) KV cache",
       dsmoe::cli::add_generate);
   add("init", "Write a random-weight checkpoint for a config.json", dsmoe::cli::add_init);
+  add("train", "Train a model on text files (AdamW, balance losses, MTP, checkpoints)",
+      dsmoe::cli::add_train);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

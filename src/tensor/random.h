@@ -33,7 +33,18 @@ class Rng {
     has_spare_ = true;
     return static_cast<float>(radius * std::cos(angle));
   }
-  uint64_t state() const { return state_; }
+  // The whole state, for checkpoints that resume bit-exactly.
+  struct Snapshot {
+    uint64_t state;
+    bool has_spare;
+    float spare;
+  };
+  Snapshot snapshot() const { return {state_, has_spare_, spare_}; }
+  void restore(const Snapshot& s) {
+    state_ = s.state;
+    has_spare_ = s.has_spare;
+    spare_ = s.spare;
+  }
 
  private:
   uint64_t state_;

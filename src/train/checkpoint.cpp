@@ -1,0 +1,137 @@
+#include "train/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "io/safetensors.h"
+#include "util/check.h"
+
+namespace dsmoe {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  DSMOE_CHECK(in.good(), "{}: cannot open", path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+json rng_to_json(const Rng::Snapshot& s) {
+  return {{"state", s.state}, {"has_spare", s.has_spare}, {"spare", s.spare}};
+}
+
+Rng::Snapshot rng_from_json(const json& j, const std::string& where) {
+  DSMOE_CHECK(j.is_object() && j.contains("state") && j.contains("has_spare") &&
+                  j.contains("spare"),
+              "{}: malformed random generator state", where);
+  return {j["state"].get<uint64_t>(), j["has_spare"].get<bool>(), j["spare"].get<float>()};
+}
+
+// Loads `name` of `file` into `tensor` (already allocated with the right shape).
+void load_into(const SafetensorsFile& file, const std::string& name, Tensor& tensor) {
+  const TensorInfo* info = file.find(name);
+  DSMOE_CHECK(info != nullptr, "{}: missing tensor '{}'", file.path(), name);
+  DSMOE_CHECK(info->shape == tensor.shape, "{}: tensor '{}': expected shape {}, found {}",
+              file.path(), name, shape_str(tensor.shape), shape_str(info->shape));
+  DSMOE_CHECK(dtype_is_float(info->dtype), "{}: tensor '{}' has dtype {}, expected a float",
+              file.path(), name, dtype_name(info->dtype));
+  convert_to_f32(info->data, info->dtype, static_cast<size_t>(tensor.numel()), tensor.data);
+}
+
+}  // namespace
+
+void save_model_safetensors(const ModelConfig& config, ModelWeights& weights,
+                            const std::string& path) {
+  SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  for_each_tensor(config, weights,
+                  [&](const std::string& name, const Shape&, TensorRole, Tensor& tensor) {
+                    writer.add_f32(name, tensor);
+                  });
+  for (size_t k = 0; k < weights.mtp.size(); k++) {
+    const std::string prefix = fmt::format("model.layers.{}.", config.num_hidden_layers + k);
+    writer.add_f32(prefix + "embed_tokens.weight", weights.embed_tokens);
+    writer.add_f32(prefix + "shared_head.head.weight", weights.lm_head);
+  }
+  writer.write(path);
+}
+
+void save_checkpoint(const std::string& out_dir, const nlohmann::ordered_json& config_json,
+                     const ModelConfig& config, ModelWeights& weights, AdamWState& adam,
+                     const TrainerState& state, int keep_last) {
+  const std::string step_name = fmt::format("step-{:08d}", state.step);
+  const fs::path step_dir = fs::path(out_dir) / step_name;
+  fs::create_directories(step_dir);
+  const std::string config_text = config_json.dump(2) + "\n";
+  write_file_atomic((step_dir / "config.json").string(), config_text);
+  save_model_safetensors(config, weights, (step_dir / "model.safetensors").string());
+  SafetensorsWriter optimizer;
+  for_each_tensor(config, adam.m, [&](const std::string& name, const Shape&, TensorRole,
+                                      Tensor& tensor) { optimizer.add_f32("m." + name, tensor); });
+  for_each_tensor(config, adam.v, [&](const std::string& name, const Shape&, TensorRole,
+                                      Tensor& tensor) { optimizer.add_f32("v." + name, tensor); });
+  optimizer.add_i64("step", {}, &adam.step);
+  optimizer.write((step_dir / "optimizer.safetensors").string());
+  const json trainer = {{"step", state.step},
+                        {"data_rng", rng_to_json(state.data_rng)},
+                        {"noise_rng", rng_to_json(state.noise_rng)},
+                        {"skipped_steps", state.skipped_steps}};
+  write_file_atomic((step_dir / "trainer_state.json").string(), trainer.dump(2) + "\n");
+  // The step directory is complete: publish it, then the top-level copy for `generate`.
+  write_file_atomic((fs::path(out_dir) / "latest").string(), step_name + "\n");
+  write_file_atomic((fs::path(out_dir) / "config.json").string(), config_text);
+  save_model_safetensors(config, weights, (fs::path(out_dir) / "model.safetensors").string());
+  // Keep the newest keep_last step directories.
+  std::vector<std::string> steps;
+  for (const auto& entry : fs::directory_iterator(out_dir))
+    if (entry.is_directory() && entry.path().filename().string().rfind("step-", 0) == 0)
+      steps.push_back(entry.path().filename().string());
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + keep_last < steps.size(); i++) fs::remove_all(fs::path(out_dir) / steps[i]);
+}
+
+std::string latest_checkpoint_dir(const std::string& out_dir) {
+  const fs::path latest = fs::path(out_dir) / "latest";
+  if (!fs::exists(latest)) return "";
+  std::string name = read_text(latest.string());
+  name.erase(name.find_last_not_of(" \n\r\t") + 1);
+  DSMOE_CHECK(!name.empty() && name.find('/') == std::string::npos,
+              "{}: does not name a checkpoint directory", latest.string());
+  return (fs::path(out_dir) / name).string();
+}
+
+void load_checkpoint(const std::string& out_dir, const ModelConfig& config,
+                     ModelWeights& weights, AdamWState& adam, TrainerState& state) {
+  const std::string dir = latest_checkpoint_dir(out_dir);
+  DSMOE_CHECK(!dir.empty(), "{}: no checkpoint to resume (no 'latest' file)", out_dir);
+  const SafetensorsFile model(dir + "/model.safetensors");
+  for_each_tensor(config, weights, [&](const std::string& name, const Shape&, TensorRole,
+                                       Tensor& tensor) { load_into(model, name, tensor); });
+  const std::string optimizer_path = dir + "/optimizer.safetensors";
+  const SafetensorsFile optimizer(optimizer_path);
+  for_each_tensor(config, adam.m, [&](const std::string& name, const Shape&, TensorRole,
+                                      Tensor& tensor) { load_into(optimizer, "m." + name, tensor); });
+  for_each_tensor(config, adam.v, [&](const std::string& name, const Shape&, TensorRole,
+                                      Tensor& tensor) { load_into(optimizer, "v." + name, tensor); });
+  const TensorInfo* step = optimizer.find("step");
+  DSMOE_CHECK(step != nullptr, "{}: missing tensor 'step'", optimizer_path);
+  adam.step = read_i64(*step).at(0);
+  const std::string state_path = dir + "/trainer_state.json";
+  const json trainer = json::parse(read_text(state_path), nullptr, false);
+  DSMOE_CHECK(!trainer.is_discarded() && trainer.is_object() && trainer.contains("step"),
+              "{}: not a trainer state", state_path);
+  state.step = trainer["step"].get<int64_t>();
+  state.data_rng = rng_from_json(trainer["data_rng"], state_path);
+  state.noise_rng = rng_from_json(trainer["noise_rng"], state_path);
+  state.skipped_steps = trainer.value("skipped_steps", int64_t{0});
+  DSMOE_CHECK(state.step == adam.step + state.skipped_steps,
+              "{}: step {} does not match the optimizer's {} (+{} skipped)", state_path,
+              state.step, adam.step, state.skipped_steps);
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,117 @@
+#include "train/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace dsmoe {
+namespace {
+
+// Tensors the optimizer trains (router bias buffers move by the aux-loss-free rule instead).
+bool is_trained(TensorRole role) { return role != TensorRole::kRouterBias; }
+bool is_decayed(TensorRole role) {
+  return role == TensorRole::kMatrix || role == TensorRole::kEmbedding ||
+         role == TensorRole::kNoise;
+}
+
+// Visits the same tensor of two weight sets side by side.
+template <typename Fn>
+void for_each_pair(const ModelConfig& c, ModelWeights& a, ModelWeights& b, Fn&& fn) {
+  std::vector<std::pair<TensorRole, Tensor*>> second;
+  for_each_tensor(c, b, [&](const std::string&, const Shape&, TensorRole role, Tensor& t) {
+    second.push_back({role, &t});
+  });
+  size_t i = 0;
+  for_each_tensor(c, a, [&](const std::string&, const Shape&, TensorRole role, Tensor& t) {
+    fn(role, t, *second[i++].second);
+  });
+}
+
+}  // namespace
+
+AdamWState make_adamw_state(const ModelConfig& config, int64_t n_mtp) {
+  AdamWState state;
+  for (ModelWeights* moments : {&state.m, &state.v}) {
+    moments->mtp.resize(n_mtp);
+    for_each_tensor(config, *moments,
+                    [](const std::string&, const Shape& shape, TensorRole, Tensor& tensor) {
+                      tensor = Tensor::zeros(shape);
+                    });
+  }
+  return state;
+}
+
+void adamw_step(const ModelConfig& config, ModelWeights& params, ModelWeights& grads,
+                AdamWState& state, float lr, const AdamWConfig& adamw) {
+  state.step++;
+  const double bias1 = 1.0 - std::pow(static_cast<double>(adamw.beta1), state.step);
+  const double bias2 = 1.0 - std::pow(static_cast<double>(adamw.beta2), state.step);
+  std::vector<Tensor*> m_list, v_list;
+  for_each_tensor(config, state.m, [&](const std::string&, const Shape&, TensorRole, Tensor& t) {
+    m_list.push_back(&t);
+  });
+  for_each_tensor(config, state.v, [&](const std::string&, const Shape&, TensorRole, Tensor& t) {
+    v_list.push_back(&t);
+  });
+  size_t index = 0;
+  for_each_pair(config, params, grads, [&](TensorRole role, Tensor& p, Tensor& g) {
+    Tensor& m = *m_list[index];
+    Tensor& v = *v_list[index];
+    index++;
+    if (!is_trained(role)) return;
+    const float decay = is_decayed(role) ? adamw.weight_decay : 0.0f;
+    const int64_t n = p.numel();
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+      const float grad = g.data[i];
+      m.data[i] = adamw.beta1 * m.data[i] + (1.0f - adamw.beta1) * grad;
+      v.data[i] = adamw.beta2 * v.data[i] + (1.0f - adamw.beta2) * grad * grad;
+      const float m_hat = static_cast<float>(m.data[i] / bias1);
+      const float v_hat = static_cast<float>(v.data[i] / bias2);
+      p.data[i] -= lr * (m_hat / (std::sqrt(v_hat) + adamw.eps) + decay * p.data[i]);
+    }
+  });
+}
+
+float learning_rate(const LrSchedule& s, int64_t step) {
+  if (step < s.warmup_steps)
+    return s.max_lr * static_cast<float>(step + 1) / static_cast<float>(s.warmup_steps);
+  const int64_t decay_steps = std::max<int64_t>(s.total_steps - s.warmup_steps, 1);
+  const double progress =
+      std::min(1.0, static_cast<double>(step - s.warmup_steps) / static_cast<double>(decay_steps));
+  const double cosine = 0.5 * (1.0 + std::cos(3.14159265358979323846 * progress));
+  return static_cast<float>(s.min_lr + (s.max_lr - s.min_lr) * cosine);
+}
+
+double global_grad_norm(const ModelConfig& config, ModelWeights& grads) {
+  double sum_sq = 0.0;
+  for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole role,
+                                     Tensor& g) {
+    if (!is_trained(role)) return;
+    for (int64_t i = 0; i < g.numel(); i++) sum_sq += static_cast<double>(g.data[i]) * g.data[i];
+  });
+  return std::sqrt(sum_sq);
+}
+
+void scale_grads(const ModelConfig& config, ModelWeights& grads, float factor) {
+  for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole, Tensor& g) {
+    for (int64_t i = 0; i < g.numel(); i++) g.data[i] *= factor;
+  });
+}
+
+void zero_grads(const ModelConfig& config, ModelWeights& grads) {
+  for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole, Tensor& g) {
+    std::fill(g.data, g.data + g.numel(), 0.0f);
+  });
+}
+
+void make_weights_owned(const ModelConfig& config, ModelWeights& weights) {
+  for_each_tensor(config, weights, [](const std::string&, const Shape& shape, TensorRole,
+                                      Tensor& tensor) {
+    Tensor owned = Tensor::zeros(shape);
+    std::copy(tensor.data, tensor.data + tensor.numel(), owned.data);
+    tensor = std::move(owned);
+  });
+  if (config.tie_word_embeddings) weights.lm_head = weights.embed_tokens;
+}
+
+}  // namespace dsmoe
