@@ -10,6 +10,7 @@ packages=(
   libfmt-dev                  # formatting
   libgtest-dev                # tests
   libhwy-dev                  # Highway: SIMD kernels with run-time dispatch
+  gnuplot-nox                 # dsmoe report: training plots
 )
 missing=()
 for p in "${packages[@]}"; do

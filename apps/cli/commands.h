@@ -12,5 +12,7 @@ Command add_forward(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_init(CLI::App& app);
 Command add_train(CLI::App& app);
+Command add_report(CLI::App& app);
+Command add_corpus(CLI::App& app);
 
 }  // namespace dsmoe::cli

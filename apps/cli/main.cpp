@@ -1,4 +1,4 @@
-// main.cpp: the dsmoe command: forward, generate, init, train.
+// main.cpp: the dsmoe command: forward, generate, init, train, report.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <map>
@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
   add("init", "Write a random-weight checkpoint for a config.json", dsmoe::cli::add_init);
   add("train", "Train a model on text files (AdamW, balance losses, MTP, checkpoints)",
       dsmoe::cli::add_train);
+  add("report", "Plot a training run: loss, expert load, router bias, expert tokens",
+      dsmoe::cli::add_report);
+  add("corpus", "Write the generated training corpus (prose, arithmetic, code, JSON, DNA)",
+      dsmoe::cli::add_corpus);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -67,6 +67,12 @@ struct ModelWeights {
   Tensor norm;     // [H]
   Tensor lm_head;  // [V, H] (a view of embed_tokens when tie_word_embeddings)
   std::vector<MtpWeights> mtp;  // MTP modules; empty: none (size it before for_each_tensor)
+
+  // Decoder block by checkpoint layer index: the main layers, then the MTP modules' blocks.
+  LayerWeights& block(int64_t index) {
+    const int64_t n_main = static_cast<int64_t>(layers.size());
+    return index < n_main ? layers[index] : mtp[index - n_main].block;
+  }
 };
 
 // How a tensor is initialised and trained: kRouterBias is a buffer (no gradient; updated by the

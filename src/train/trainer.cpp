@@ -51,7 +51,7 @@ void update_expert_bias(const ModelConfig& c, ModelWeights& w,
   for (const auto& [layer, load] : loads) {
     double mean = 0.0;
     for (int64_t l : load) mean += static_cast<double>(l) / load.size();
-    float* bias = w.layers[layer].moe.e_score_correction_bias.data;
+    float* bias = w.block(layer).moe.e_score_correction_bias.data;
     for (size_t e = 0; e < load.size(); e++) {
       const double gap = mean - static_cast<double>(load[e]);
       bias[e] += c.bias_update_rate * static_cast<float>((gap > 0) - (gap < 0));
@@ -201,7 +201,7 @@ double train(const TrainConfig& tc) {
       worst_ratio = std::max(worst_ratio, max_over_mean(load));
       load_json[std::to_string(layer)] = load;
       if (config.has_router_bias()) {
-        const Tensor& b = model.weights().layers[layer].moe.e_score_correction_bias;
+        const Tensor& b = model.mutable_weights().block(layer).moe.e_score_correction_bias;
         bias_json[std::to_string(layer)] = std::vector<float>(b.data, b.data + b.numel());
       }
     }

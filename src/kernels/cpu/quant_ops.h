@@ -1,0 +1,28 @@
+// quant_ops.h (cpu): fast products of float32 activations with a QuantMatrix (bf16, Q8_0, Q4_0
+// or f32 weights), compiled by Highway for every x86 instruction set (AVX3_DL with VNNI, AVX3,
+// AVX2, SSE4, ...) and dispatched at run time. Scalar twin: ref::quant_linear_forward in
+// kernels/ref/quant_ops.h; tests in tests/test_quant.cpp. No SIMD types here.
+#pragma once
+#include <cstdint>
+
+#include "kernels/quant.h"
+
+namespace dsmoe::cpu {
+
+// out[m, n] = sum_k inp[m, k] * w[n, k]   (out [M, w.rows], inp [M, w.cols]), parallel over the
+// rows of w (M = 1, a matrix-vector product, is the decode case this is tuned for).
+//  * f32:  cpu::linear_forward (BLAS).
+//  * bf16: each activation row is rounded to bf16 once, then bf16 x bf16 products are summed in
+//          float32.
+//  * Q8_0, Q4_0: each activation row is quantized to Q8_0 blocks once (as llama.cpp's
+//          vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0), the 32 int8 x int8 products of a block are
+//          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32.
+void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M);
+
+// Highway target bits (HWY_AVX3_DL, HWY_AVX2, ...): those the quant kernels were compiled for,
+// and the one quant_linear_forward dispatches to now (the best compiled target the CPU
+// supports, unless a test narrowed hwy::SetSupportedTargetsForTest).
+int64_t quant_compiled_targets();
+int64_t quant_dispatch_target();
+
+}  // namespace dsmoe::cpu

@@ -1,0 +1,226 @@
+#include "kernels/quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "tensor/dtype.h"
+#include "util/check.h"
+
+namespace dsmoe {
+namespace {
+
+void check_blocked(const char* what, int64_t n) {
+  DSMOE_CHECK(n % kQuantBlock == 0,
+              "{}: row length {} is not a multiple of the block size {}; keep such tensors in "
+              "f32 or bf16",
+              what, n, kQuantBlock);
+}
+
+// Stores the scale as f16, rounded away from zero (to the next f16 of at least its magnitude),
+// and returns the value read back, which quantizing divides by: with |stored| >= |scale| every
+// element lies inside the grid, so none is clamped, even where f16 is coarse (subnormal scales,
+// below 2^-14, have few significant bits). nullopt when the scale was not finite (an inf or NaN
+// element) or exceeds f16's range (|scale| > 65504).
+std::optional<float> store_scale_f16(float scale, uint16_t* bits) {
+  if (!std::isfinite(scale)) return std::nullopt;
+  *bits = f32_to_f16(scale);
+  // f16 is sign-magnitude: the next encoding up has the next larger magnitude (0x7BFF -> inf).
+  if (std::abs(f16_to_f32(*bits)) < std::abs(scale)) ++*bits;
+  const float stored = f16_to_f32(*bits);
+  if (!std::isfinite(stored)) return std::nullopt;
+  return stored;
+}
+
+template <typename Block>
+void quantize_row(const char* what, bool (*quantize_block)(const float*, Block*), const float* x,
+                  Block* y, int64_t n) {
+  check_blocked(what, n);
+  for (int64_t b = 0; b < n / kQuantBlock; b++)
+    if (!quantize_block(x + b * kQuantBlock, y + b)) {
+      const float* xb = x + b * kQuantBlock;
+      const float amax = std::abs(*std::max_element(
+          xb, xb + kQuantBlock, [](float a, float c) { return std::abs(a) < std::abs(c); }));
+      fail(fmt::format("{}: block {} (elements {}..{}) has a non-finite element or a scale "
+                       "beyond f16 (max |x| = {})",
+                       what, b, b * kQuantBlock, (b + 1) * kQuantBlock - 1, amax));
+    }
+}
+
+}  // namespace
+
+// llama.cpp's quantize_row_q8_0_ref, per block: d = amax / 127, q = round(x / d).
+bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < kQuantBlock; i++) {
+    finite = finite && std::isfinite(x[i]);
+    amax = std::max(amax, std::abs(x[i]));
+  }
+  const std::optional<float> d = store_scale_f16(amax / 127.0f, &y->scale_f16);
+  if (!finite || !d) {
+    *y = BlockQ8_0{};
+    return false;
+  }
+  for (int64_t i = 0; i < kQuantBlock; i++) {
+    // |x / d| <= 127 since d >= amax / 127; the clamp only guards the float division.
+    const float q = *d == 0.0f ? 0.0f : std::round(x[i] / *d);
+    y->q[i] = static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f));
+  }
+  return true;
+}
+
+// llama.cpp's quantize_row_q4_0_ref, per block: d = max / -8 with max the signed element of
+// largest magnitude (so max maps to nibble 0), nibble = (int)(x / d + 8.5) clamped to 15;
+// elements 0..15 go to the low nibbles, 16..31 to the high nibbles.
+bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
+  constexpr int64_t kHalf = kQuantBlock / 2;
+  float amax = 0.0f, max = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < kQuantBlock; i++) {
+    finite = finite && std::isfinite(x[i]);
+    if (std::abs(x[i]) > amax) {
+      amax = std::abs(x[i]);
+      max = x[i];
+    }
+  }
+  const std::optional<float> d = store_scale_f16(max / -8.0f, &y->scale_f16);
+  if (!finite || !d) {
+    *y = BlockQ4_0{};
+    return false;
+  }
+  auto nibble = [&](float v) {
+    const float q = *d == 0.0f ? 8.0f : std::floor(v / *d + 8.5f);
+    return static_cast<unsigned>(std::clamp(q, 0.0f, 15.0f));
+  };
+  for (int64_t j = 0; j < kHalf; j++)
+    y->q[j] = static_cast<uint8_t>(nibble(x[j]) | (nibble(x[j + kHalf]) << 4));
+  return true;
+}
+
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
+  quantize_row("quantize_row_q8_0", quantize_block_q8_0, x, y, n);
+}
+
+void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
+  quantize_row("quantize_row_q4_0", quantize_block_q4_0, x, y, n);
+}
+
+void dequantize_row_q8_0(const BlockQ8_0* x, float* y, int64_t n) {
+  check_blocked("dequantize_row_q8_0", n);
+  for (int64_t b = 0; b < n / kQuantBlock; b++) {
+    const float d = f16_to_f32(x[b].scale_f16);
+    for (int64_t i = 0; i < kQuantBlock; i++) y[b * kQuantBlock + i] = x[b].q[i] * d;
+  }
+}
+
+void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
+  check_blocked("dequantize_row_q4_0", n);
+  constexpr int64_t kHalf = kQuantBlock / 2;
+  for (int64_t b = 0; b < n / kQuantBlock; b++) {
+    const float d = f16_to_f32(x[b].scale_f16);
+    float* yb = y + b * kQuantBlock;
+    for (int64_t j = 0; j < kHalf; j++) {
+      yb[j] = ((x[b].q[j] & 0x0F) - 8) * d;
+      yb[j + kHalf] = ((x[b].q[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+void convert_row_f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = f32_to_bf16(x[i]);
+}
+
+void convert_row_bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(x[i]);
+}
+
+const char* weight_format_name(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kF32: return "f32";
+    case WeightFormat::kBF16: return "bf16";
+    case WeightFormat::kQ8_0: return "q8_0";
+    case WeightFormat::kQ4_0: return "q4_0";
+  }
+  return "invalid";
+}
+
+std::optional<WeightFormat> parse_weight_format(std::string_view name) {
+  for (WeightFormat f :
+       {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0})
+    if (name == weight_format_name(f)) return f;
+  return std::nullopt;
+}
+
+size_t weight_row_bytes(WeightFormat format, int64_t cols) {
+  DSMOE_CHECK(cols >= 0, "weight_row_bytes: negative column count {}", cols);
+  const size_t n = static_cast<size_t>(cols);
+  switch (format) {
+    case WeightFormat::kF32: return n * sizeof(float);
+    case WeightFormat::kBF16: return n * sizeof(uint16_t);
+    case WeightFormat::kQ8_0:
+      check_blocked("q8_0 weight", cols);
+      return n / kQuantBlock * sizeof(BlockQ8_0);
+    case WeightFormat::kQ4_0:
+      check_blocked("q4_0 weight", cols);
+      return n / kQuantBlock * sizeof(BlockQ4_0);
+  }
+  fail(fmt::format("invalid WeightFormat value {}", static_cast<int>(format)));
+}
+
+void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols) {
+  switch (format) {
+    case WeightFormat::kF32:
+      std::memcpy(y, row, static_cast<size_t>(cols) * sizeof(float));
+      return;
+    case WeightFormat::kBF16:
+      return convert_row_bf16_to_f32(static_cast<const uint16_t*>(row), y, cols);
+    case WeightFormat::kQ8_0:
+      return dequantize_row_q8_0(static_cast<const BlockQ8_0*>(row), y, cols);
+    case WeightFormat::kQ4_0:
+      return dequantize_row_q4_0(static_cast<const BlockQ4_0*>(row), y, cols);
+  }
+  fail(fmt::format("invalid WeightFormat value {}", static_cast<int>(format)));
+}
+
+QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
+  DSMOE_CHECK(rows >= 0, "quantize_matrix: negative row count {}", rows);
+  QuantMatrix m;
+  m.format = format;
+  m.rows = rows;
+  m.cols = cols;
+  m.row_bytes = weight_row_bytes(format, cols);  // checks cols % 32 for the block formats
+  m.data.resize(static_cast<size_t>(rows) * m.row_bytes);
+  // Rows are independent; an Error (a non-finite element, an f16 scale overflow) is caught inside
+  // the parallel region, since an exception must not leave an OpenMP structured block.
+  std::string error;
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* src = w + r * cols;
+    void* dst = m.data.data() + static_cast<size_t>(r) * m.row_bytes;
+    try {
+      switch (format) {
+        case WeightFormat::kF32:
+          std::memcpy(dst, src, m.row_bytes);
+          break;
+        case WeightFormat::kBF16:
+          convert_row_f32_to_bf16(src, static_cast<uint16_t*>(dst), cols);
+          break;
+        case WeightFormat::kQ8_0:
+          quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), cols);
+          break;
+        case WeightFormat::kQ4_0:
+          quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), cols);
+          break;
+      }
+    } catch (const Error& e) {
+#pragma omp critical(dsmoe_quantize_matrix_error)
+      if (error.empty()) error = fmt::format("row {}: {}", r, e.what());
+    }
+  }
+  if (!error.empty()) fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
+  return m;
+}
+
+}  // namespace dsmoe

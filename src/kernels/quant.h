@@ -1,0 +1,95 @@
+// quant.h: weight storage formats for the matrix kernels (float32, bf16, and the 32-element block
+// formats Q8_0 / Q4_0 of llama.cpp's ggml-common.h), their row conversions, and QuantMatrix, a
+// [rows, cols] weight matrix held in one of them. Portable code only: the SIMD products live in
+// kernels/cpu/quant_ops.h.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace dsmoe {
+
+// Elements per quantization block (llama.cpp's QK8_0 == QK4_0 == 32).
+constexpr int64_t kQuantBlock = 32;
+
+// llama.cpp's block_q8_0: 32 signed bytes and one f16 scale; element i = q[i] * scale.
+struct BlockQ8_0 {
+  uint16_t scale_f16;
+  int8_t q[kQuantBlock];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must match llama.cpp's block_q8_0 (34 bytes)");
+
+// llama.cpp's block_q4_0: 32 4-bit values and one f16 scale; element i = (nibble_i - 8) * scale.
+// Byte j holds element j in its low nibble and element j + 16 in its high nibble.
+struct BlockQ4_0 {
+  uint16_t scale_f16;
+  uint8_t q[kQuantBlock / 2];
+};
+static_assert(sizeof(BlockQ4_0) == 18, "BlockQ4_0 must match llama.cpp's block_q4_0 (18 bytes)");
+
+// Row conversions; n must be a multiple of kQuantBlock for the block formats (an Error otherwise).
+//  * Q8_0: scale d = max|x| / 127, q = round(x / d) in [-127, 127].
+//  * Q4_0: scale d = m / -8, m the element of largest magnitude (with its sign), so m itself maps
+//    to nibble 0; nibble = floor(x / d + 8.5) clamped to [0, 15], so elements opposite in sign
+//    to m and within 1/16 of its magnitude clamp to 7 d (an error of up to |d|).
+//  As in llama.cpp the scale is stored as f16, but where llama.cpp's quantize_row_*_ref rounds it
+//  to nearest and quantizes with the unrounded value, we round its magnitude up to the next f16
+//  and quantize with the stored value: then every element inside the grid is within |d| / 2 of
+//  its dequantized value (with d as stored), also where f16 is coarse (|d| < 2^-14).
+//  A non-finite element, or a scale beyond f16's range (|x| > ~8e6 for Q8_0), is an Error.
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
+void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n);
+// One block of kQuantBlock elements, for the kernels (which never throw): returns false, with the
+// block zeroed, where quantize_row_* would fail.
+bool quantize_block_q8_0(const float* x, BlockQ8_0* y);
+bool quantize_block_q4_0(const float* x, BlockQ4_0* y);
+void dequantize_row_q8_0(const BlockQ8_0* x, float* y, int64_t n);
+void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n);
+// bf16 bit patterns; float32 -> bf16 rounds to nearest even (see dtype.h).
+void convert_row_f32_to_bf16(const float* x, uint16_t* y, int64_t n);
+void convert_row_bf16_to_f32(const uint16_t* x, float* y, int64_t n);
+
+enum class WeightFormat { kF32, kBF16, kQ8_0, kQ4_0 };
+
+// "f32", "bf16", "q8_0", "q4_0".
+const char* weight_format_name(WeightFormat format);
+// Parses the names above; nullopt when unknown.
+std::optional<WeightFormat> parse_weight_format(std::string_view name);
+// Bytes of one row of `cols` elements; an Error when a block format gets cols % 32 != 0.
+size_t weight_row_bytes(WeightFormat format, int64_t cols);
+// Dequantizes one row of `cols` elements stored in `format` to float32.
+void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols);
+
+// std::allocator with 64-byte (cache line, AVX-512 vector) alignment.
+template <typename T>
+struct CacheAlignedAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheAlignedAllocator() = default;
+  template <typename U>
+  CacheAlignedAllocator(const CacheAlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const CacheAlignedAllocator<U>&) const { return true; }
+};
+
+// A weight matrix [rows, cols] (a Hugging Face Linear weight: rows = out features, cols = in
+// features) stored row after row in `format`; rows are weight_row_bytes(format, cols) apart.
+struct QuantMatrix {
+  WeightFormat format = WeightFormat::kF32;
+  int64_t rows = 0, cols = 0;
+  size_t row_bytes = 0;
+  std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> data;  // rows * row_bytes
+
+  const void* row(int64_t r) const { return data.data() + static_cast<size_t>(r) * row_bytes; }
+  size_t size_bytes() const { return data.size(); }
+};
+
+// Converts a float32 matrix w[rows, cols] to `format` (rows in parallel).
+QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format);
+
+}  // namespace dsmoe
