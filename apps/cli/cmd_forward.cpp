@@ -67,6 +67,7 @@ int run_forward(const ForwardArgs& args) {
     TrainActs acts;
     TrainOptions options;
     options.balance_losses = false;  // the gradient of `loss` alone
+    options.mtp = false;             // nor of the MTP losses
     model.forward_backward(ids.data(), B, T, grads, acts, options);
     log_info("forward + backward in {:.3f} s", timer.seconds());
     for_each_tensor(c, grads, [&](const std::string& name, const Shape& shape, TensorRole role,

@@ -17,7 +17,7 @@ namespace dsmoe::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model_dir, prompt_ids;
+  std::string model_dir, prompt_ids, prompt_text;
   int64_t max_new_tokens = 16;
   SamplingParams sampling;
   bool print_ids = false;
@@ -46,9 +46,27 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   return ids;
 }
 
+// The byte-level tokenizer of `dsmoe train`: token i is byte i.
+std::vector<int64_t> byte_tokens(const std::string& text) {
+  DSMOE_CHECK(!text.empty(), "--prompt is empty");
+  std::vector<int64_t> ids;
+  for (unsigned char byte : text) ids.push_back(byte);
+  return ids;
+}
+
+std::string bytes_text(const std::vector<int64_t>& ids) {
+  std::string text;
+  for (int64_t id : ids) text += id < 256 ? static_cast<char>(id) : '?';
+  return text;
+}
+
 int run_generate(const GenerateArgs& args) {
   set_num_threads(args.threads);
-  const std::vector<int64_t> prompt = parse_ids(args.prompt_ids);
+  DSMOE_CHECK(args.prompt_ids.empty() != args.prompt_text.empty(),
+              "give exactly one of --prompt-ids and --prompt");
+  const bool text_mode = !args.prompt_text.empty();
+  const std::vector<int64_t> prompt =
+      text_mode ? byte_tokens(args.prompt_text) : parse_ids(args.prompt_ids);
   Timer timer;
   Model model = Model::load(args.model_dir);
   const ModelConfig& c = model.config();
@@ -63,9 +81,16 @@ int run_generate(const GenerateArgs& args) {
   options.sampling = args.sampling;
   options.use_cache = !args.no_cache;
   options.stop_at_eos = args.stop_at_eos;
+  if (text_mode) {
+    DSMOE_CHECK(c.vocab_size >= 256, "--prompt needs a byte-level model (vocab_size >= 256)");
+    std::printf("%s", args.prompt_text.c_str());
+  }
   if (!args.print_ids)
-    options.on_token = [](int64_t token) {
-      std::printf("%lld ", static_cast<long long>(token));
+    options.on_token = [text_mode](int64_t token) {
+      if (text_mode)
+        std::printf("%s", bytes_text({token}).c_str());
+      else
+        std::printf("%lld ", static_cast<long long>(token));
       std::fflush(stdout);
     };
   GenerateStats stats;
@@ -88,8 +113,9 @@ int run_generate(const GenerateArgs& args) {
 Command add_generate(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   app.add_option("--model", args->model_dir, "checkpoint directory")->required();
-  app.add_option("--prompt-ids", args->prompt_ids, "comma-separated prompt token ids")
-      ->required();
+  app.add_option("--prompt-ids", args->prompt_ids, "comma-separated prompt token ids");
+  app.add_option("--prompt", args->prompt_text,
+                 "prompt text for byte-level models (as trained by dsmoe train); prints text");
   app.add_option("--max-new-tokens", args->max_new_tokens, "tokens to generate")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", args->sampling.temperature, "0 = greedy (default)")

@@ -266,6 +266,9 @@ ModelConfig parse_model_config(const json& object, const std::string& source) {
   c.bos_token_id = f.integer("bos_token_id", -1);
   c.eos_token_id = f.integer("eos_token_id", -1);
   c.num_nextn_predict_layers = f.integer("num_nextn_predict_layers", 0);
+  c.mtp_loss_scaling_factor = static_cast<float>(f.number("mtp_loss_scaling_factor", 0.1));
+  DSMOE_CHECK(c.mtp_loss_scaling_factor >= 0, "{}: field 'mtp_loss_scaling_factor' must be >= 0",
+              source);
   std::string act = f.string("hidden_act", "silu");
   DSMOE_CHECK(act == "silu", "{}: field 'hidden_act' is '{}', only silu is supported", source, act);
   parse_attention(f, *d, c);

@@ -68,7 +68,10 @@ struct ModelConfig {
   ScoringFunc scoring_func = ScoringFunc::kSoftmax;
   bool norm_topk_prob = false;
   float routed_scaling_factor = 1.0f;
-  int64_t num_nextn_predict_layers = 0;
+  int64_t num_nextn_predict_layers = 0;  // DeepSeek-V3 multi-token prediction modules (D)
+  // lambda of DeepSeek-V3 sec. 2.2 (Megatron-Core's key): the objective adds lambda / D * sum_k
+  // L_k. Default 0.1 as Megatron-Core; the V3 paper trains with 0.3, then 0.1 for the last 4.8T.
+  float mtp_loss_scaling_factor = 0.1f;
 
   // Training-time routing and balancing, each off unless config.json asks for it (DeepSeek's
   // keys where they exist, Megatron-Core's otherwise). Inference never drops tokens or adds noise.

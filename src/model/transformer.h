@@ -10,6 +10,7 @@
 #include "model/layer.h"
 #include "model/config.h"
 #include "model/moe.h"
+#include "model/mtp.h"
 #include "model/router.h"
 #include "model/weights.h"
 
@@ -38,6 +39,7 @@ struct TrainActs {
   std::vector<float> x_final;  // (N, H) output of the last layer, before the final norm
   std::vector<float> normed;   // (N, H) after the final norm
   std::vector<float> logits;   // (N, V)
+  std::vector<MtpActs> mtp;    // per MTP module (empty when MTP is off)
 };
 
 // Options of a training forward.
@@ -46,13 +48,21 @@ struct TrainOptions {
   bool cross_entropy = true;   // false: differentiate the balance losses alone (the loss is
                                // still measured)
   Rng* noise_rng = nullptr;    // noisy gating draws (needed when config.noisy_gating)
+  bool mtp = true;  // DeepSeek-V3 multi-token prediction when the model has MTP modules (the
+                    // grads then need them too: zeros_like_weights(config, weights.mtp.size()))
 };
 
 // What one training forward/backward measured.
 struct StepStats {
   double loss = 0.0;      // mean next-token cross-entropy
   double aux_loss = 0.0;  // sum over MoE layers of their balance losses (in the objective)
-  std::map<int64_t, BalanceLosses> aux;                 // per MoE layer
+  std::vector<double> mtp_loss;  // L_k per MTP depth k = 1..D (empty: MTP off)
+  double mtp_scale = 0.0;        // lambda / D: the objective adds mtp_scale * sum_k L_k
+  // What is differentiated: loss + aux_loss + mtp_scale * sum_k mtp_loss[k] (without the two
+  // cross-entropy terms when TrainOptions.cross_entropy is false).
+  double objective = 0.0;
+  // Per MoE layer; MTP module k's block is layer num_hidden_layers + k - 1 (its checkpoint name).
+  std::map<int64_t, BalanceLosses> aux;
   std::map<int64_t, std::vector<int64_t>> expert_load;  // per MoE layer: tokens per expert
   int64_t n_dropped = 0;  // assignments over capacity
 };
@@ -77,7 +87,8 @@ class Model {
                  ForwardRecord* record = nullptr) const;
 
   // Training step core: forward with activations kept, mean next-token cross-entropy (+ balance
-  // losses), and backward: grads += d objective / d weights (grads from zeros_like_weights).
+  // losses, + the MTP losses when the model has MTP modules and options.mtp), and backward:
+  // grads += d objective / d weights (grads from zeros_like_weights).
   StepStats forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
                              ModelWeights& grads, TrainActs& acts,
                              const TrainOptions& options = {}) const;

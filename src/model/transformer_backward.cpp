@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/ops.h"
+#include "model/mtp.h"
 #include "model/rope.h"
 #include "model/transformer.h"
 #include "util/check.h"
@@ -47,14 +48,34 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
   stats.loss =
       next_token_loss_backward(acts.logits.data(), ids, n_seqs, n_tokens, V, dlogits.data());
   if (!options.cross_entropy) std::fill(dlogits.begin(), dlogits.end(), 0.0f);
-  for (int64_t L = 0; L < c.num_hidden_layers; L++) {
+  // DeepSeek-V3 sec. 2.2: the MTP modules continue from the last layer's output, before the norm.
+  const bool use_mtp = options.mtp && !weights_.mtp.empty();
+  const int64_t n_mtp = static_cast<int64_t>(weights_.mtp.size());
+  DSMOE_CHECK(!use_mtp || grads.mtp.size() == weights_.mtp.size(),
+              "MTP training: the gradients hold {} MTP modules, the model {} (make them with "
+              "zeros_like_weights(config, weights.mtp.size()), or set TrainOptions.mtp = false)",
+              grads.mtp.size(), n_mtp);
+  double mtp_sum = 0.0;
+  if (use_mtp) {
+    stats.mtp_loss = mtp_forward(c, weights_, ids, n_seqs, n_tokens, acts.x_final.data(),
+                                 acts.mtp, &moe_training);
+    stats.mtp_scale = c.mtp_loss_scaling_factor / static_cast<double>(n_mtp);  // eq. 25
+    for (double l : stats.mtp_loss) mtp_sum += l;
+  } else {
+    acts.mtp.clear();
+  }
+  for (int64_t L = 0; L < c.num_hidden_layers + (use_mtp ? n_mtp : 0); L++) {
     if (!c.is_moe_layer(L)) continue;
-    const MoeActs& moe = acts.layers[L].moe;
+    const int64_t k = L - c.num_hidden_layers + 1;  // MTP depth when > 0
+    if (k > 0 && acts.mtp[k - 1].n_tokens == 0) continue;  // sequences too short for depth k
+    const MoeActs& moe = k > 0 ? acts.mtp[k - 1].block.moe : acts.layers[L].moe;
     stats.aux[L] = moe.aux;
     stats.aux_loss += moe.aux.total();
     stats.expert_load[L] = expert_loads(c, moe.routing);
     stats.n_dropped += moe.routing.n_dropped;
   }
+  stats.objective =
+      (options.cross_entropy ? stats.loss + stats.mtp_scale * mtp_sum : 0.0) + stats.aux_loss;
 
   // ---- backward
   std::vector<float> dnormed(N * H, 0.0f), dx(N * H, 0.0f);  // (N, H)
@@ -62,6 +83,10 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
                        weights_.lm_head.data, N, H, V);
   cpu::rmsnorm_backward(dx.data(), grads.norm.data, dnormed.data(), acts.x_final.data(),
                         weights_.norm.data, N, H, c.rms_norm_eps);
+  if (use_mtp)  // d x_final += what MTP depth 1 (and through it every depth) sends back
+    mtp_backward(c, weights_, grads, n_seqs, n_tokens,
+                 options.cross_entropy ? static_cast<float>(stats.mtp_scale) : 0.0f, acts.mtp,
+                 dx.data());
   const int64_t half = c.rope_dim() / 2;
   std::vector<float> cos(n_tokens * half), sin(n_tokens * half);
   rope_angles(c, 0, n_tokens, cos.data(), sin.data());
