@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
-# run.sh: the main job. Installs dependencies, builds dsmoe, and runs it on the small DeepSeek-V3
-# model shipped in tests/data (random weights, the layout of a real checkpoint), saying what each
-# step does.
+# run.sh: the main job. Installs dependencies, builds dsmoe, then
+#  1. trains a small DeepSeek-V3-style model (sigmoid routing with the aux-loss-free bias, a
+#     shared expert, multi-token prediction) on a generated corpus that mixes prose, arithmetic,
+#     code, JSON records and DNA, and writes the report (loss, expert load, router bias, which
+#     tokens each expert takes);
+#  2. samples from it;
+#  3. runs inference on the DeepSeek-V3 reference model shipped in tests/data, with and without
+#     the latent KV cache.
+# Everything goes to out/demo/ (override with DSMOE_DEMO_DIR); STEPS=N changes the training length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "== building (release)"
 bash scripts/build.sh release >/dev/null
 dsmoe=build/release/dsmoe
-model=tests/data/v3-tiny/model
+demo=${DSMOE_DEMO_DIR:-out/demo}
+steps=${STEPS:-600}
 say() { printf '\n== %s\n' "$*"; }
+rm -rf "$demo" && mkdir -p "$demo"
 
-say "The model: $model (DeepSeek-V3 layout: MLA with q LoRA, 16 routed experts top-4 with sigmoid + bias routing in 4 groups, 1 shared expert, 1 dense layer)"
-grep -E '"(model_type|num_hidden_layers|n_routed_experts|num_experts_per_tok|kv_lora_rank|n_group|topk_group)"' "$model/config.json"
+say "1. A training corpus of five kinds of text (generated, license-clean): $demo/corpus.txt"
+$dsmoe corpus --out "$demo/corpus.txt" --bytes 400000
+head -n 6 "$demo/corpus.txt"
 
-say "Greedy generation of 16 tokens with the latent KV cache (absorbed MLA decode)"
+say "2. Training configs/train-demo-v3.json ($steps steps, batch 8 x 128 bytes, AdamW, warm-up + cosine)"
+grep -E '"(num_hidden_layers|n_routed_experts|num_experts_per_tok|n_shared_experts|scoring_func|topk_method|moe_router_enable_expert_bias|num_nextn_predict_layers)"' configs/train-demo-v3.json
+$dsmoe train --model-config configs/train-demo-v3.json --data "$demo/corpus.txt" --out "$demo/run" \
+  --steps "$steps" --batch-size 8 --seq-len 128 --lr 3e-3 --min-lr 3e-4 --warmup 30 \
+  --save-every 200 --log-every 50 --analytics-every 100
+first=$(head -n 1 "$demo/run/metrics.jsonl" | grep -o '"loss":[0-9.]*' | cut -d: -f2)
+last=$(tail -n 1 "$demo/run/metrics.jsonl" | grep -o '"loss":[0-9.]*' | cut -d: -f2)
+balance=$(tail -n 1 "$demo/run/metrics.jsonl" | grep -o '"load_max_over_mean":[0-9.]*' | cut -d: -f2)
+echo "loss: $first at step 1 -> $last at step $steps (nats per byte); worst max/mean expert load at the end: $balance"
+
+say "3. Samples from the trained model (greedy, byte-level)"
+for prompt in "the engineer " "417 + 86 = " '{"id": ' "int scale_value(int x) "; do
+  $dsmoe generate --model "$demo/run" --prompt "$prompt" --max-new-tokens 60 2>/dev/null | head -n 2
+done
+
+say "4. The report: $demo/run/report/report.md with loss.png, expert_load.png, expert_bias.png"
+$dsmoe report --run "$demo/run" 2>&1 | grep -v warning
+sed -n '/## Expert specialisation/,/### Layer 2/p' "$demo/run/report/report.md" | head -n 24
+
+model=tests/data/v3-tiny/model
+say "5. Inference on the reference DeepSeek-V3 model $model: latent KV cache + absorbed MLA decode"
 $dsmoe generate --model "$model" --prompt-ids 5,17,3,42,7 --max-new-tokens 16 --print-ids
-
-say "The same without any cache (every step recomputes the whole sequence): the tokens must agree"
+say "   the same without a cache (recomputing every step): the tokens agree"
 $dsmoe generate --model "$model" --prompt-ids 5,17,3,42,7 --max-new-tokens 16 --print-ids --no-cache
-
-say "Sampling: temperature 0.8, top-p 0.9, seed 1"
-$dsmoe generate --model "$model" --prompt-ids 5,17,3,42,7 --max-new-tokens 16 --temperature 0.8 --top-p 0.9 --seed 1 --print-ids
-
-say "Forward pass on the reference inputs: logits, loss, hidden states and routes to /tmp/dsmoe-forward.safetensors"
-$dsmoe forward --model "$model" --input tests/data/v3-tiny/expected.safetensors --output /tmp/dsmoe-forward.safetensors
-
-say "A fresh random DeepSeek-V2-style checkpoint from a config (dsmoe init), then generation on it"
-$dsmoe init --config tests/data/v2-tiny/model/config.json --out /tmp/dsmoe-init-v2 --seed 3 --dtype bf16
-$dsmoe generate --model /tmp/dsmoe-init-v2 --prompt-ids 1,2,3 --max-new-tokens 8 --print-ids
