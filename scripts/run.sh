@@ -35,12 +35,14 @@ echo "loss: $first at step 1 -> $last at step $steps (nats per byte); worst max/
 
 say "3. Samples from the trained model (greedy, byte-level)"
 for prompt in "the engineer " "417 + 86 = " '{"id": ' "int scale_value(int x) "; do
-  $dsmoe generate --model "$demo/run" --prompt "$prompt" --max-new-tokens 60 2>/dev/null | head -n 2
+  # Up to the end of the line the prompt starts (the model continues with other lines).
+  $dsmoe generate --model "$demo/run" --prompt "$prompt" --max-new-tokens 60 2>/dev/null \
+    | sed -n 1p
 done
 
 say "4. The report: $demo/run/report/report.md with loss.png, expert_load.png, expert_bias.png"
-$dsmoe report --run "$demo/run" 2>&1 | grep -v warning
-sed -n '/## Expert specialisation/,/### Layer 2/p' "$demo/run/report/report.md" | head -n 24
+$dsmoe report --run "$demo/run" 2>&1 | grep -v warning || true
+sed -n '/## Expert specialisation/,/### Layer 2/p' "$demo/run/report/report.md"
 
 model=tests/data/v3-tiny/model
 say "5. Inference on the reference DeepSeek-V3 model $model: latent KV cache + absorbed MLA decode"
