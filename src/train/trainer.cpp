@@ -119,7 +119,8 @@ double train(const TrainConfig& tc) {
     DSMOE_CHECK(!latest.empty(), "{}: no checkpoint to resume", tc.out_dir);
     config_json = read_json(latest + "/config.json");
     if (!tc.model_config.empty())
-      DSMOE_CHECK(read_json(tc.model_config) == config_json,
+      DSMOE_CHECK(nlohmann::json::parse(read_json(tc.model_config).dump()) ==
+                      nlohmann::json::parse(config_json.dump()),  // key order does not matter
                   "{} contradicts the config of the checkpoint in {}", tc.model_config, latest);
   } else {
     DSMOE_CHECK(!tc.model_config.empty(), "--model-config is required to start training");

@@ -1,0 +1,687 @@
+// Tests for train/: the training loop end to end on a tiny V3 model and a small text file (the
+// loss falls, resume is bit-exact, checkpoints are safe, bad input is refused without harm,
+// non-finite steps are skipped, metrics.jsonl), the learning-rate schedule and one AdamW step
+// against its formula.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numbers>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "tensor/random.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+#include "util/check.h"
+#include "util/threads.h"
+
+namespace dsmoe {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+// One thread unless a test asks for more: on a shared 2-core machine OpenMP's spinning barriers
+// make these tiny models many times slower with 2 threads (results are the same).
+class OneThread : public ::testing::Environment {
+ public:
+  void SetUp() override { set_num_threads(1); }
+};
+[[maybe_unused]] ::testing::Environment* const kOneThread =
+    ::testing::AddGlobalTestEnvironment(new OneThread);
+
+// Sets the thread count for a scope.
+class Threads {
+ public:
+  explicit Threads(int n) : saved_(num_threads()) { set_num_threads(n); }
+  ~Threads() { set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+// A fresh directory per test, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name =
+        fmt::format("dsmoe_train_{}_{}_{}", info->test_suite_name(), info->name(), ::getpid());
+    std::replace(name.begin(), name.end(), '/', '_');
+    path_ = fs::temp_directory_path() / name;
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << path;
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Every file under `dir` (relative path -> bytes).
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file())
+      files[fs::relative(entry.path(), dir).string()] = read_bytes(entry.path().string());
+  return files;
+}
+
+std::vector<json> read_metrics(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<json> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(json::parse(line));
+  return lines;
+}
+
+// A few KB of sentences of several kinds, repeated.
+std::string training_text() {
+  const char* sentences[] = {"the cat sat on the mat and the dog sat on the log. ",
+                             "one two three four five six seven eight nine ten. ",
+                             "abcabcabc xyzxyzxyz abcabcabc xyzxyzxyz. ",
+                             "routing sends every token to two of eight experts. ",
+                             "0101 1010 0101 1010 0101. "};
+  std::string text;
+  for (int i = 0; i < 80; i++) text += sentences[(i * 3 + i / 5) % 5];
+  return text;
+}
+
+// Tiny DeepSeek-V3: vocab 256 (bytes), hidden 32, MLA with q LoRA, layer 0 dense, layer 1 MoE
+// with 8 routed experts top-2 in 4 groups (2 kept) and 1 shared expert.
+json tiny_v3_json() {
+  return {{"model_type", "deepseek_v3"},
+          {"vocab_size", 256},
+          {"hidden_size", 32},
+          {"intermediate_size", 64},
+          {"moe_intermediate_size", 16},
+          {"num_hidden_layers", 2},
+          {"first_k_dense_replace", 1},
+          {"num_attention_heads", 2},
+          {"q_lora_rank", 16},
+          {"kv_lora_rank", 16},
+          {"qk_nope_head_dim", 8},
+          {"qk_rope_head_dim", 4},
+          {"v_head_dim", 8},
+          {"n_routed_experts", 8},
+          {"num_experts_per_tok", 2},
+          {"n_shared_experts", 1},
+          {"n_group", 4},
+          {"topk_group", 2},
+          {"max_position_embeddings", 64},
+          {"num_nextn_predict_layers", 0}};
+}
+
+// A model config and a data file in `dir`, and a TrainConfig that uses them.
+TrainConfig setup(const TempDir& dir, const json& options = json::object(), int64_t steps = 8) {
+  json config = tiny_v3_json();
+  for (const auto& [key, value] : options.items()) config[key] = value;
+  write_text(dir / "config.json", config.dump(2));
+  write_text(dir / "data.txt", training_text());
+  TrainConfig tc;
+  tc.model_config = dir / "config.json";
+  tc.data_files = {dir / "data.txt"};
+  tc.out_dir = dir / "run";
+  tc.steps = steps;
+  tc.batch_size = 4;
+  tc.seq_len = 32;
+  tc.schedule.max_lr = 1e-2f;
+  tc.schedule.min_lr = 1e-3f;
+  tc.schedule.warmup_steps = 2;
+  tc.seed = 1;
+  tc.quiet = true;
+  return tc;
+}
+
+// Runs `fn`, which must throw dsmoe::Error; returns its message.
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a dsmoe::Error";
+  return "";
+}
+
+std::string latest_name(const std::string& out_dir) {
+  std::string name = read_bytes(out_dir + "/latest");
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  return name;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training makes progress
+
+TEST(Train, LossFalls) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 40);
+  tc.schedule.warmup_steps = 4;
+  const double final_loss = train(tc);
+  const std::vector<json> lines = read_metrics(tc.out_dir + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 40u);
+  const double first = lines.front()["loss"].get<double>();
+  const double last = lines.back()["loss"].get<double>();
+  EXPECT_EQ(final_loss, last);
+  EXPECT_GT(first, 5.0);  // about log(256) from random weights
+  EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resume is bit-exact
+
+struct ResumeCase {
+  std::string name;
+  json options;
+  int64_t grad_accum = 1;
+  int threads = 1;
+};
+
+void PrintTo(const ResumeCase& c, std::ostream* os) { *os << c.name; }
+
+class Resume : public ::testing::TestWithParam<ResumeCase> {};
+class ResumeStop : public ::testing::TestWithParam<ResumeCase> {};
+
+void expect_same_checkpoint(const std::string& a, const std::string& b) {
+  for (const char* file : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+    EXPECT_TRUE(read_bytes(a + "/" + file) == read_bytes(b + "/" + file))
+        << file << " differs between " << a << " and " << b;
+}
+
+// A run killed after its step-4 checkpoint and resumed ends at the same bytes as a run that was
+// never interrupted (same seed, same schedule, same thread count).
+TEST_P(Resume, AfterAKillIsBitExact) {
+  const ResumeCase& rc = GetParam();
+  const Threads threads(rc.threads);
+  TempDir dir;
+  TrainConfig straight = setup(dir, rc.options);
+  straight.grad_accum = rc.grad_accum;
+  train(straight);
+
+  TrainConfig saving = straight;  // the same run, checkpointing at step 4 too
+  saving.out_dir = dir / "saving";
+  saving.save_every = 4;
+  train(saving);
+  expect_same_checkpoint(straight.out_dir + "/step-00000008", saving.out_dir + "/step-00000008");
+
+  // What a kill just after step 4 leaves: step-4 complete and `latest` naming it; metrics lines
+  // may run ahead of the checkpoint.
+  const std::string killed = dir / "killed";
+  fs::create_directories(killed);
+  fs::copy(saving.out_dir + "/step-00000004", killed + "/step-00000004");
+  write_text(killed + "/latest", "step-00000004\n");
+  fs::copy_file(saving.out_dir + "/metrics.jsonl", killed + "/metrics.jsonl");
+  TrainConfig resumed = straight;
+  resumed.out_dir = killed;
+  resumed.model_config = "";  // taken from the checkpoint
+  resumed.resume = true;
+  train(resumed);
+  EXPECT_EQ(latest_name(killed), "step-00000008");
+  expect_same_checkpoint(straight.out_dir + "/step-00000008", killed + "/step-00000008");
+  EXPECT_TRUE(read_bytes(straight.out_dir + "/model.safetensors") ==
+              read_bytes(killed + "/model.safetensors"));
+  // metrics.jsonl: the lines after the checkpoint were replaced, one line per step.
+  const std::vector<json> a = read_metrics(straight.out_dir + "/metrics.jsonl");
+  const std::vector<json> b = read_metrics(killed + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); i++) {
+    EXPECT_EQ(b[i]["step"], static_cast<int64_t>(i + 1));
+    for (const char* key : {"loss", "aux_loss", "lr", "grad_norm", "expert_load"})
+      EXPECT_EQ(a[i][key], b[i][key]) << key << " at step " << i + 1;
+  }
+}
+
+// Stopping after 4 steps and resuming to 8 equals 8 steps straight when the learning rate does
+// not depend on the run's length (a constant schedule; the cosine is stretched over `steps`).
+TEST_P(ResumeStop, StopAndContinueIsBitExact) {
+  const ResumeCase& rc = GetParam();
+  const Threads threads(rc.threads);
+  TempDir dir;
+  TrainConfig straight = setup(dir, rc.options);
+  straight.grad_accum = rc.grad_accum;
+  straight.schedule.warmup_steps = 0;
+  straight.schedule.min_lr = straight.schedule.max_lr;
+  train(straight);
+
+  TrainConfig first = straight;
+  first.out_dir = dir / "stopped";
+  first.steps = 4;
+  train(first);
+  EXPECT_EQ(latest_name(first.out_dir), "step-00000004");
+  TrainConfig second = first;
+  second.steps = 8;
+  second.resume = true;  // with the same --model-config: it agrees with the checkpoint
+  train(second);
+  expect_same_checkpoint(straight.out_dir + "/step-00000008", first.out_dir + "/step-00000008");
+}
+
+std::vector<ResumeCase> resume_cases() {
+  return {
+      {"Plain", json::object()},
+      {"GradAccum2", json::object(), 2},
+      {"NoisyGatingBiasUpdateAndAuxLoss",
+       {{"noisy_gating", true},
+        {"moe_router_enable_expert_bias", true},
+        {"moe_router_bias_update_rate", 0.01},
+        {"aux_loss_alpha", 0.01},
+        {"seq_aux", true}},
+       2},
+      // V2 routing with every balance loss and token dropping, and tied embeddings.
+      {"V2BalanceCapacityTied",
+       {{"model_type", "deepseek_v2"},
+        {"scoring_func", "softmax"},
+        {"topk_method", "group_limited_greedy"},
+        {"aux_loss_alpha", 0.01},
+        {"moe_device_level_aux_loss_coeff", 0.01},
+        {"moe_comm_aux_loss_coeff", 0.01},
+        {"moe_expert_capacity_factor", 1.0},
+        {"tie_word_embeddings", true}}},
+  };
+}
+
+std::vector<ResumeCase> resume_cases_and_two_threads() {
+  std::vector<ResumeCase> cases = resume_cases();
+  cases.push_back({"TwoThreads", {{"noisy_gating", true}}, 2, 2});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Train, Resume, ::testing::ValuesIn(resume_cases_and_two_threads()),
+                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Train, ResumeStop, ::testing::ValuesIn(resume_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints are safe
+
+TEST(Checkpoint, LatestNamesACompleteStepDirectory) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 6);
+  tc.save_every = 2;
+  train(tc);
+  EXPECT_EQ(latest_name(tc.out_dir), "step-00000006");
+  std::vector<std::string> steps;
+  for (const auto& entry : fs::directory_iterator(tc.out_dir)) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_EQ(name.find(".tmp"), std::string::npos) << "left over: " << name;
+    if (entry.is_directory()) steps.push_back(name);
+  }
+  std::sort(steps.begin(), steps.end());
+  EXPECT_EQ(steps, (std::vector<std::string>{"step-00000004", "step-00000006"}));  // keep_last 2
+  const std::string latest = tc.out_dir + "/step-00000006";
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(latest))
+    files.push_back(entry.path().filename().string());
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"config.json", "model.safetensors",
+                                             "optimizer.safetensors", "trainer_state.json"}));
+  // Every tensor is there, in both files.
+  const ModelConfig config = load_model_config(latest);
+  ModelWeights names;
+  int64_t n_tensors = 0;
+  for_each_tensor(config, names,
+                  [&](const std::string&, const Shape&, TensorRole, Tensor&) { n_tensors++; });
+  EXPECT_EQ(static_cast<int64_t>(SafetensorsFile(latest + "/model.safetensors").tensors().size()),
+            n_tensors);
+  EXPECT_EQ(
+      static_cast<int64_t>(SafetensorsFile(latest + "/optimizer.safetensors").tensors().size()),
+      2 * n_tensors + 1);  // m, v and the step count
+  const json state = json::parse(read_bytes(latest + "/trainer_state.json"));
+  EXPECT_EQ(state["step"], 6);
+  // The top-level copy is the newest weights and loads for inference.
+  EXPECT_TRUE(read_bytes(tc.out_dir + "/model.safetensors") ==
+              read_bytes(latest + "/model.safetensors"));
+  EXPECT_EQ(read_bytes(tc.out_dir + "/config.json"), read_bytes(latest + "/config.json"));
+  const Model model = Model::load(tc.out_dir);
+  const std::vector<int64_t> ids = {104, 101, 108, 108, 111};
+  const Tensor logits = model.forward(ids.data(), 1, 5);
+  for (int64_t i = 0; i < logits.numel(); i++) ASSERT_TRUE(std::isfinite(logits.data[i]));
+}
+
+TEST(Checkpoint, CorruptFileFailsResumeAndTouchesNothing) {
+  for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
+    SCOPED_TRACE(file);
+    TempDir dir;
+    TrainConfig tc = setup(dir, json::object(), 4);
+    train(tc);
+    const std::string path = tc.out_dir + "/step-00000004/" + file;
+    fs::resize_file(path, fs::file_size(path) / 2);
+    const auto before = snapshot(tc.out_dir);
+    tc.steps = 8;
+    tc.resume = true;
+    const std::string message = error_of([&] { train(tc); });
+    EXPECT_NE(message.find(path), std::string::npos) << message;
+    EXPECT_TRUE(snapshot(tc.out_dir) == before) << "a failed resume must not modify anything";
+  }
+}
+
+TEST(Checkpoint, ConfigContradictingTheCheckpointIsAnError) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 4);
+  train(tc);
+  json other = tiny_v3_json();
+  other["hidden_size"] = 48;
+  write_text(dir / "other.json", other.dump(2));
+  const auto before = snapshot(tc.out_dir);
+  TrainConfig resume = tc;
+  resume.steps = 6;
+  resume.resume = true;
+  resume.model_config = dir / "other.json";
+  const std::string message = error_of([&] { train(resume); });
+  EXPECT_NE(message.find("contradicts"), std::string::npos) << message;
+  EXPECT_NE(message.find(dir / "other.json"), std::string::npos) << message;
+  EXPECT_TRUE(snapshot(tc.out_dir) == before);
+  // The agreeing config resumes.
+  resume.model_config = tc.model_config;
+  EXPECT_NO_THROW(train(resume));
+  EXPECT_EQ(latest_name(tc.out_dir), "step-00000006");
+}
+
+// Regression: the same config with its keys in another order (re-saved by an editor or a script)
+// must not count as contradicting the checkpoint (an ordered_json comparison once refused it).
+TEST(Checkpoint, SameConfigWithKeysInAnotherOrderResumes) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 2);
+  train(tc);
+  const json original = json::parse(read_bytes(tc.model_config));
+  nlohmann::ordered_json reversed;
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : original.items()) keys.push_back(key);
+  for (auto it = keys.rbegin(); it != keys.rend(); ++it) reversed[*it] = original[*it];
+  ASSERT_EQ(json::parse(reversed.dump()), original);  // the same config
+  write_text(dir / "reordered.json", reversed.dump(2));
+  tc.model_config = dir / "reordered.json";
+  tc.steps = 3;
+  tc.resume = true;
+  EXPECT_NO_THROW(train(tc));
+  EXPECT_EQ(latest_name(tc.out_dir), "step-00000003");
+}
+
+// A save that fails half way (here: the model file cannot be created) leaves `latest` on the
+// previous complete checkpoint, which still resumes to the same bytes as an uninterrupted run.
+TEST(Checkpoint, FailedSaveKeepsThePreviousCheckpoint) {
+  TempDir dir;
+  TrainConfig straight = setup(dir, json::object(), 4);
+  straight.save_every = 2;
+  train(straight);
+  TrainConfig tc = straight;
+  tc.out_dir = dir / "failing";
+  const std::string blocker = tc.out_dir + "/step-00000004/model.safetensors.tmp";
+  fs::create_directories(blocker);  // open(O_CREAT) of a directory fails
+  const std::string message = error_of([&] { train(tc); });
+  EXPECT_NE(message.find(blocker), std::string::npos) << message;
+  EXPECT_EQ(latest_name(tc.out_dir), "step-00000002");
+  EXPECT_TRUE(read_bytes(tc.out_dir + "/model.safetensors") ==
+              read_bytes(tc.out_dir + "/step-00000002/model.safetensors"));
+  fs::remove_all(blocker);
+  tc.resume = true;
+  train(tc);
+  EXPECT_EQ(latest_name(tc.out_dir), "step-00000004");
+  expect_same_checkpoint(straight.out_dir + "/step-00000004", tc.out_dir + "/step-00000004");
+  EXPECT_EQ(read_metrics(tc.out_dir + "/metrics.jsonl").size(), 4u);
+}
+
+TEST(Checkpoint, FreshRunIntoACheckpointDirectoryIsAnError) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 2);
+  train(tc);
+  const auto before = snapshot(tc.out_dir);
+  const std::string message = error_of([&] { train(tc); });
+  EXPECT_NE(message.find("--resume"), std::string::npos) << message;
+  EXPECT_TRUE(snapshot(tc.out_dir) == before) << "nothing may be destroyed";
+}
+
+TEST(Checkpoint, ResumeWithoutACheckpointIsAnError) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 2);
+  tc.resume = true;
+  const std::string message = error_of([&] { train(tc); });
+  EXPECT_NE(message.find("no checkpoint"), std::string::npos) << message;
+}
+
+TEST(TrainData, EmptyOrMissingDataFileIsAnErrorNamingIt) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 2);
+  write_text(dir / "empty.txt", "");
+  tc.data_files = {dir / "data.txt", dir / "empty.txt"};
+  std::string message = error_of([&] { train(tc); });
+  EXPECT_NE(message.find(dir / "empty.txt"), std::string::npos) << message;
+  EXPECT_NE(message.find("empty"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(tc.out_dir + "/latest"));
+  tc.data_files = {dir / "missing.txt"};
+  message = error_of([&] { train(tc); });
+  EXPECT_NE(message.find(dir / "missing.txt"), std::string::npos) << message;
+  // Fewer tokens than one sequence.
+  write_text(dir / "short.txt", "too short");
+  tc.data_files = {dir / "short.txt"};
+  message = error_of([&] { train(tc); });
+  EXPECT_NE(message.find("fewer than one sequence"), std::string::npos) << message;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Non-finite steps
+
+// A learning rate of 1e30 sends the weights to inf/NaN after a step or two; every step from
+// then on must be skipped with a warning (not applied, not a crash) and the run still finishes.
+TEST(Train, NonFiniteLossSkipsTheStep) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, json::object(), 6);
+  tc.schedule.max_lr = tc.schedule.min_lr = 1e30f;
+  tc.schedule.warmup_steps = 0;
+  ::testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(train(tc));
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  const std::vector<json> lines = read_metrics(tc.out_dir + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_FALSE(lines.front()["skipped"].get<bool>());
+  EXPECT_TRUE(lines.back()["skipped"].get<bool>());
+  int64_t skipped = 0;
+  bool seen_skip = false;
+  for (const json& line : lines) {
+    const bool s = line["skipped"].get<bool>();
+    if (seen_skip) {
+      EXPECT_TRUE(s) << "step " << line["step"] << ": the weights stay non-finite";
+    }
+    seen_skip = seen_skip || s;
+    skipped += s;
+  }
+  EXPECT_NE(log.find("warning"), std::string::npos) << log;
+  const json state = json::parse(read_bytes(tc.out_dir + "/step-00000006/trainer_state.json"));
+  EXPECT_EQ(state["step"], 6);
+  EXPECT_EQ(state["skipped_steps"], skipped);
+  // The checkpoint of a run with skipped steps still resumes (step = optimizer steps + skipped).
+  tc.steps = 7;
+  tc.resume = true;
+  EXPECT_NO_THROW(train(tc));
+  EXPECT_EQ(read_metrics(tc.out_dir + "/metrics.jsonl").size(), 7u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and the schedule
+
+TEST(Train, MetricsHaveOneLinePerStep) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, {{"aux_loss_alpha", 0.01}}, 5);
+  train(tc);
+  const std::vector<json> lines = read_metrics(tc.out_dir + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 5u);
+  LrSchedule schedule = tc.schedule;
+  schedule.total_steps = tc.steps;
+  const int64_t assignments = tc.batch_size * tc.seq_len * 2;  // top-2
+  for (size_t i = 0; i < lines.size(); i++) {
+    const json& line = lines[i];
+    SCOPED_TRACE(line.dump());
+    EXPECT_EQ(line["step"], static_cast<int64_t>(i + 1));
+    for (const char* key : {"loss", "aux_loss", "lr", "grad_norm", "load_max_over_mean"}) {
+      ASSERT_TRUE(line.contains(key) && line[key].is_number()) << key;
+      EXPECT_TRUE(std::isfinite(line[key].get<double>())) << key;
+    }
+    EXPECT_GT(line["loss"].get<double>(), 0.0);
+    EXPECT_GT(line["aux_loss"].get<double>(), 0.0);
+    EXPECT_GT(line["grad_norm"].get<double>(), 0.0);
+    EXPECT_EQ(line["lr"].get<float>(), learning_rate(schedule, static_cast<int64_t>(i)));
+    ASSERT_TRUE(line["expert_load"].is_object());
+    ASSERT_EQ(line["expert_load"].size(), 1u);  // one MoE layer
+    const std::vector<int64_t> load = line["expert_load"]["1"].get<std::vector<int64_t>>();
+    ASSERT_EQ(load.size(), 8u);
+    int64_t total = 0, max_load = 0;
+    for (int64_t l : load) total += l, max_load = std::max(max_load, l);
+    EXPECT_EQ(total, assignments);
+    EXPECT_NEAR(line["load_max_over_mean"].get<double>(), max_load * 8.0 / total, 1e-12);
+    EXPECT_FALSE(line["skipped"].get<bool>());
+  }
+}
+
+TEST(LearningRate, WarmupThenCosine) {
+  LrSchedule s;
+  s.max_lr = 1e-3f;
+  s.min_lr = 1e-4f;
+  s.warmup_steps = 10;
+  s.total_steps = 110;
+  EXPECT_FLOAT_EQ(learning_rate(s, 0), 1e-4f);  // max / warmup
+  EXPECT_FLOAT_EQ(learning_rate(s, 4), 5e-4f);
+  EXPECT_FLOAT_EQ(learning_rate(s, 9), 1e-3f);
+  EXPECT_FLOAT_EQ(learning_rate(s, 10), 1e-3f);    // the cosine starts at max
+  EXPECT_FLOAT_EQ(learning_rate(s, 60), 5.5e-4f);  // half way: (max + min) / 2
+  EXPECT_FLOAT_EQ(learning_rate(s, 35),
+                  1e-4f + 9e-4f * 0.5f * (1.0f + std::cos(std::numbers::pi_v<float> / 4)));
+  EXPECT_FLOAT_EQ(learning_rate(s, 110), 1e-4f);  // the end
+  EXPECT_FLOAT_EQ(learning_rate(s, 500), 1e-4f);  // and after
+  for (int64_t step = 10; step < 110; step++)
+    EXPECT_LE(learning_rate(s, step + 1), learning_rate(s, step)) << step;
+  // No warm-up: the cosine from step 0.
+  s.warmup_steps = 0;
+  EXPECT_FLOAT_EQ(learning_rate(s, 0), 1e-3f);
+  EXPECT_FLOAT_EQ(learning_rate(s, 55), 5.5e-4f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW
+
+// Two steps on the tiny model's tensors with random gradients, every element against the
+// formula in double: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, bias-corrected,
+// p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p) with wd only on matrices/embeddings (and the noise
+// projection, a matrix); norms get no decay; the router bias buffer is not touched at all.
+TEST(AdamW, StepEqualsTheFormula) {
+  json j = tiny_v3_json();
+  j["noisy_gating"] = true;
+  const ModelConfig c = parse_model_config(j, "test");
+  ModelWeights params = random_weights(c, 5);
+  ModelWeights grads = zeros_like_weights(c);
+  AdamWState state = make_adamw_state(c, 0);
+  AdamWConfig adamw;
+  adamw.beta1 = 0.8f;
+  adamw.beta2 = 0.9f;
+  adamw.eps = 1e-6f;
+  adamw.weight_decay = 0.2f;
+  const float lr = 0.05f;
+  // Router bias: a value that must survive, with a gradient that must be ignored.
+  Tensor& bias = params.layers[1].moe.e_score_correction_bias;
+  for (int64_t e = 0; e < bias.numel(); e++) bias.data[e] = 0.1f * static_cast<float>(e);
+
+  struct Reference {
+    std::vector<double> p, m, v;
+    TensorRole role;
+  };
+  std::map<std::string, Reference> ref;
+  for_each_tensor(c, params,
+                  [&](const std::string& name, const Shape&, TensorRole role, Tensor& t) {
+                    ref[name] = {std::vector<double>(t.data, t.data + t.numel()),
+                                 std::vector<double>(t.numel(), 0.0),
+                                 std::vector<double>(t.numel(), 0.0), role};
+                  });
+  Rng rng(9);
+  for (int step = 1; step <= 2; step++) {
+    std::map<std::string, std::vector<float>> g;
+    for_each_tensor(c, grads, [&](const std::string& name, const Shape&, TensorRole, Tensor& t) {
+      for (int64_t i = 0; i < t.numel(); i++) t.data[i] = rng.normal();
+      g[name].assign(t.data, t.data + t.numel());
+    });
+    adamw_step(c, params, grads, state, lr, adamw);
+    EXPECT_EQ(state.step, step);
+    const double bias1 = 1.0 - std::pow(0.8, step), bias2 = 1.0 - std::pow(0.9, step);
+    std::map<std::string, Tensor> m_by_name, v_by_name;
+    for_each_tensor(c, state.m, [&](const std::string& name, const Shape&, TensorRole, Tensor& t) {
+      m_by_name[name] = t;
+    });
+    for_each_tensor(c, state.v, [&](const std::string& name, const Shape&, TensorRole, Tensor& t) {
+      v_by_name[name] = t;
+    });
+    for_each_tensor(
+        c, params, [&](const std::string& name, const Shape&, TensorRole role, Tensor& t) {
+          Reference& r = ref[name];
+          const bool trained = role != TensorRole::kRouterBias;
+          const bool decayed = role == TensorRole::kMatrix || role == TensorRole::kEmbedding ||
+                               role == TensorRole::kNoise;
+          for (int64_t i = 0; i < t.numel(); i++) {
+            if (trained) {
+              const double gi = static_cast<float>(g[name][i]);
+              r.m[i] = 0.8 * r.m[i] + 0.2 * gi;
+              r.v[i] = 0.9 * r.v[i] + 0.1 * gi * gi;
+              const double update = (r.m[i] / bias1) / (std::sqrt(r.v[i] / bias2) + 1e-6);
+              r.p[i] -= 0.05 * (update + (decayed ? 0.2 * r.p[i] : 0.0));
+            }
+            ASSERT_NEAR(t.data[i], r.p[i], 2e-6 * (1.0 + std::fabs(r.p[i]))) << name << " " << i;
+            ASSERT_NEAR(m_by_name[name].data[i], r.m[i], 1e-6 * (1.0 + std::fabs(r.m[i]))) << name;
+            ASSERT_NEAR(v_by_name[name].data[i], r.v[i], 1e-6 * (1.0 + std::fabs(r.v[i]))) << name;
+          }
+        });
+  }
+  for (int64_t e = 0; e < bias.numel(); e++) EXPECT_EQ(bias.data[e], 0.1f * static_cast<float>(e));
+}
+
+// The same rule on numbers small enough to follow by hand: p = 1, g = 0.5, lr = 0.1, wd = 0.1:
+// m_hat = g, v_hat = g^2, so the Adam direction is 1 (eps aside): a matrix becomes
+// 1 - 0.1 (1 + 0.1) = 0.89, a norm 1 - 0.1 = 0.9, the router bias stays 1.
+TEST(AdamW, FirstStepByHand) {
+  const ModelConfig c = parse_model_config(tiny_v3_json(), "test");
+  ModelWeights params = random_weights(c, 5), grads = zeros_like_weights(c);
+  AdamWState state = make_adamw_state(c, 0);
+  AdamWConfig adamw;  // beta1 0.9, beta2 0.95, eps 1e-8
+  adamw.weight_decay = 0.1f;
+  Tensor& matrix = params.layers[1].moe.gate;
+  Tensor& norm = params.layers[1].post_attention_layernorm;
+  Tensor& bias = params.layers[1].moe.e_score_correction_bias;
+  for (Tensor* t : {&matrix, &norm, &bias}) std::fill(t->data, t->data + t->numel(), 1.0f);
+  for (Tensor* t : {&grads.layers[1].moe.gate, &grads.layers[1].post_attention_layernorm,
+                    &grads.layers[1].moe.e_score_correction_bias})
+    std::fill(t->data, t->data + t->numel(), 0.5f);
+  adamw_step(c, params, grads, state, 0.1f, adamw);
+  EXPECT_NEAR(matrix.data[0], 0.89f, 1e-6f);
+  EXPECT_NEAR(norm.data[0], 0.9f, 1e-6f);
+  EXPECT_EQ(bias.data[0], 1.0f);
+  EXPECT_EQ(state.m.layers[1].moe.e_score_correction_bias.data[0], 0.0f);
+}
+
+}  // namespace
+}  // namespace dsmoe
