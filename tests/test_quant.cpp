@@ -272,15 +272,21 @@ double product_bound(WeightFormat f, const float* x, const float* w, int64_t K) 
   return 0;
 }
 
-// The activations as the kernel rounds them: to bf16 for bf16 weights, to Q8_0 blocks for the
-// block formats (both conversions are tested above), unchanged for f32.
+// The activations as the kernel rounds them: to bf16 hi + lo parts for bf16 weights (16
+// significant bits), to Q8_0 blocks for the block formats (both conversions are tested above),
+// unchanged for f32.
 std::vector<float> rounded_activations(WeightFormat f, const std::vector<float>& x) {
   const int64_t n = static_cast<int64_t>(x.size());
   std::vector<float> y(x);
   if (f == WeightFormat::kBF16) {
     std::vector<uint16_t> bits(n);
+    std::vector<float> hi(n), residual(n), lo(n);
     convert_row_f32_to_bf16(x.data(), bits.data(), n);
-    convert_row_bf16_to_f32(bits.data(), y.data(), n);
+    convert_row_bf16_to_f32(bits.data(), hi.data(), n);
+    for (int64_t i = 0; i < n; i++) residual[i] = x[i] - hi[i];
+    convert_row_f32_to_bf16(residual.data(), bits.data(), n);
+    convert_row_bf16_to_f32(bits.data(), lo.data(), n);
+    for (int64_t i = 0; i < n; i++) y[i] = hi[i] + lo[i];
   } else if (f == WeightFormat::kQ8_0 || f == WeightFormat::kQ4_0) {
     std::vector<BlockQ8_0> blocks(n / kQuantBlock);
     quantize_row_q8_0(x.data(), blocks.data(), n);

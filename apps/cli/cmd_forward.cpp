@@ -16,6 +16,7 @@ namespace {
 struct ForwardArgs {
   std::string model_dir, input, output;
   int threads = 0;
+  std::string weights = "f32";
   bool grad = false;
 };
 
@@ -24,6 +25,14 @@ int run_forward(const ForwardArgs& args) {
   Timer timer;
   Model model = Model::load(args.model_dir);
   const ModelConfig& c = model.config();
+  const std::optional<WeightFormat> format = parse_weight_format(args.weights);
+  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'",
+              args.weights);
+  if (*format != WeightFormat::kF32) {
+    Timer quantize_timer;
+    model.quantize(*format);
+    log_info("weights re-stored as {} in {:.2f} s", args.weights, quantize_timer.seconds());
+  }
   log_info("loaded {} ({}, {} layers) in {:.2f} s", args.model_dir, arch_name(c.arch),
            c.num_hidden_layers, timer.seconds());
 
@@ -90,6 +99,8 @@ Command add_forward(CLI::App& app) {
       ->required();
   app.add_option("--output", args->output, "safetensors file to write")->required();
   app.add_option("--threads", args->threads, "threads (default: all cores)");
+  app.add_option("--weights", args->weights,
+                 "weight format for inference: f32 (default), bf16, q8_0, q4_0");
   app.add_flag("--grad", args->grad,
                "also write grad.<tensor> = d loss / d tensor for every checkpoint tensor");
   return [args] { return run_forward(*args); };

@@ -24,6 +24,7 @@ struct GenerateArgs {
   bool no_cache = false;
   bool stop_at_eos = false;
   int threads = 0;
+  std::string weights = "f32";
 };
 
 std::vector<int64_t> parse_ids(const std::string& text) {
@@ -70,6 +71,14 @@ int run_generate(const GenerateArgs& args) {
   Timer timer;
   Model model = Model::load(args.model_dir);
   const ModelConfig& c = model.config();
+  const std::optional<WeightFormat> format = parse_weight_format(args.weights);
+  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'",
+              args.weights);
+  if (*format != WeightFormat::kF32) {
+    Timer quantize_timer;
+    model.quantize(*format);
+    log_info("weights re-stored as {} in {:.2f} s", args.weights, quantize_timer.seconds());
+  }
   log_info("loaded {} ({}, {} layers, vocab {}) in {:.2f} s", args.model_dir, arch_name(c.arch),
            c.num_hidden_layers, c.vocab_size, timer.seconds());
   for (size_t i = 0; i < prompt.size(); i++)
@@ -130,6 +139,8 @@ Command add_generate(CLI::App& app) {
   app.add_flag("--no-cache", args->no_cache, "recompute the whole sequence for every token");
   app.add_flag("--stop-at-eos", args->stop_at_eos, "stop after the config's eos_token_id");
   app.add_option("--threads", args->threads, "threads (default: all cores)");
+  app.add_option("--weights", args->weights,
+                 "weight format for inference: f32 (default), bf16, q8_0, q4_0");
   return [args] { return run_generate(*args); };
 }
 

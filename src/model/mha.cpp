@@ -38,12 +38,12 @@ void mha_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
   const int64_t n_heads = c.num_attention_heads, n_kv = c.num_key_value_heads;
   const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, row = c.kv_cache_row();
   a.q.resize(N * q_dim);
-  cpu::linear_forward(a.q.data(), x, w.q_proj.data, N, H, q_dim);
+  cpu::linear(a.q.data(), x, w.q_proj, N, H, q_dim);
   add_bias(a.q.data(), w.q_bias, N, q_dim);
   std::vector<float> k(N * kv_dim), v(N * kv_dim);  // (N, kv heads, hd)
-  cpu::linear_forward(k.data(), x, w.k_proj.data, N, H, kv_dim);
+  cpu::linear(k.data(), x, w.k_proj, N, H, kv_dim);
   add_bias(k.data(), w.k_bias, N, kv_dim);
-  cpu::linear_forward(v.data(), x, w.v_proj.data, N, H, kv_dim);
+  cpu::linear(v.data(), x, w.v_proj, N, H, kv_dim);
   add_bias(v.data(), w.v_bias, N, kv_dim);
   for (int64_t b = 0; b < ctx.n_seqs; b++) {
     cpu::rope_forward(a.q.data() + b * T * q_dim, T, n_heads, q_dim, hd, hd, ctx.cos, ctx.sin,
@@ -67,7 +67,7 @@ void mha_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
     cpu::attention_forward(a.heads.data() + b * T * q_dim, a.q.data() + b * T * q_dim, seq_rows,
                            seq_rows + kv_dim, mha_shape(c, T, n_keys));
   }
-  cpu::linear_forward(out, a.heads.data(), w.o_proj.data, N, q_dim, H);
+  cpu::linear(out, a.heads.data(), w.o_proj, N, q_dim, H);
   add_bias(out, w.o_bias, N, H);
 }
 

@@ -16,14 +16,14 @@ void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x
   const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim();
   a.q.resize(N * n_heads * qk);
   if (c.q_lora_rank == 0) {
-    cpu::linear_forward(a.q.data(), x, w.q_proj.data, N, H, n_heads * qk);
+    cpu::linear(a.q.data(), x, w.q_proj, N, H, n_heads * qk);
   } else {
     a.q_latent.resize(N * c.q_lora_rank);
     a.q_latent_normed.resize(N * c.q_lora_rank);
-    cpu::linear_forward(a.q_latent.data(), x, w.q_a_proj.data, N, H, c.q_lora_rank);
+    cpu::linear(a.q_latent.data(), x, w.q_a_proj, N, H, c.q_lora_rank);
     cpu::rmsnorm_forward(a.q_latent_normed.data(), a.q_latent.data(), w.q_a_layernorm.data, N,
                          c.q_lora_rank, c.rms_norm_eps);
-    cpu::linear_forward(a.q.data(), a.q_latent_normed.data(), w.q_b_proj.data, N, c.q_lora_rank,
+    cpu::linear(a.q.data(), a.q_latent_normed.data(), w.q_b_proj, N, c.q_lora_rank,
                         n_heads * qk);
   }
   for (int64_t b = 0; b < ctx.n_seqs; b++)
@@ -38,7 +38,7 @@ void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x
   const int64_t N = ctx.n_seqs * ctx.n_tokens, row = c.kv_cache_row();
   a.rows_raw.resize(N * row);
   a.rows.resize(N * row);
-  cpu::linear_forward(a.rows_raw.data(), x, w.kv_a_proj_with_mqa.data, N, c.hidden_size, row);
+  cpu::linear(a.rows_raw.data(), x, w.kv_a_proj_with_mqa, N, c.hidden_size, row);
   for (int64_t t = 0; t < N; t++) {
     cpu::rmsnorm_forward(a.rows.data() + t * row, a.rows_raw.data() + t * row,
                          w.kv_a_layernorm.data, 1, c.kv_lora_rank, c.rms_norm_eps);
@@ -137,7 +137,7 @@ void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
       attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + b * n_kv * kv_width,
                    a.keys.data() + b * n_kv * n_heads * qk, seq_heads);
   }
-  cpu::linear_forward(out, a.heads.data(), w.o_proj.data, N, n_heads * dv, c.hidden_size);
+  cpu::linear(out, a.heads.data(), w.o_proj, N, n_heads * dv, c.hidden_size);
 }
 
 void mla_backward(const ModelConfig& c, const AttentionWeights& w, AttentionWeights& g,

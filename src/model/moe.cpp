@@ -12,10 +12,10 @@ void mlp_forward(const MlpWeights& mlp, const float* x, float* out, int64_t n_to
   a.gate.resize(n_tokens * width);
   a.up.resize(n_tokens * width);
   a.hidden.resize(n_tokens * width);
-  cpu::linear_forward(a.gate.data(), x, mlp.gate_proj.data, n_tokens, hidden, width);
-  cpu::linear_forward(a.up.data(), x, mlp.up_proj.data, n_tokens, hidden, width);
+  cpu::linear(a.gate.data(), x, mlp.gate_proj, n_tokens, hidden, width);
+  cpu::linear(a.up.data(), x, mlp.up_proj, n_tokens, hidden, width);
   cpu::silu_mul_forward(a.hidden.data(), a.gate.data(), a.up.data(), n_tokens * width);
-  cpu::linear_forward(out, a.hidden.data(), mlp.down_proj.data, n_tokens, width, hidden);
+  cpu::linear(out, a.hidden.data(), mlp.down_proj, n_tokens, width, hidden);
 }
 
 void mlp_backward(const MlpWeights& mlp, MlpWeights& g, const float* x, const float* dout,

@@ -21,6 +21,11 @@ Model Model::load(const std::string& dir) {
   return Model(std::move(config), std::move(weights));
 }
 
+void Model::quantize(WeightFormat format) {
+  quantize_weights(config_, weights_, format);
+  if (format != WeightFormat::kF32) weight_format_ = format;
+}
+
 void Model::check_ids(const int64_t* ids, int64_t n) const {
   for (int64_t i = 0; i < n; i++)
     DSMOE_CHECK(ids[i] >= 0 && ids[i] < config_.vocab_size,
@@ -87,7 +92,7 @@ Tensor Model::forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
   if (record != nullptr && record->keep_hidden)
     std::copy(x.begin(), x.end(), record->hidden.back().data);  // the final norm replaces it
   Tensor logits = Tensor::zeros({N, c.vocab_size});
-  cpu::linear_forward(logits.data, x.data(), weights_.lm_head.data, N, H, c.vocab_size);
+  cpu::linear(logits.data, x.data(), weights_.lm_head, N, H, c.vocab_size);
   return logits;
 }
 
@@ -105,7 +110,7 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   float* last = x.data() + (n_tokens - 1) * H;
   cpu::rmsnorm_forward(last, last, weights_.norm.data, 1, H, c.rms_norm_eps);
   Tensor logits = Tensor::zeros({c.vocab_size});
-  cpu::linear_forward(logits.data, last, weights_.lm_head.data, 1, H, c.vocab_size);
+  cpu::linear(logits.data, last, weights_.lm_head, 1, H, c.vocab_size);
   return logits;
 }
 

@@ -10,6 +10,7 @@
 #include "model/layer.h"
 #include "model/config.h"
 #include "model/moe.h"
+#include "model/quantize.h"
 #include "model/mtp.h"
 #include "model/router.h"
 #include "model/weights.h"
@@ -81,6 +82,10 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   ModelWeights& mutable_weights() { return weights_; }
   void set_mla_mode(MlaMode mode) { mla_mode_ = mode; }
+  // Inference: re-store the linear weights in `format` (see quantize_weights). The model can no
+  // longer be trained.
+  void quantize(WeightFormat format);
+  WeightFormat weight_format() const { return weight_format_; }
 
   // ids [n_seqs, n_tokens] at positions 0 .. n_tokens-1, no cache -> logits [n_seqs * n_tokens, V].
   Tensor forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
@@ -109,6 +114,7 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
   MlaMode mla_mode_ = MlaMode::kAuto;
+  WeightFormat weight_format_ = WeightFormat::kF32;
 };
 
 // d loss / d logits of next_token_loss into dlogits [n_seqs * n_tokens, V] (the last position

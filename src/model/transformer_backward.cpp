@@ -27,6 +27,9 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
   const ModelConfig& c = config_;
   const int64_t N = n_seqs * n_tokens, H = c.hidden_size, V = c.vocab_size;
   DSMOE_CHECK(n_seqs > 0 && n_tokens > 1, "training needs sequences of at least 2 tokens");
+  DSMOE_CHECK(weight_format_ == WeightFormat::kF32,
+              "training needs float32 weights; this model was quantized to {}",
+              weight_format_name(weight_format_));
   // ---- forward, keeping activations
   acts.x_final.resize(N * H);
   embed(ids, N, acts.x_final.data());

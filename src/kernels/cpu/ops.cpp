@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/quant_ops.h"
+#include "kernels/quant.h"
 #include "kernels/ref/ops.h"
 
 namespace dsmoe::cpu {
@@ -13,6 +15,13 @@ namespace dsmoe::cpu {
 void linear_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
                     int64_t N) {
   gemm(false, true, M, N, K, 1.0f, inp, K, weight, K, 0.0f, out, N);
+}
+
+void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64_t K, int64_t N) {
+  if (weight.quant != nullptr)
+    quant_linear_forward(out, inp, *weight.quant, M);
+  else
+    linear_forward(out, inp, weight.data, M, K, N);
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

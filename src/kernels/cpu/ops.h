@@ -5,12 +5,17 @@
 #include <cstdint>
 
 #include "kernels/attention_shape.h"
+#include "tensor/tensor.h"
 
 namespace dsmoe::cpu {
 
 // out[M, N] = inp[M, K] . weight[N, K]^T
 void linear_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
                     int64_t N);
+
+// out[M, N] = inp[M, K] . weight^T for a weight Tensor [N, K] held as float32 (BLAS) or in a
+// quantized format (weight.quant: bf16 / Q8_0 / Q4_0 kernels).
+void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64_t K, int64_t N);
 
 // General row-major product C[M, N] = alpha * op(A) . op(B) + beta * C, op = transpose or not.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

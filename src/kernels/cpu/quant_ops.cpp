@@ -121,25 +121,32 @@ bool CpuHasAvx512Bf16() {
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
-// x: the activations as bf16 [M, K].
+// x: the activations as two bf16 parts [2, M, K], hi = bf16(a) and lo = bf16(a - hi), so that
+// hi + lo carries 16 significant bits of the float32 activation: the product then loses only
+// the weights' rounding (greedy decoding at bf16 follows float32 on the reference fixtures; with
+// hi alone it does not). The weight row is read from memory once; its second pass hits L1/L2.
 void MatMulBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
                 float* HWY_RESTRICT out) {
   const int64_t N = w.rows, K = w.cols;
+  const uint16_t* x_lo = x + M * K;
 #if HWY_TARGET == HWY_AVX3_DL
   if (CpuHasAvx512Bf16()) {
 #pragma omp parallel for schedule(static) if (M * N * K >= kMinParallelWork)
     for (int64_t n = 0; n < N; n++) {
       const auto* wr = static_cast<const uint16_t*>(w.row(n));
-      for (int64_t m = 0; m < M; m++) out[m * N + n] = DotBF16Native(x + m * K, wr, K);
+      for (int64_t m = 0; m < M; m++)
+        out[m * N + n] = DotBF16Native(x + m * K, wr, K) + DotBF16Native(x_lo + m * K, wr, K);
     }
     return;
   }
 #endif
   const auto* xb = reinterpret_cast<const hwy::bfloat16_t*>(x);
+  const auto* xb_lo = reinterpret_cast<const hwy::bfloat16_t*>(x_lo);
 #pragma omp parallel for schedule(static) if (M * N * K >= kMinParallelWork)
   for (int64_t n = 0; n < N; n++) {
     const auto* wb = static_cast<const hwy::bfloat16_t*>(w.row(n));
-    for (int64_t m = 0; m < M; m++) out[m * N + n] = DotBF16(xb + m * K, wb, K);
+    for (int64_t m = 0; m < M; m++)
+      out[m * N + n] = DotBF16(xb + m * K, wb, K) + DotBF16(xb_lo + m * K, wb, K);
   }
 }
 
@@ -328,9 +335,16 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
       linear_forward(out, inp, static_cast<const float*>(w.row(0)), M, K, N);
       return;
     case WeightFormat::kBF16: {
-      // Activations rounded to bf16 once (round to nearest even), reused for all N rows.
-      std::vector<uint16_t> x(static_cast<size_t>(M * K));  // (M, K)
-      for (int64_t m = 0; m < M; m++) convert_row_f32_to_bf16(inp + m * K, &x[m * K], K);
+      // Activations split once into bf16 hi and lo parts (round to nearest even), reused for
+      // all N rows.
+      std::vector<uint16_t> x(static_cast<size_t>(2 * M * K));  // (2, M, K)
+      std::vector<float> hi(static_cast<size_t>(K)), residual(static_cast<size_t>(K));
+      for (int64_t m = 0; m < M; m++) {
+        convert_row_f32_to_bf16(inp + m * K, &x[m * K], K);
+        convert_row_bf16_to_f32(&x[m * K], hi.data(), K);
+        for (int64_t k = 0; k < K; k++) residual[k] = inp[m * K + k] - hi[k];
+        convert_row_f32_to_bf16(residual.data(), &x[(M + m) * K], K);
+      }
       HWY_DYNAMIC_DISPATCH(MatMulBF16)(x.data(), M, w, out);
       return;
     }

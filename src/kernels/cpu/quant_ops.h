@@ -12,7 +12,8 @@ namespace dsmoe::cpu {
 // out[m, n] = sum_k inp[m, k] * w[n, k]   (out [M, w.rows], inp [M, w.cols]), parallel over the
 // rows of w (M = 1, a matrix-vector product, is the decode case this is tuned for).
 //  * f32:  cpu::linear_forward (BLAS).
-//  * bf16: each activation row is rounded to bf16 once, then bf16 x bf16 products are summed in
+//  * bf16: each activation row is split once into bf16 hi + lo parts (16 significant bits), then
+//          bf16 x bf16 products of both parts with the weights are summed in
 //          float32.
 //  * Q8_0, Q4_0: each activation row is quantized to Q8_0 blocks once (as llama.cpp's
 //          vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0), the 32 int8 x int8 products of a block are

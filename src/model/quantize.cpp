@@ -1,0 +1,67 @@
+#include "model/quantize.h"
+
+#include <string>
+
+namespace dsmoe {
+namespace {
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool quantizable(const std::string& name, const Shape& shape, TensorRole role) {
+  return role == TensorRole::kMatrix && shape.size() == 2 && shape[1] % kQuantBlock == 0 &&
+         !ends_with(name, "mlp.gate.weight") && !ends_with(name, "kv_b_proj.weight");
+}
+
+int64_t tensor_bytes(const Tensor& t) {
+  return t.quant != nullptr ? static_cast<int64_t>(t.quant->size_bytes())
+                            : t.numel() * static_cast<int64_t>(sizeof(float));
+}
+
+}  // namespace
+
+void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format) {
+  if (format == WeightFormat::kF32) return;
+  for_each_tensor(config, weights, [&](const std::string& name, const Shape& shape,
+                                       TensorRole role, Tensor& tensor) {
+    if (!quantizable(name, shape, role) || tensor.quant != nullptr) return;
+    if (config.tie_word_embeddings && name == "lm_head.weight") return;
+    tensor.quant = std::make_shared<const QuantMatrix>(
+        quantize_matrix(tensor.data, shape[0], shape[1], format));
+    tensor.data = nullptr;
+    tensor.owner.reset();  // frees the float32 copy (or drops this tensor's hold on the mmap)
+  });
+}
+
+int64_t active_weight_bytes_per_token(const ModelConfig& c, ModelWeights& weights) {
+  // Visit the main model only: MTP modules do not run in inference.
+  std::vector<MtpWeights> mtp;
+  std::swap(mtp, weights.mtp);
+  double bytes = 0.0;
+  const double routed_share =
+      c.n_routed_experts > 0 ? static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts : 0;
+  for_each_tensor(c, weights, [&](const std::string& name, const Shape&, TensorRole role,
+                                  Tensor& tensor) {
+    if (role == TensorRole::kEmbedding) {
+      bytes += c.hidden_size * sizeof(float);  // one row
+    } else if (name.find(".mlp.experts.") != std::string::npos) {
+      bytes += routed_share * tensor_bytes(tensor);
+    } else {
+      bytes += tensor_bytes(tensor);
+    }
+  });
+  if (c.tie_word_embeddings) bytes += tensor_bytes(weights.lm_head);
+  std::swap(mtp, weights.mtp);
+  return static_cast<int64_t>(bytes);
+}
+
+int64_t weight_bytes(const ModelConfig& config, ModelWeights& weights) {
+  int64_t bytes = 0;
+  for_each_tensor(config, weights, [&](const std::string&, const Shape&, TensorRole,
+                                       Tensor& tensor) { bytes += tensor_bytes(tensor); });
+  return bytes;
+}
+
+}  // namespace dsmoe
