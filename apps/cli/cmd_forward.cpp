@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "apps/cli/commands.h"
+#include "apps/cli/common.h"
 #include "io/safetensors.h"
 #include "model/transformer.h"
 #include "util/check.h"
@@ -22,19 +23,9 @@ struct ForwardArgs {
 
 int run_forward(const ForwardArgs& args) {
   set_num_threads(args.threads);
-  Timer timer;
-  Model model = Model::load(args.model_dir);
+  Model model = load_inference_model(args.model_dir, args.weights);
   const ModelConfig& c = model.config();
-  const std::optional<WeightFormat> format = parse_weight_format(args.weights);
-  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'",
-              args.weights);
-  if (*format != WeightFormat::kF32) {
-    Timer quantize_timer;
-    model.quantize(*format);
-    log_info("weights re-stored as {} in {:.2f} s", args.weights, quantize_timer.seconds());
-  }
-  log_info("loaded {} ({}, {} layers) in {:.2f} s", args.model_dir, arch_name(c.arch),
-           c.num_hidden_layers, timer.seconds());
+  Timer timer;
 
   SafetensorsFile input(args.input);
   const TensorInfo* ids_info = input.find("input_ids");

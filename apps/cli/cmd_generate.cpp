@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "apps/cli/commands.h"
+#include "apps/cli/common.h"
 #include "model/transformer.h"
 #include "runtime/generate.h"
 #include "util/check.h"
@@ -68,19 +69,8 @@ int run_generate(const GenerateArgs& args) {
   const bool text_mode = !args.prompt_text.empty();
   const std::vector<int64_t> prompt =
       text_mode ? byte_tokens(args.prompt_text) : parse_ids(args.prompt_ids);
-  Timer timer;
-  Model model = Model::load(args.model_dir);
+  Model model = load_inference_model(args.model_dir, args.weights);
   const ModelConfig& c = model.config();
-  const std::optional<WeightFormat> format = parse_weight_format(args.weights);
-  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'",
-              args.weights);
-  if (*format != WeightFormat::kF32) {
-    Timer quantize_timer;
-    model.quantize(*format);
-    log_info("weights re-stored as {} in {:.2f} s", args.weights, quantize_timer.seconds());
-  }
-  log_info("loaded {} ({}, {} layers, vocab {}) in {:.2f} s", args.model_dir, arch_name(c.arch),
-           c.num_hidden_layers, c.vocab_size, timer.seconds());
   for (size_t i = 0; i < prompt.size(); i++)
     DSMOE_CHECK(prompt[i] >= 0 && prompt[i] < c.vocab_size,
                 "--prompt-ids: id {} at position {} is outside the vocabulary [0, {})", prompt[i],
