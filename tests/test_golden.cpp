@@ -211,14 +211,14 @@ TEST_P(Golden, QuantizedWeightsStayClose) {
   const std::pair<WeightFormat, double> cases[] = {
       {WeightFormat::kBF16, 0.008}, {WeightFormat::kQ8_0, 0.015}, {WeightFormat::kQ4_0, 0.05}};
   for (const auto& [format, bound] : cases) {
-    Model model = Model::load(dir_ + "/model");
-    model.quantize(format);
+    Model model = Model::load(dir_ + "/model", format);  // quantized while loading
     Tensor logits = model.forward(ids_.data(), n_seqs_, n_tokens_);
     const double loss = next_token_loss(logits.data, ids_.data(), n_seqs_, n_tokens_,
                                         model.config().vocab_size);
     EXPECT_NEAR(loss, expected_loss, bound) << weight_format_name(format);
-    if (format == WeightFormat::kBF16)
+    if (format == WeightFormat::kBF16) {
       EXPECT_EQ(greedy(model, prompt, output.size() - prompt.size(), true), output);
+    }
   }
 }
 

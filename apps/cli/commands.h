@@ -14,5 +14,6 @@ Command add_init(CLI::App& app);
 Command add_train(CLI::App& app);
 Command add_report(CLI::App& app);
 Command add_corpus(CLI::App& app);
+Command add_bench(CLI::App& app);
 
 }  // namespace dsmoe::cli

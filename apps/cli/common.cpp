@@ -11,15 +11,10 @@ Model load_inference_model(const std::string& dir, const std::string& weights) {
   const std::optional<WeightFormat> format = parse_weight_format(weights);
   DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", weights);
   Timer timer;
-  Model model = Model::load(dir);
+  Model model = Model::load(dir, *format);
   const ModelConfig& c = model.config();
-  log_info("loaded {} ({}, {} layers, vocab {}) in {:.2f} s", dir, arch_name(c.arch),
-           c.num_hidden_layers, c.vocab_size, timer.seconds());
-  if (*format != WeightFormat::kF32) {
-    timer.reset();
-    model.quantize(*format);
-    log_info("weights re-stored as {} in {:.2f} s", weights, timer.seconds());
-  }
+  log_info("loaded {} ({}, {} layers, vocab {}) as {} weights in {:.2f} s", dir, arch_name(c.arch),
+           c.num_hidden_layers, c.vocab_size, weights, timer.seconds());
   return model;
 }
 

@@ -1,4 +1,4 @@
-// main.cpp: the dsmoe command: forward, generate, init, train, report.
+// main.cpp: the dsmoe command: forward, generate, init, train, report, corpus, bench.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <map>
@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
       dsmoe::cli::add_report);
   add("corpus", "Write the generated training corpus (prose, arithmetic, code, JSON, DNA)",
       dsmoe::cli::add_corpus);
+  add("bench", "Measure prefill, decode and training tokens/s against the machine's roofline",
+      dsmoe::cli::add_bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -363,6 +363,15 @@ std::vector<std::string> Checkpoint::names() const {
   return names;
 }
 
+void Checkpoint::release(const std::string& name) const {
+  const TensorInfo& info = get(name);
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(info.data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(info.data) + info.nbytes) / page * page;
+  if (end > begin)  // advice only: a failure changes nothing but memory use
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 Tensor Checkpoint::load_f32(const std::string& name, const Shape& expected_shape) const {
   const TensorInfo& info = get(name);
   DSMOE_CHECK(info.shape == expected_shape, "{}: tensor '{}': expected shape {}, found {}",

@@ -65,6 +65,12 @@ class Checkpoint {
   // ceil(cols/128)] (F32 or BF16), as the DeepSeek-V3 release stores weights.
   Tensor load_f32(const std::string& name, const Shape& expected_shape) const;
 
+  // Tells the kernel that the mapped pages of `name` will not be read again (madvise
+  // MADV_DONTNEED on the page-aligned inside of its bytes), so that a model converted or
+  // quantized tensor by tensor does not keep the whole file resident. Only for tensors whose
+  // loaded copy does not view the mapping.
+  void release(const std::string& name) const;
+
  private:
   std::string dir_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;

@@ -10,11 +10,6 @@ bool ends_with(const std::string& text, const std::string& suffix) {
          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool quantizable(const std::string& name, const Shape& shape, TensorRole role) {
-  return role == TensorRole::kMatrix && shape.size() == 2 && shape[1] % kQuantBlock == 0 &&
-         !ends_with(name, "mlp.gate.weight") && !ends_with(name, "kv_b_proj.weight");
-}
-
 int64_t tensor_bytes(const Tensor& t) {
   return t.quant != nullptr ? static_cast<int64_t>(t.quant->size_bytes())
                             : t.numel() * static_cast<int64_t>(sizeof(float));
@@ -22,16 +17,26 @@ int64_t tensor_bytes(const Tensor& t) {
 
 }  // namespace
 
+bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,
+                    TensorRole role) {
+  return role == TensorRole::kMatrix && shape.size() == 2 && shape[1] % kQuantBlock == 0 &&
+         !ends_with(name, "mlp.gate.weight") && !ends_with(name, "kv_b_proj.weight") &&
+         !(config.tie_word_embeddings && name == "lm_head.weight");
+}
+
+void quantize_tensor(Tensor& tensor, WeightFormat format) {
+  if (format == WeightFormat::kF32 || tensor.quant != nullptr) return;
+  tensor.quant = std::make_shared<const QuantMatrix>(
+      quantize_matrix(tensor.data, tensor.shape[0], tensor.shape[1], format));
+  tensor.data = nullptr;
+  tensor.owner.reset();  // frees the float32 copy (or drops this tensor's hold on the mmap)
+}
+
 void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format) {
   if (format == WeightFormat::kF32) return;
   for_each_tensor(config, weights, [&](const std::string& name, const Shape& shape,
                                        TensorRole role, Tensor& tensor) {
-    if (!quantizable(name, shape, role) || tensor.quant != nullptr) return;
-    if (config.tie_word_embeddings && name == "lm_head.weight") return;
-    tensor.quant = std::make_shared<const QuantMatrix>(
-        quantize_matrix(tensor.data, shape[0], shape[1], format));
-    tensor.data = nullptr;
-    tensor.owner.reset();  // frees the float32 copy (or drops this tensor's hold on the mmap)
+    if (is_quantizable(config, name, shape, role)) quantize_tensor(tensor, format);
   });
 }
 
@@ -55,6 +60,25 @@ int64_t active_weight_bytes_per_token(const ModelConfig& c, ModelWeights& weight
   if (c.tie_word_embeddings) bytes += tensor_bytes(weights.lm_head);
   std::swap(mtp, weights.mtp);
   return static_cast<int64_t>(bytes);
+}
+
+int64_t active_parameters_per_token(const ModelConfig& c) {
+  ModelWeights shapes;  // no data: count elements of the shapes
+  double params = 0.0;
+  const double routed_share =
+      c.n_routed_experts > 0 ? static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts : 0;
+  for_each_tensor(c, shapes, [&](const std::string& name, const Shape& shape, TensorRole role,
+                                 Tensor&) {
+    const double n = static_cast<double>(shape_numel(shape));
+    if (role == TensorRole::kEmbedding)
+      params += c.hidden_size;  // one row
+    else if (name.find(".mlp.experts.") != std::string::npos)
+      params += routed_share * n;
+    else
+      params += n;
+  });
+  if (c.tie_word_embeddings) params += static_cast<double>(c.vocab_size) * c.hidden_size;
+  return static_cast<int64_t>(params);
 }
 
 int64_t weight_bytes(const ModelConfig& config, ModelWeights& weights) {

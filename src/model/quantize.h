@@ -2,6 +2,7 @@
 // the bytes a decoded token reads (for the roofline of `dsmoe bench`).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "kernels/quant.h"
 #include "model/config.h"
@@ -17,10 +18,19 @@ namespace dsmoe {
 // will be trained.
 void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format);
 
+// Whether quantize_weights re-stores this tensor (see above).
+bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,
+                    TensorRole role);
+// Re-stores one float32 tensor in `format` and frees its float32 data.
+void quantize_tensor(Tensor& tensor, WeightFormat format);
+
 // Bytes of weights one decoded token reads: every layer's attention and norms, dense MLPs,
 // shared experts, the router, num_experts_per_tok / n_routed_experts of the routed experts,
 // the final norm and lm_head, and one embedding row. MTP modules are not counted.
 int64_t active_weight_bytes_per_token(const ModelConfig& config, ModelWeights& weights);
+
+// Parameters one decoded token uses, by the same accounting (from the shapes alone).
+int64_t active_parameters_per_token(const ModelConfig& config);
 
 // Bytes of all weights as stored now.
 int64_t weight_bytes(const ModelConfig& config, ModelWeights& weights);

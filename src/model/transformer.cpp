@@ -14,11 +14,13 @@ namespace dsmoe {
 Model::Model(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {}
 
-Model Model::load(const std::string& dir) {
+Model Model::load(const std::string& dir, WeightFormat format) {
   ModelConfig config = load_model_config(dir);
   Checkpoint checkpoint(dir);
-  ModelWeights weights = load_weights(config, checkpoint);
-  return Model(std::move(config), std::move(weights));
+  ModelWeights weights = load_weights(config, checkpoint, format);
+  Model model(std::move(config), std::move(weights));
+  if (format != WeightFormat::kF32) model.weight_format_ = format;
+  return model;
 }
 
 void Model::quantize(WeightFormat format) {

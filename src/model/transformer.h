@@ -75,8 +75,9 @@ ModelWeights zeros_like_weights(const ModelConfig& config, int64_t n_mtp = 0);
 class Model {
  public:
   Model(ModelConfig config, ModelWeights weights);
-  // Reads config.json and the safetensors of a checkpoint directory.
-  static Model load(const std::string& dir);
+  // Reads config.json and the safetensors of a checkpoint directory; with a `format` other than
+  // kF32 the linear weights are quantized while loading (see quantize()).
+  static Model load(const std::string& dir, WeightFormat format = WeightFormat::kF32);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "io/safetensors.h"
+#include "model/quantize.h"
 #include "tensor/random.h"
 #include "util/check.h"
 
@@ -114,13 +115,19 @@ int64_t mtp_modules_in(const ModelConfig& c, const Checkpoint& checkpoint) {
              : 0;
 }
 
-ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint) {
+ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
+                          WeightFormat format) {
   ModelWeights weights;
   weights.mtp.resize(mtp_modules_in(config, checkpoint));
-  for_each_tensor(config, weights,
-                  [&](const std::string& name, const Shape& shape, TensorRole, Tensor& tensor) {
-                    tensor = checkpoint.load_f32(name, shape);
-                  });
+  for_each_tensor(config, weights, [&](const std::string& name, const Shape& shape,
+                                       TensorRole role, Tensor& tensor) {
+    tensor = checkpoint.load_f32(name, shape);
+    if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
+      quantize_tensor(tensor, format);
+    const bool views_file =
+        static_cast<const void*>(tensor.data) == static_cast<const void*>(checkpoint.get(name).data);
+    if (!views_file) checkpoint.release(name);
+  });
   if (config.tie_word_embeddings) weights.lm_head = weights.embed_tokens;
   return weights;
 }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/quant.h"
 #include "model/config.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
@@ -95,7 +96,11 @@ int64_t mtp_modules_in(const ModelConfig& config, const Checkpoint& checkpoint);
 // Loads every tensor as float32 (converting BF16/F16/F8 with its scale); a missing or mis-shaped
 // tensor is an error naming the file and tensor. Extra tensors (MTP layers
 // model.layers.{num_hidden_layers}.*, FP8 scales) are left alone.
-ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+// With a `format` other than kF32, each linear weight is quantized as soon as it is read
+// (model/quantize.h); the file's pages of every tensor that was copied are released, so peak
+// memory stays near the size of the model as it is kept.
+ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
+                          WeightFormat format = WeightFormat::kF32);
 
 // Fills one tensor as random_weights does (the order of calls fixes the numbers).
 void init_random_tensor(const Shape& shape, TensorRole role, Rng& rng, float* data);

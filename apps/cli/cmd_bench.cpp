@@ -1,0 +1,252 @@
+// cmd_bench.cpp: dsmoe bench --model DIR [--prompt P] [--decode N] [--train] ... [--json]:
+// prefill / decode / training tokens/s, peak RSS, and the machine's roofline measured in the
+// same run (see runtime/bench.h for what each number means).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "apps/cli/commands.h"
+#include "apps/cli/common.h"
+#include "model/transformer.h"
+#include "runtime/bench.h"
+#include "tensor/random.h"
+#include "train/optimizer.h"
+#include "util/check.h"
+#include "util/log.h"
+#include "util/threads.h"
+
+namespace dsmoe::cli {
+namespace {
+
+struct BenchArgs {
+  std::string model_dir;
+  int64_t prompt = 512, decode = 128;
+  bool train = false;
+  int64_t batch = 8, seq = 256;
+  int threads = 0;
+  std::string weights = "f32";
+  int reps = 3;
+  bool json = false;
+  int64_t bandwidth_mib = 1024;
+  std::string peak_size = "full";
+  bool no_roofline = false;
+};
+
+// One training step as `dsmoe train` takes it: zero_grads, forward_backward on a B x T batch of
+// random ids, adamw_step; one warm-up step, then R timed steps.
+RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps) {
+  const ModelConfig& c = model.config();
+  make_weights_owned(c, model.mutable_weights());  // mmap'd checkpoints are read-only
+  const int64_t n_mtp = static_cast<int64_t>(model.weights().mtp.size());
+  ModelWeights grads = zeros_like_weights(c, n_mtp);
+  AdamWState adam = make_adamw_state(c, n_mtp);
+  TrainActs acts;
+  Rng rng(99), noise_rng(100);
+  TrainOptions options;
+  options.noise_rng = &noise_rng;
+  std::vector<int64_t> ids(batch * seq);  // (B, T)
+  auto step = [&] {
+    for (int64_t& id : ids) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
+    zero_grads(c, grads);
+    model.forward_backward(ids.data(), batch, seq, grads, acts, options);
+    adamw_step(c, model.mutable_weights(), grads, adam, 1e-4f, AdamWConfig{});
+  };
+  return time_reps(step, reps, /*warmup=*/1);
+}
+
+nlohmann::json rep_json(const RepTimes& t, double tokens) {
+  return {{"seconds", t.seconds},
+          {"median_tokens_per_s", tokens / t.median()},
+          {"best_tokens_per_s", tokens / t.best()}};
+}
+
+int run_bench(const BenchArgs& a) {
+  const std::optional<WeightFormat> format = parse_weight_format(a.weights);
+  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'",
+              a.weights);
+  DSMOE_CHECK(!a.train || *format == WeightFormat::kF32,
+              "--train needs --weights f32 (quantized models cannot be trained), got {}",
+              a.weights);
+  DSMOE_CHECK(a.peak_size == "full" || a.peak_size == "small",
+              "--peak-size must be full or small, got '{}'", a.peak_size);
+  set_num_threads(a.threads);
+  if (a.json) log_level() = LogLevel::kQuiet;
+  const MachineInfo machine = machine_info();
+  nlohmann::json out;
+
+  double decode_tps = 0, prefill_tps = 0, train_tps = 0;
+  double prefill_flops = 0, train_flops = 0;
+  int64_t active_bytes = 0;
+  ModelConfig c;
+  {
+    Model model = load_inference_model(a.model_dir, a.weights);
+    c = model.config();
+    const int64_t active_params = active_parameters_per_token(c);
+    active_bytes = active_weight_bytes_per_token(c, model.mutable_weights());
+    out["config"] = {{"model_dir", a.model_dir},       {"model_type", c.model_type},
+                     {"layers", c.num_hidden_layers},  {"hidden_size", c.hidden_size},
+                     {"n_routed_experts", c.n_routed_experts},
+                     {"num_experts_per_tok", c.num_experts_per_tok},
+                     {"vocab_size", c.vocab_size},     {"total_params", count_parameters(c)},
+                     {"active_params_per_token", active_params}};
+    out["active_bytes_per_token"] = active_bytes;
+    out["weight_bytes"] = weight_bytes(c, model.mutable_weights());
+
+    const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps);
+    out["prefill"] = rep_json(inf.prefill, static_cast<double>(a.prompt));
+    prefill_tps = a.prompt / inf.prefill.median();
+    out["prefill_tokens_per_s"] = prefill_tps;
+    out["prefill_tokens_per_s_best"] = a.prompt / inf.prefill.best();
+    prefill_flops = forward_flops_per_token(c, active_params, a.prompt);
+    out["prefill_flops_per_token"] = prefill_flops;
+    if (a.decode > 0) {
+      out["decode"] = rep_json(inf.decode, static_cast<double>(a.decode));
+      decode_tps = a.decode / inf.decode.median();
+      out["decode_tokens_per_s"] = decode_tps;
+      out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
+    }
+    if (a.train) {
+      const RepTimes t = measure_train(model, a.batch, a.seq, a.reps);
+      const double tokens = static_cast<double>(a.batch * a.seq);
+      out["train"] = rep_json(t, tokens);
+      train_tps = tokens / t.median();
+      out["train_tokens_per_s"] = train_tps;
+      out["train_tokens_per_s_best"] = tokens / t.best();
+      train_flops = train_flops_per_token(c, active_params, a.seq);
+      out["train_flops_per_token"] = train_flops;
+    }
+    // Peak RSS of the model work, taken before the probes allocate their matrices.
+    out["peak_rss_bytes"] = peak_rss_bytes();
+  }  // the model is freed here: the probes get the memory
+
+  if (!a.no_roofline) {
+    const bool small = a.peak_size == "small";
+    const int probe_reps = small ? 2 : 5;
+    const int64_t cap = available_memory_bytes() / 4;
+    int64_t bw_bytes = a.bandwidth_mib << 20;
+    if (cap > 0 && bw_bytes > cap) {
+      log_info("bandwidth probe capped to {} MiB by free memory", cap >> 20);
+      bw_bytes = cap;
+    }
+    log_info("roofline probes ({} MiB bf16 matrix-vector, {} peaks)...", bw_bytes >> 20,
+             a.peak_size);
+    const double bandwidth = probe_read_bandwidth(bw_bytes, probe_reps);
+    const int64_t n = small ? 256 : 2048, m = small ? 32 : 256;
+    const double fp32 = probe_fp32_sgemm(n, probe_reps);
+    const double bf16 = probe_quant_peak(WeightFormat::kBF16, m, n, n, probe_reps);
+    const double int8 = probe_quant_peak(WeightFormat::kQ8_0, m, n, n, probe_reps);
+    out["read_bandwidth_bytes_per_s"] = bandwidth;
+    out["bandwidth_probe_bytes"] = bw_bytes;
+    out["fp32_peak_flops_per_s"] = fp32;
+    out["fp32_peak_method"] = fmt::format("cpu::linear_forward (OpenBLAS sgemm) {}^3", n);
+    out["bf16_peak_flops_per_s"] = bf16;
+    out["bf16_peak_method"] = fmt::format("quant_linear_forward bf16 M={} N=K={}", m, n);
+    out["int8_peak_ops_per_s"] = int8;
+    out["int8_peak_method"] = fmt::format("quant_linear_forward q8_0 M={} N=K={}", m, n);
+    const double roofline = bandwidth / static_cast<double>(active_bytes);
+    out["decode_roofline_tokens_per_s"] = roofline;
+    if (a.decode > 0) out["decode_fraction_of_roofline"] = decode_tps / roofline;
+    // The peak of the units the prefill of this weight format runs on.
+    const double peak = *format == WeightFormat::kF32    ? fp32
+                        : *format == WeightFormat::kBF16 ? bf16
+                                                         : int8;
+    out["prefill_peak_kind"] = *format == WeightFormat::kF32    ? "fp32"
+                               : *format == WeightFormat::kBF16 ? "bf16"
+                                                                : "int8";
+    out["prefill_fraction_of_peak"] = prefill_tps * prefill_flops / peak;
+    if (a.train) out["train_fraction_of_peak"] = train_tps * train_flops / fp32;
+  }
+  out["weights"] = a.weights;
+  out["threads"] = num_threads();
+  out["prompt"] = a.prompt;
+  out["decode_tokens"] = a.decode;
+  out["reps"] = a.reps;
+  if (a.train) {
+    out["batch"] = a.batch;
+    out["seq"] = a.seq;
+  }
+  out["machine"] = {{"cpu", machine.cpu},
+                    {"cores", machine.cores},
+                    {"hwy_target", machine.hwy_target}};
+  out["date"] = machine.date;
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");  // spinning threads matter on busy cores
+  out["omp_wait_policy"] = wait_policy != nullptr ? wait_policy : "";
+
+  if (a.json) {
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+  }
+  fmt::print("dsmoe bench  {}  ({}, {} layers, {} routed experts top-{}, hidden {})\n",
+             a.model_dir, c.model_type, c.num_hidden_layers, c.n_routed_experts,
+             c.num_experts_per_tok, c.hidden_size);
+  fmt::print("weights {}, {} threads, {} reps; machine: {} ({} cores, Highway {}); {}\n",
+             a.weights, num_threads(), a.reps, machine.cpu, machine.cores, machine.hwy_target,
+             machine.date);
+  fmt::print("active weight bytes per token {:.3f} MB, peak RSS {:.1f} MiB\n\n",
+             active_bytes / 1e6, out["peak_rss_bytes"].get<double>() / (1 << 20));
+  const bool roof = !a.no_roofline;
+  auto frac = [&](const char* key) {
+    return roof && out.contains(key) ? fmt::format("{:.1f}%", 100 * out[key].get<double>())
+                                     : std::string("-");
+  };
+  fmt::print("{:<22} {:>12} {:>12} {:>16}\n", "measure", "median t/s", "best t/s", "of roofline");
+  fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n", fmt::format("prefill pp{}", a.prompt),
+             prefill_tps, out["prefill_tokens_per_s_best"].get<double>(),
+             frac("prefill_fraction_of_peak"));
+  if (a.decode > 0)
+    fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n", fmt::format("decode tg{}", a.decode),
+               decode_tps, out["decode_tokens_per_s_best"].get<double>(),
+               frac("decode_fraction_of_roofline"));
+  if (a.train)
+    fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n",
+               fmt::format("train {}x{}", a.batch, a.seq), train_tps,
+               out["train_tokens_per_s_best"].get<double>(), frac("train_fraction_of_peak"));
+  if (roof) {
+    fmt::print("\nroofline: read {:.1f} GB/s -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
+               "(sgemm), bf16 {:.1f} GFLOP/s, int8 {:.1f} GOP/s\n",
+               out["read_bandwidth_bytes_per_s"].get<double>() / 1e9,
+               out["decode_roofline_tokens_per_s"].get<double>(),
+               out["fp32_peak_flops_per_s"].get<double>() / 1e9,
+               out["bf16_peak_flops_per_s"].get<double>() / 1e9,
+               out["int8_peak_ops_per_s"].get<double>() / 1e9);
+    fmt::print("prefill vs the {} peak at {:.4g} GFLOP/token; decode vs bandwidth / active "
+               "bytes\n", out["prefill_peak_kind"].get<std::string>(), prefill_flops / 1e9);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  app.add_option("--model", args->model_dir, "checkpoint directory")->required();
+  app.add_option("--prompt", args->prompt, "prefill prompt length P (default 512)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--decode", args->decode, "tokens decoded after the prompt (default 128)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--train", args->train, "also time training steps (f32 weights only)");
+  app.add_option("--batch", args->batch, "training batch B (default 8)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seq", args->seq, "training sequence length T (default 256)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  app.add_option("--threads", args->threads, "threads (default: all cores)");
+  app.add_option("--weights", args->weights, "weight format: f32 (default), bf16, q8_0, q4_0");
+  app.add_option("--reps", args->reps, "repetitions; median and best reported (default 3)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--json", args->json, "print one JSON object instead of the table");
+  app.add_option("--bandwidth-mib", args->bandwidth_mib,
+                 "bf16 matrix size of the read-bandwidth probe, MiB (default 1024; capped at a "
+                 "quarter of MemAvailable)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--peak-size", args->peak_size,
+                 "peak probes: full (sgemm 2048^3, M=256 N=K=2048) or small (256, M=32)");
+  app.add_flag("--no-roofline", args->no_roofline, "skip the bandwidth and peak probes");
+  return [args] { return run_bench(*args); };
+}
+
+}  // namespace dsmoe::cli

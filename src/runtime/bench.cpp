@@ -1,0 +1,197 @@
+// bench.cpp: the measurements of `dsmoe bench` (see bench.h).
+#include "runtime/bench.h"
+
+#include <hwy/targets.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_ops.h"
+#include "runtime/kv_cache.h"
+#include "tensor/random.h"
+#include "util/check.h"
+#include "util/log.h"
+
+namespace dsmoe {
+
+double RepTimes::median() const {
+  DSMOE_ASSERT(!seconds.empty());
+  std::vector<double> sorted = seconds;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  return n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+}
+
+double RepTimes::best() const {
+  DSMOE_ASSERT(!seconds.empty());
+  return *std::min_element(seconds.begin(), seconds.end());
+}
+
+RepTimes time_reps(const std::function<void()>& fn, int reps, int warmup) {
+  for (int i = 0; i < warmup; i++) fn();
+  RepTimes times;
+  for (int i = 0; i < reps; i++) {
+    Timer timer;
+    fn();
+    times.seconds.push_back(timer.seconds());
+  }
+  return times;
+}
+
+namespace {
+
+int64_t argmax(const Tensor& logits) {
+  const int64_t n = logits.numel();
+  return std::max_element(logits.data, logits.data + n) - logits.data;
+}
+
+}  // namespace
+
+InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
+                                 uint64_t seed) {
+  const ModelConfig& c = model.config();
+  DSMOE_CHECK(n_prompt >= 1, "--prompt must be at least 1, got {}", n_prompt);
+  DSMOE_CHECK(n_prompt + n_decode <= c.max_position_embeddings,
+              "--prompt + --decode = {} exceeds the model's max_position_embeddings {}",
+              n_prompt + n_decode, c.max_position_embeddings);
+  Rng rng(seed);
+  std::vector<int64_t> prompt(n_prompt);  // (P)
+  for (int64_t& id : prompt) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
+  KvCache cache(c, n_prompt + n_decode);
+  model.forward_cached(prompt.data(), 1, cache.view());  // pages the weights in, untimed
+  InferenceTimes times;
+  for (int rep = 0; rep < reps; rep++) {
+    cache.clear();
+    Timer prefill_timer;
+    Tensor logits = model.forward_cached(prompt.data(), n_prompt, cache.view());
+    cache.advance(n_prompt);
+    times.prefill.seconds.push_back(prefill_timer.seconds());
+    Timer decode_timer;
+    for (int64_t i = 0; i < n_decode; i++) {
+      const int64_t next = argmax(logits);
+      logits = model.forward_cached(&next, 1, cache.view());
+      cache.advance(1);
+    }
+    times.decode.seconds.push_back(decode_timer.seconds());
+  }
+  return times;
+}
+
+double probe_read_bandwidth(int64_t bytes, int reps) {
+  constexpr int64_t kCols = 4096;
+  QuantMatrix w;
+  w.format = WeightFormat::kBF16;
+  w.cols = kCols;
+  w.row_bytes = weight_row_bytes(w.format, kCols);
+  w.rows = std::max<int64_t>(1, bytes / static_cast<int64_t>(w.row_bytes));
+  const size_t total = static_cast<size_t>(w.rows) * w.row_bytes;
+  w.data.reserve(total);  // allocated, not yet touched: ask for hugepages before the first write
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.data.data()) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(w.data.data()) + total) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  w.data.resize(total, 0x3c);  // every bf16 element 0x3c3c ~ 0.0115: finite, nonzero pages
+  std::vector<float> x(kCols, 0.5f);  // (K)
+  std::vector<float> y(w.rows);       // (N)
+  cpu::quant_linear_forward(y.data(), x.data(), w, 1);  // warm-up
+  const RepTimes times =
+      time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), w, 1); }, reps);
+  return static_cast<double>(total) / times.best();
+}
+
+double probe_fp32_sgemm(int64_t n, int reps) {
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);  // (n, n) each
+  cpu::linear_forward(c.data(), a.data(), b.data(), n, n, n);     // warm-up
+  const RepTimes times =
+      time_reps([&] { cpu::linear_forward(c.data(), a.data(), b.data(), n, n, n); }, reps);
+  return 2.0 * n * n * n / times.best();
+}
+
+double probe_quant_peak(WeightFormat format, int64_t m, int64_t n, int64_t k, int reps) {
+  Rng rng(7);
+  std::vector<float> w32(n * k);  // (n, k)
+  for (float& v : w32) v = rng.normal() * 0.05f;
+  const QuantMatrix w = quantize_matrix(w32.data(), n, k, format);
+  std::vector<float> x(m * k);  // (m, k)
+  for (float& v : x) v = rng.normal();
+  std::vector<float> y(m * n);  // (m, n)
+  cpu::quant_linear_forward(y.data(), x.data(), w, m);  // warm-up
+  const RepTimes times =
+      time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), w, m); }, reps);
+  return 2.0 * m * n * k / times.best();
+}
+
+double attention_flops_per_token(const ModelConfig& c, double mean_context) {
+  const double per_position = c.use_mla()
+                                  ? 2.0 * c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim)
+                                  : 4.0 * c.num_attention_heads * c.head_dim;
+  return per_position * mean_context * c.num_hidden_layers;
+}
+
+double forward_flops_per_token(const ModelConfig& c, int64_t active_params, int64_t n_tokens) {
+  const double matmul = 2.0 * static_cast<double>(active_params - c.hidden_size);
+  return matmul + attention_flops_per_token(c, 0.5 * static_cast<double>(n_tokens + 1));
+}
+
+double train_flops_per_token(const ModelConfig& c, int64_t active_params, int64_t seq_len) {
+  return 3.0 * forward_flops_per_token(c, active_params, seq_len);
+}
+
+namespace {
+
+// The value of "Key:   123 kB" in a /proc file, in bytes; -1 when absent.
+int64_t proc_kb_field(const char* path, const std::string& key) {
+  std::ifstream file(path);
+  std::string line;
+  while (std::getline(file, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream fields(line.substr(key.size() + 1));
+    int64_t kb = -1;
+    fields >> kb;
+    return kb < 0 ? -1 : kb * 1024;
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t peak_rss_bytes() {
+  const int64_t hwm = proc_kb_field("/proc/self/status", "VmHWM");
+  if (hwm > 0) return hwm;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux: kilobytes
+}
+
+int64_t available_memory_bytes() {
+  return std::max<int64_t>(0, proc_kb_field("/proc/meminfo", "MemAvailable"));
+}
+
+MachineInfo machine_info() {
+  MachineInfo info;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon != std::string::npos) info.cpu = line.substr(line.find_first_not_of(' ', colon + 1));
+    break;
+  }
+  if (info.cpu.empty()) info.cpu = "unknown";
+  info.cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  info.hwy_target = hwy::TargetName(cpu::quant_dispatch_target());
+  const std::time_t now = std::time(nullptr);
+  char date[64];
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S%z", std::localtime(&now));
+  info.date = date;
+  return info;
+}
+
+}  // namespace dsmoe

@@ -1,0 +1,76 @@
+// bench.h: the measurements of `dsmoe bench`: prefill / decode timings through the KV cache, the
+// machine's roofline probes (weight-read bandwidth, fp32 / bf16 / int8 peaks), the FLOP model of
+// a token, peak RSS and a description of the machine.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/quant.h"
+#include "model/config.h"
+#include "model/transformer.h"
+
+namespace dsmoe {
+
+// Wall-clock seconds of R repetitions of one measurement.
+struct RepTimes {
+  std::vector<double> seconds;
+  double median() const;  // of the repetitions (mean of the middle two for even R)
+  double best() const;    // the fastest repetition
+};
+
+// Runs fn() `warmup` times untimed, then `reps` times timed.
+RepTimes time_reps(const std::function<void()>& fn, int reps, int warmup = 0);
+
+// Prefill: a prompt of n_prompt random ids (fixed seed) through a fresh KvCache with
+// model.forward_cached (logits of the last position); decode: n_decode more tokens, one per
+// forward_cached call, each the greedy choice from the previous logits. Each repetition starts
+// from an empty cache; one untimed single-token call first pages the weights in.
+struct InferenceTimes {
+  RepTimes prefill;  // seconds for n_prompt tokens
+  RepTimes decode;   // seconds for n_decode tokens
+};
+InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
+                                 uint64_t seed = 1234);
+
+// Read bandwidth in bytes/s as the issue defines it: a bf16 matrix of ~`bytes` bytes (4096
+// columns, hugepages requested) times one vector with cpu::quant_linear_forward at M = 1, which
+// splits the rows over the threads; best of `reps` products. bytes/s = matrix bytes / seconds.
+double probe_read_bandwidth(int64_t bytes, int reps);
+
+// fp32 peak in FLOP/s: cpu::linear_forward (OpenBLAS sgemm) of n x n x n, 2 n^3 FLOPs, best of
+// `reps`.
+double probe_fp32_sgemm(int64_t n, int reps);
+
+// Peak of cpu::quant_linear_forward with `format` weights [n, k] and m activation rows, in useful
+// FLOP/s (2 m n k per product; for bf16 the kernel's hi + lo split does twice the dot products,
+// for Q8_0 it counts int8 multiply-adds, as llama.cpp does), best of `reps`.
+double probe_quant_peak(WeightFormat format, int64_t m, int64_t n, int64_t k, int reps);
+
+// FLOP model of one token (documented in bench/README.md):
+//   matmul = 2 * (active parameters - one embedding row)   [active_params from the f32 weights]
+//   attention at context length t, per layer: 2 * heads * (qk_head_dim + v_head_dim) * t (MLA,
+//   the naive form prefill uses), 4 * heads * head_dim * t (V1).
+// prefill of P tokens averages t over 1..P: t = (P + 1) / 2. A training step costs 3x its forward
+// (the backward pass computes two products per forward product). MTP modules are not counted.
+double attention_flops_per_token(const ModelConfig& config, double mean_context);
+double forward_flops_per_token(const ModelConfig& config, int64_t active_params,
+                               int64_t n_tokens);
+double train_flops_per_token(const ModelConfig& config, int64_t active_params, int64_t seq_len);
+
+// Peak resident set size of this process in bytes (VmHWM of /proc/self/status, else
+// getrusage's ru_maxrss).
+int64_t peak_rss_bytes();
+// MemAvailable of /proc/meminfo in bytes (0 when unknown).
+int64_t available_memory_bytes();
+
+struct MachineInfo {
+  std::string cpu;         // "model name" of /proc/cpuinfo
+  int cores = 0;           // online logical CPUs
+  std::string hwy_target;  // the Highway target the quant kernels dispatch to (AVX3_SPR, ...)
+  std::string date;        // local time, ISO 8601
+};
+MachineInfo machine_info();
+
+}  // namespace dsmoe

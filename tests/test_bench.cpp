@@ -1,0 +1,169 @@
+// test_bench.cpp: `dsmoe bench` end to end on the tiny V3 fixture (JSON keys present and
+// positive, quantized runs, one-line errors) and the arithmetic of runtime/bench.h.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/config.h"
+#include "model/weights.h"
+#include "runtime/bench.h"
+
+namespace dsmoe {
+namespace {
+
+const std::string kData = DSMOE_TEST_DATA;
+const std::string kCli = DSMOE_CLI;
+const std::string kModel = kData + "/v3-tiny/model";
+// Tiny probes and workloads so that a run takes well under a second (also under ASan).
+const std::string kSmall =
+    " --prompt 8 --decode 4 --reps 2 --bandwidth-mib 16 --peak-size small --threads 2";
+
+struct RunResult {
+  int exit_code = -1;  // -1: killed by a signal
+  std::string output;
+};
+
+RunResult run(const std::string& args, bool with_stderr) {
+  RunResult result;
+  const std::string redirect = with_stderr ? " 2>&1" : " 2>/dev/null";
+  // Sleeping (not spinning) OpenMP threads keep the test fast on a machine shared with builds.
+  FILE* pipe = popen(("OMP_WAIT_POLICY=PASSIVE " + kCli + " " + args + redirect).c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    result.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+nlohmann::json run_json(const std::string& args) {
+  const RunResult r = run("bench --model " + kModel + kSmall + " --json " + args, false);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json j = nlohmann::json::parse(r.output, nullptr, /*allow_exceptions=*/false);
+  EXPECT_TRUE(j.is_object()) << "not one JSON object: " << r.output;
+  return j;
+}
+
+void expect_positive(const nlohmann::json& j, const char* key) {
+  ASSERT_TRUE(j.contains(key)) << key;
+  ASSERT_TRUE(j[key].is_number()) << key;
+  EXPECT_GT(j[key].get<double>(), 0.0) << key;
+}
+
+TEST(BenchCli, JsonF32WithTraining) {
+  const nlohmann::json j = run_json("--train --batch 2 --seq 16");
+  for (const char* key :
+       {"prefill_tokens_per_s", "prefill_tokens_per_s_best", "decode_tokens_per_s",
+        "decode_tokens_per_s_best", "train_tokens_per_s", "train_tokens_per_s_best",
+        "active_bytes_per_token", "weight_bytes", "read_bandwidth_bytes_per_s",
+        "peak_rss_bytes", "fp32_peak_flops_per_s", "bf16_peak_flops_per_s",
+        "int8_peak_ops_per_s", "decode_roofline_tokens_per_s", "decode_fraction_of_roofline",
+        "prefill_fraction_of_peak", "train_fraction_of_peak", "prefill_flops_per_token",
+        "train_flops_per_token", "threads"})
+    expect_positive(j, key);
+  EXPECT_EQ(j["weights"], "f32");
+  EXPECT_EQ(j["threads"], 2);
+  EXPECT_EQ(j["prefill_peak_kind"], "fp32");
+  EXPECT_EQ(j["config"]["model_type"], "deepseek_v3");
+  EXPECT_EQ(j["config"]["layers"], 3);
+  EXPECT_EQ(j["config"]["hidden_size"], 64);
+  EXPECT_EQ(j["prefill"]["seconds"].size(), 2u);
+  EXPECT_EQ(j["train"]["seconds"].size(), 2u);
+  EXPECT_FALSE(j["machine"]["cpu"].get<std::string>().empty());
+  EXPECT_FALSE(j["machine"]["hwy_target"].get<std::string>().empty());
+  EXPECT_FALSE(j["date"].get<std::string>().empty());
+  // The f32 active bytes are 4 per active parameter; fewer than all the weights (top-4 of 16).
+  EXPECT_EQ(j["active_bytes_per_token"].get<int64_t>(),
+            4 * j["config"]["active_params_per_token"].get<int64_t>());
+  EXPECT_LT(j["active_bytes_per_token"].get<int64_t>(), j["weight_bytes"].get<int64_t>());
+}
+
+TEST(BenchCli, JsonQ8_0WithoutTraining) {
+  const nlohmann::json f32 = run_json("--no-roofline");
+  const nlohmann::json j = run_json("--weights q8_0");
+  for (const char* key : {"prefill_tokens_per_s", "decode_tokens_per_s", "active_bytes_per_token",
+                          "read_bandwidth_bytes_per_s", "peak_rss_bytes"})
+    expect_positive(j, key);
+  EXPECT_EQ(j["weights"], "q8_0");
+  EXPECT_EQ(j["prefill_peak_kind"], "int8");
+  EXPECT_FALSE(j.contains("train_tokens_per_s"));
+  EXPECT_FALSE(f32.contains("read_bandwidth_bytes_per_s"));  // --no-roofline
+  EXPECT_LT(j["active_bytes_per_token"].get<int64_t>(),
+            f32["active_bytes_per_token"].get<int64_t>());
+}
+
+TEST(BenchCli, HumanTable) {
+  const RunResult r = run("bench --model " + kModel + kSmall + " --no-roofline", true);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("deepseek_v3, 3 layers"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("prefill pp8"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("decode tg4"), std::string::npos) << r.output;
+}
+
+TEST(BenchCli, ErrorsAreOneLine) {
+  for (const std::string& args :
+       {std::string("--train --weights bf16"), std::string("--weights q5_k"),
+        std::string("--peak-size huge")}) {
+    const RunResult r = run("bench --model " + kModel + " " + args, true);
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("dsmoe: error:"), std::string::npos) << r.output;
+  }
+}
+
+// bench/configs parse, with the sizes the issue states (checked without writing the weights:
+// infer-lite8 is ~9 GB at bf16).
+TEST(BenchConfigs, ParseWithIssueShapes) {
+  const std::string dir = kData + "/../../bench/configs/";
+  const ModelConfig lite = load_model_config(dir + "infer-lite8.json");
+  EXPECT_EQ(lite.arch, Arch::kDeepseekV2);
+  EXPECT_EQ(lite.num_hidden_layers, 8);
+  EXPECT_EQ(lite.q_lora_rank, 0);
+  EXPECT_EQ(lite.rope_type, RopeType::kYarn);
+  EXPECT_DOUBLE_EQ(lite.rope_factor, 40.0);
+  EXPECT_EQ(lite.original_max_position_embeddings, 4096);
+  EXPECT_EQ(lite.scoring_func, ScoringFunc::kSoftmax);
+  EXPECT_EQ(lite.topk_method, TopkMethod::kGreedy);
+  // 8 x 13.77 M attention + 67.24 M dense MLP + 7 x 571.08 M MoE + 2 x 209.7 M embedding/head.
+  EXPECT_EQ(count_parameters(lite), 4594374656);
+  const ModelConfig s = load_model_config(dir + "train-s.json");
+  EXPECT_EQ(s.arch, Arch::kDeepseekV3);
+  EXPECT_EQ(s.scoring_func, ScoringFunc::kSigmoid);
+  EXPECT_EQ(s.topk_method, TopkMethod::kNoauxTc);
+  EXPECT_EQ(s.n_group, 8);
+  EXPECT_EQ(s.topk_group, 4);
+  EXPECT_NEAR(count_parameters(s) / 1e6, 141.173, 0.001);
+}
+
+TEST(BenchMath, RepTimes) {
+  RepTimes t{{3.0, 1.0, 2.0}};
+  EXPECT_DOUBLE_EQ(t.median(), 2.0);
+  EXPECT_DOUBLE_EQ(t.best(), 1.0);
+  t.seconds.push_back(4.0);
+  EXPECT_DOUBLE_EQ(t.median(), 2.5);
+}
+
+TEST(BenchMath, FlopModel) {
+  ModelConfig c;
+  c.arch = Arch::kDeepseekV2;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.qk_nope_head_dim = 8;
+  c.qk_rope_head_dim = 4;
+  c.v_head_dim = 8;
+  // Per layer and context position: 2 * heads * (qk + v) = 2 * 4 * 20 = 160.
+  EXPECT_DOUBLE_EQ(attention_flops_per_token(c, 1.0), 320.0);
+  // 2 * (1016 - 16) matmul FLOPs + attention at mean context (3 + 1) / 2 = 2.
+  EXPECT_DOUBLE_EQ(forward_flops_per_token(c, 1016, 3), 2000.0 + 640.0);
+  EXPECT_DOUBLE_EQ(train_flops_per_token(c, 1016, 3), 3 * 2640.0);
+}
+
+}  // namespace
+}  // namespace dsmoe
