@@ -73,8 +73,11 @@ void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_str
                       cos + t * half, sin + t * half, interleaved);
 }
 
-void attention_forward(float* out, const float* q, const float* k, const float* v,
-                       const AttentionShape& s) {
+namespace {
+
+// Row-by-row attention for few queries (decode): no score matrix, parallel over (token, head).
+void attention_forward_rows(float* out, const float* q, const float* k, const float* v,
+                            const AttentionShape& s) {
   const int64_t group = s.n_heads / s.n_kv_heads;
   const int64_t n_items = s.n_q_tokens * s.n_heads;
 #pragma omp parallel if (n_items > 1)
@@ -110,6 +113,66 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
       }
     }
   }
+}
+
+// The probabilities of one head: p[T, S] = softmax(scale * q_h . k_h^T) with the causal mask.
+void head_probabilities(const float* q, const float* k, const AttentionShape& s, float* p) {
+  const int64_t T = s.n_q_tokens, S = s.n_kv_tokens;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(S),
+              static_cast<int>(s.qk_dim), s.scale, q, static_cast<int>(s.q_token_stride), k,
+              static_cast<int>(s.k_token_stride), 0.0f, p, static_cast<int>(S));
+  for (int64_t t = 0; t < T; t++) {
+    float* row = p + t * S;
+    const int64_t n_visible = s.q_pos0 + t + 1;
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n_visible; j++) {
+      row[j] = std::exp(row[j] - max_score);
+      sum += row[j];
+    }
+    const float inv_sum = 1.0f / sum;
+    for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
+    std::fill(row + n_visible, row + S, 0.0f);
+  }
+}
+
+// Score matrices of at most this many elements per head take the GEMM path.
+constexpr int64_t kMaxScoreElements = int64_t{1} << 22;
+
+bool use_gemm_path(const AttentionShape& s) {
+  return s.n_q_tokens >= 8 && s.n_q_tokens * s.n_kv_tokens <= kMaxScoreElements;
+}
+
+// Per head: P = softmax(Q K^T), O = P V as two GEMMs (prefill, training); parallel over heads,
+// BLAS single-threaded inside.
+void attention_forward_gemm(float* out, const float* q, const float* k, const float* v,
+                            const AttentionShape& s) {
+  const int64_t group = s.n_heads / s.n_kv_heads, T = s.n_q_tokens, S = s.n_kv_tokens;
+#pragma omp parallel
+  {
+    std::vector<float> p(T * S);  // (T, S)
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t h = 0; h < s.n_heads; h++) {
+      const int64_t kv_head = h / group;
+      head_probabilities(q + h * s.q_head_stride, k + kv_head * s.k_head_stride, s, p.data());
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
+                  static_cast<int>(s.v_dim), static_cast<int>(S), 1.0f, p.data(),
+                  static_cast<int>(S), v + kv_head * s.v_head_stride,
+                  static_cast<int>(s.v_token_stride), 0.0f, out + h * s.out_head_stride,
+                  static_cast<int>(s.out_token_stride));
+    }
+  }
+}
+
+}  // namespace
+
+void attention_forward(float* out, const float* q, const float* k, const float* v,
+                       const AttentionShape& s) {
+  if (use_gemm_path(s))
+    attention_forward_gemm(out, q, k, v, s);
+  else
+    attention_forward_rows(out, q, k, v, s);
 }
 
 }  // namespace dsmoe::cpu
@@ -159,18 +222,58 @@ void rope_backward(float* dx, int64_t n_tokens, int64_t n_heads, int64_t token_s
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* out,
                         const AttentionShape& s) {
-  const int64_t group = s.n_heads / s.n_kv_heads;
+  const int64_t group = s.n_heads / s.n_kv_heads, T = s.n_q_tokens, S = s.n_kv_tokens;
+  if (!use_gemm_path(s)) {
 #pragma omp parallel for schedule(dynamic, 1) if (s.n_kv_heads > 1)
-  for (int64_t kv_head = 0; kv_head < s.n_kv_heads; kv_head++) {
-    // The heads of this KV group, as a sub-problem with one KV head.
-    AttentionShape sub = s;
-    sub.n_heads = group;
-    sub.n_kv_heads = 1;
-    const int64_t q_offset = kv_head * group * s.q_head_stride;
-    const int64_t k_offset = kv_head * s.k_head_stride, v_offset = kv_head * s.v_head_stride;
-    const int64_t o_offset = kv_head * group * s.out_head_stride;
-    ref::attention_backward(dq + q_offset, dk + k_offset, dv + v_offset, dout + o_offset,
-                            q + q_offset, k + k_offset, v + v_offset, out + o_offset, sub);
+    for (int64_t kv_head = 0; kv_head < s.n_kv_heads; kv_head++) {
+      // The heads of this KV group, as a sub-problem with one KV head.
+      AttentionShape sub = s;
+      sub.n_heads = group;
+      sub.n_kv_heads = 1;
+      const int64_t q_offset = kv_head * group * s.q_head_stride;
+      const int64_t k_offset = kv_head * s.k_head_stride, v_offset = kv_head * s.v_head_stride;
+      const int64_t o_offset = kv_head * group * s.out_head_stride;
+      ref::attention_backward(dq + q_offset, dk + k_offset, dv + v_offset, dout + o_offset,
+                              q + q_offset, k + k_offset, v + v_offset, out + o_offset, sub);
+    }
+    return;
+  }
+  // Per head, with P recomputed: dV += P^T dO; dP = dO V^T; dS = P * (dP - rowsum(dO * O));
+  // dQ += scale dS K; dK += scale dS^T Q. A KV group's heads run in one thread (they share dK,
+  // dV); groups run in parallel.
+  const auto i = [](int64_t x) { return static_cast<int>(x); };
+#pragma omp parallel
+  {
+    std::vector<float> p(T * S), dp(T * S);  // (T, S)
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t kv_head = 0; kv_head < s.n_kv_heads; kv_head++) {
+      const float* k_h = k + kv_head * s.k_head_stride;
+      const float* v_h = v + kv_head * s.v_head_stride;
+      float* dk_h = dk + kv_head * s.k_head_stride;
+      float* dv_h = dv + kv_head * s.v_head_stride;
+      for (int64_t h = kv_head * group; h < (kv_head + 1) * group; h++) {
+        const float* q_h = q + h * s.q_head_stride;
+        const float* do_h = dout + h * s.out_head_stride;
+        const float* o_h = out + h * s.out_head_stride;
+        head_probabilities(q_h, k_h, s, p.data());
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.v_dim), i(T), 1.0f,
+                    p.data(), i(S), do_h, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(T), i(S), i(s.v_dim), 1.0f, do_h,
+                    i(s.out_token_stride), v_h, i(s.v_token_stride), 0.0f, dp.data(), i(S));
+        for (int64_t t = 0; t < T; t++) {
+          float do_dot_o = 0.0f;
+          for (int64_t d = 0; d < s.v_dim; d++)
+            do_dot_o += do_h[t * s.out_token_stride + d] * o_h[t * s.out_token_stride + d];
+          for (int64_t j = 0; j < S; j++)
+            dp[t * S + j] = p[t * S + j] * (dp[t * S + j] - do_dot_o) * s.scale;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(T), i(s.qk_dim), i(S), 1.0f,
+                    dp.data(), i(S), k_h, i(s.k_token_stride), 1.0f, dq + h * s.q_head_stride,
+                    i(s.q_token_stride));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.qk_dim), i(T), 1.0f,
+                    dp.data(), i(S), q_h, i(s.q_token_stride), 1.0f, dk_h, i(s.k_token_stride));
+      }
+    }
   }
 }
 

@@ -1,0 +1,170 @@
+// test_kernels_backward.cpp: the backward kernels of kernels/cpu against their scalar twins in
+// kernels/ref (run in double), and the GEMM path of attention (>= 8 queries) in both directions.
+// Tolerance: float32 sums of at most a few hundred products of O(1) values: 1e-4 of the largest
+// reference magnitude (about 2^-13, far above the ~sqrt(n) * 2^-24 rounding of the sums).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/ref/ops.h"
+
+namespace dsmoe {
+namespace {
+
+std::vector<float> random_vector(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(gen);
+  return v;
+}
+
+std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& want, const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  double scale = 0;
+  for (double w : want) scale = std::max(scale, std::fabs(w));
+  for (size_t i = 0; i < got.size(); i++)
+    ASSERT_NEAR(got[i], want[i], 1e-4 * std::max(scale, 1e-3)) << what << " at " << i;
+}
+
+// GQA geometry with padded strides: q/out [T, heads, d], k/v rows [S, kv_heads, d] padded.
+AttentionShape gqa_shape(int64_t n_q, int64_t n_kv, int64_t heads, int64_t kv_heads, int64_t d) {
+  AttentionShape s;
+  s.n_q_tokens = n_q, s.n_kv_tokens = n_kv, s.q_pos0 = n_kv - n_q;
+  s.n_heads = heads, s.n_kv_heads = kv_heads, s.qk_dim = d, s.v_dim = d, s.scale = 0.3f;
+  s.q_token_stride = heads * d + 3, s.q_head_stride = d;
+  s.k_token_stride = kv_heads * d + 5, s.k_head_stride = d;
+  s.v_token_stride = kv_heads * d + 2, s.v_head_stride = d;
+  s.out_token_stride = heads * d + 1, s.out_head_stride = d;
+  return s;
+}
+
+struct Buffers {
+  std::vector<float> q, k, v, out, dout;
+};
+
+Buffers make_buffers(const AttentionShape& s, uint32_t seed) {
+  Buffers b;
+  b.q = random_vector(s.n_q_tokens * s.q_token_stride, seed);
+  b.k = random_vector(s.n_kv_tokens * s.k_token_stride, seed + 1);
+  b.v = random_vector(s.n_kv_tokens * s.v_token_stride, seed + 2);
+  b.out.assign(s.n_q_tokens * s.out_token_stride, 0.0f);
+  b.dout = random_vector(s.n_q_tokens * s.out_token_stride, seed + 3);
+  return b;
+}
+
+void check_forward(const AttentionShape& s, Buffers& b, const float* k, const float* v) {
+  std::vector<double> want(b.out.size(), 0.0);
+  const std::vector<double> q = to_double(b.q), kd = to_double(b.k), vd = to_double(b.v);
+  const double* k_d = kd.data() + (k - b.k.data());
+  const double* v_d = (v >= b.v.data() && v < b.v.data() + b.v.size())
+                          ? vd.data() + (v - b.v.data())
+                          : kd.data() + (v - b.k.data());
+  ref::attention_forward(want.data(), q.data(), k_d, v_d, s);
+  cpu::attention_forward(b.out.data(), b.q.data(), k, v, s);
+  // Only the written entries (padding stays as it was: zero in both).
+  expect_close(b.out, want, "attention forward");
+}
+
+TEST(AttentionGemmPath, ForwardMatchesReferenceForGqaAndPrefix) {
+  for (const auto& [n_q, n_kv] : {std::pair<int64_t, int64_t>{12, 12}, {9, 20}, {32, 32}}) {
+    const AttentionShape s = gqa_shape(n_q, n_kv, 4, 2, 16);
+    Buffers b = make_buffers(s, 7);
+    check_forward(s, b, b.k.data(), b.v.data());
+  }
+}
+
+TEST(AttentionGemmPath, ForwardMatchesReferenceForAbsorbedMlaLayout) {
+  // One shared KV head of width rank + rope, values = its first `rank` columns (aliasing k).
+  AttentionShape s;
+  const int64_t heads = 4, rank = 16, rope = 8, row = rank + rope;
+  s.n_q_tokens = 10, s.n_kv_tokens = 14, s.q_pos0 = 4, s.n_heads = heads, s.n_kv_heads = 1;
+  s.qk_dim = row, s.v_dim = rank, s.scale = 0.2f;
+  s.q_token_stride = heads * row, s.q_head_stride = row;
+  s.k_token_stride = row, s.k_head_stride = 0, s.v_token_stride = row, s.v_head_stride = 0;
+  s.out_token_stride = heads * rank, s.out_head_stride = rank;
+  Buffers b;
+  b.q = random_vector(s.n_q_tokens * s.q_token_stride, 3);
+  b.k = random_vector(s.n_kv_tokens * row, 4);
+  b.v = {};
+  b.out.assign(s.n_q_tokens * s.out_token_stride, 0.0f);
+  check_forward(s, b, b.k.data(), b.k.data());
+}
+
+// cpu::attention_backward (GEMM path for >= 8 queries, rows path below) against the reference.
+TEST(AttentionBackward, MatchesReferenceOnBothPaths) {
+  for (int64_t n : {5, 12, 24}) {
+    const AttentionShape s = gqa_shape(n, n, 6, 2, 8);
+    Buffers b = make_buffers(s, 11 + static_cast<uint32_t>(n));
+    std::vector<double> out_d(b.out.size(), 0.0);
+    const std::vector<double> q = to_double(b.q), k = to_double(b.k), v = to_double(b.v);
+    const std::vector<double> dout = to_double(b.dout);
+    ref::attention_forward(out_d.data(), q.data(), k.data(), v.data(), s);
+    std::vector<float> out(out_d.begin(), out_d.end());
+    std::vector<double> dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+    ref::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
+                            v.data(), out_d.data(), s);
+    std::vector<float> gq(q.size(), 0.0f), gk(k.size(), 0.0f), gv(v.size(), 0.0f);
+    cpu::attention_backward(gq.data(), gk.data(), gv.data(), b.dout.data(), b.q.data(),
+                            b.k.data(), b.v.data(), out.data(), s);
+    expect_close(gq, dq, "dq");
+    expect_close(gk, dk, "dk");
+    expect_close(gv, dv, "dv");
+  }
+}
+
+TEST(Backward, LinearRmsnormSiluMatchReference) {
+  const int64_t M = 7, K = 33, N = 19;
+  const std::vector<float> x = random_vector(M * K, 1), w = random_vector(N * K, 2);
+  const std::vector<float> dy = random_vector(M * N, 3);
+  std::vector<double> dx_want(M * K, 0.0), dw_want(N * K, 0.0);
+  const std::vector<double> xd = to_double(x), wd = to_double(w), dyd = to_double(dy);
+  ref::linear_backward(dx_want.data(), dw_want.data(), dyd.data(), xd.data(), wd.data(), M, K, N);
+  std::vector<float> dx(M * K, 0.0f), dw(N * K, 0.0f);
+  cpu::linear_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), M, K, N);
+  expect_close(dx, dx_want, "linear dx");
+  expect_close(dw, dw_want, "linear dw");
+
+  const std::vector<float> g = random_vector(K, 4), dz = random_vector(M * K, 5);
+  std::vector<double> rx_want(M * K, 0.0), rg_want(K, 0.0);
+  const std::vector<double> gd = to_double(g), dzd = to_double(dz);
+  ref::rmsnorm_backward(rx_want.data(), rg_want.data(), dzd.data(), xd.data(), gd.data(), M, K,
+                        1e-6f);
+  std::vector<float> rx(M * K, 0.0f), rg(K, 0.0f);
+  cpu::rmsnorm_backward(rx.data(), rg.data(), dz.data(), x.data(), g.data(), M, K, 1e-6f);
+  expect_close(rx, rx_want, "rmsnorm dx");
+  expect_close(rg, rg_want, "rmsnorm dweight");
+
+  const int64_t n = 10000;  // several chunks
+  const std::vector<float> gate = random_vector(n, 6), up = random_vector(n, 7);
+  const std::vector<float> dh = random_vector(n, 8);
+  std::vector<double> dg_want(n), du_want(n);
+  const std::vector<double> gate_d = to_double(gate), up_d = to_double(up), dh_d = to_double(dh);
+  ref::silu_mul_backward(dg_want.data(), du_want.data(), dh_d.data(), gate_d.data(), up_d.data(),
+                         n);
+  std::vector<float> dg(n), du(n);
+  cpu::silu_mul_backward(dg.data(), du.data(), dh.data(), gate.data(), up.data(), n);
+  expect_close(dg, dg_want, "silu dgate");
+  expect_close(du, du_want, "silu dup");
+}
+
+TEST(Backward, RopeBackwardUndoesRopeForward) {
+  for (bool interleaved : {true, false}) {
+    const int64_t T = 5, heads = 3, dim = 8, stride = heads * dim + 2;
+    std::vector<float> x = random_vector(T * stride, 9), original = x;
+    std::vector<float> cos(T * dim / 2), sin(T * dim / 2);
+    for (size_t i = 0; i < cos.size(); i++) cos[i] = std::cos(0.37f * i), sin[i] = std::sin(0.37f * i);
+    cpu::rope_forward(x.data(), T, heads, stride, dim, dim, cos.data(), sin.data(), interleaved);
+    cpu::rope_backward(x.data(), T, heads, stride, dim, dim, cos.data(), sin.data(), interleaved);
+    for (size_t i = 0; i < x.size(); i++) ASSERT_NEAR(x[i], original[i], 1e-5) << i;
+  }
+}
+
+}  // namespace
+}  // namespace dsmoe
