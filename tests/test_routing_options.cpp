@@ -304,29 +304,7 @@ TEST(NoisyGating, NoiseStdIsSoftplusOfNoiseProjection) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (a) The aux-loss-free bias update (DeepSeek-V3 sec. 2.1.2) through train()
 
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            fmt::format("dsmoe_balance_{}_{}_{}", info->name(), tag, ::getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string str() const { return path_.string(); }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
 
 std::string training_text() {
   const char* sentences[] = {"the quick brown fox jumps over the lazy dog. ",

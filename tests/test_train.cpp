@@ -26,6 +26,7 @@
 #include "train/trainer.h"
 #include "util/check.h"
 #include "util/threads.h"
+#include "test_util.h"
 
 namespace dsmoe {
 namespace {
@@ -36,14 +37,6 @@ using json = nlohmann::json;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-// One thread unless a test asks for more: on a shared 2-core machine OpenMP's spinning barriers
-// make these tiny models many times slower with 2 threads (results are the same).
-class OneThread : public ::testing::Environment {
- public:
-  void SetUp() override { set_num_threads(1); }
-};
-[[maybe_unused]] ::testing::Environment* const kOneThread =
-    ::testing::AddGlobalTestEnvironment(new OneThread);
 
 // Sets the thread count for a scope.
 class Threads {
@@ -55,37 +48,8 @@ class Threads {
   int saved_;
 };
 
-// A fresh directory per test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name =
-        fmt::format("dsmoe_train_{}_{}_{}", info->test_suite_name(), info->name(), ::getpid());
-    std::replace(name.begin(), name.end(), '/', '_');
-    path_ = fs::temp_directory_path() / name;
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
 
- private:
-  fs::path path_;
-};
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << path;
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 // Every file under `dir` (relative path -> bytes).
 std::map<std::string, std::string> snapshot(const std::string& dir) {

@@ -26,6 +26,7 @@
 #include "train/trainer.h"
 #include "util/check.h"
 #include "util/threads.h"
+#include "test_util.h"
 
 namespace dsmoe {
 namespace {
@@ -33,14 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-// One thread: on a shared 2-core machine OpenMP's spinning barriers make these tiny models many
-// times slower with 2 threads (results are the same).
-class OneThread : public ::testing::Environment {
- public:
-  void SetUp() override { set_num_threads(1); }
-};
-[[maybe_unused]] ::testing::Environment* const kOneThread =
-    ::testing::AddGlobalTestEnvironment(new OneThread);
 
 // ---------------------------------------------------------------------------------------------
 // Tiny models
