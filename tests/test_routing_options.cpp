@@ -315,13 +315,6 @@ std::string training_text() {
   return text;
 }
 
-std::vector<json> read_metrics(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<json> lines;
-  std::string line;
-  while (std::getline(in, line)) lines.push_back(json::parse(line));
-  return lines;
-}
 
 // Starts a checkpoint (step 0) from weights whose router sends most tokens to expert 0, then
 // trains with learning rate 0: only the bias moves. Each step must move every bias by exactly

@@ -26,7 +26,7 @@
 #include "train/trainer.h"
 #include "util/check.h"
 #include "util/threads.h"
-#include "test_util.h"
+#include "tiny_models.h"
 
 namespace dsmoe {
 namespace {
@@ -60,13 +60,6 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
   return files;
 }
 
-std::vector<json> read_metrics(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<json> lines;
-  std::string line;
-  while (std::getline(in, line)) lines.push_back(json::parse(line));
-  return lines;
-}
 
 // A few KB of sentences of several kinds, repeated.
 std::string training_text() {
@@ -80,34 +73,13 @@ std::string training_text() {
   return text;
 }
 
-// Tiny DeepSeek-V3: vocab 256 (bytes), hidden 32, MLA with q LoRA, layer 0 dense, layer 1 MoE
-// with 8 routed experts top-2 in 4 groups (2 kept) and 1 shared expert.
-json tiny_v3_json() {
-  return {{"model_type", "deepseek_v3"},
-          {"vocab_size", 256},
-          {"hidden_size", 32},
-          {"intermediate_size", 64},
-          {"moe_intermediate_size", 16},
-          {"num_hidden_layers", 2},
-          {"first_k_dense_replace", 1},
-          {"num_attention_heads", 2},
-          {"q_lora_rank", 16},
-          {"kv_lora_rank", 16},
-          {"qk_nope_head_dim", 8},
-          {"qk_rope_head_dim", 4},
-          {"v_head_dim", 8},
-          {"n_routed_experts", 8},
-          {"num_experts_per_tok", 2},
-          {"n_shared_experts", 1},
-          {"n_group", 4},
-          {"topk_group", 2},
-          {"max_position_embeddings", 64},
-          {"num_nextn_predict_layers", 0}};
-}
+// Tiny DeepSeek-V3 (tiny_models.h) with the byte vocabulary and two layers: layer 0 dense,
+// layer 1 MoE with 8 routed experts top-2 in 4 groups (2 kept) and 1 shared expert.
+json tiny_train_json() { return tiny_v3_json(/*n_layers=*/2, /*vocab=*/256); }
 
 // A model config and a data file in `dir`, and a TrainConfig that uses them.
 TrainConfig setup(const TempDir& dir, const json& options = json::object(), int64_t steps = 8) {
-  json config = tiny_v3_json();
+  json config = tiny_train_json();
   for (const auto& [key, value] : options.items()) config[key] = value;
   write_text(dir / "config.json", config.dump(2));
   write_text(dir / "data.txt", training_text());
@@ -353,7 +325,7 @@ TEST(Checkpoint, ConfigContradictingTheCheckpointIsAnError) {
   TempDir dir;
   TrainConfig tc = setup(dir, json::object(), 4);
   train(tc);
-  json other = tiny_v3_json();
+  json other = tiny_train_json();
   other["hidden_size"] = 48;
   write_text(dir / "other.json", other.dump(2));
   const auto before = snapshot(tc.out_dir);
@@ -557,7 +529,7 @@ TEST(LearningRate, WarmupThenCosine) {
 // p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p) with wd only on matrices/embeddings (and the noise
 // projection, a matrix); norms get no decay; the router bias buffer is not touched at all.
 TEST(AdamW, StepEqualsTheFormula) {
-  json j = tiny_v3_json();
+  json j = tiny_train_json();
   j["noisy_gating"] = true;
   const ModelConfig c = parse_model_config(j, "test");
   ModelWeights params = random_weights(c, 5);
@@ -628,7 +600,7 @@ TEST(AdamW, StepEqualsTheFormula) {
 // m_hat = g, v_hat = g^2, so the Adam direction is 1 (eps aside): a matrix becomes
 // 1 - 0.1 (1 + 0.1) = 0.89, a norm 1 - 0.1 = 0.9, the router bias stays 1.
 TEST(AdamW, FirstStepByHand) {
-  const ModelConfig c = parse_model_config(tiny_v3_json(), "test");
+  const ModelConfig c = parse_model_config(tiny_train_json(), "test");
   ModelWeights params = random_weights(c, 5), grads = zeros_like_weights(c);
   AdamWState state = make_adamw_state(c, 0);
   AdamWConfig adamw;  // beta1 0.9, beta2 0.95, eps 1e-8

@@ -12,6 +12,9 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+#include <vector>
+
 #include "util/threads.h"
 
 namespace dsmoe {
@@ -57,6 +60,15 @@ class TempDir {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
+}
+
+// The lines of a metrics.jsonl file.
+[[maybe_unused]] std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<nlohmann::json> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(nlohmann::json::parse(line));
+  return lines;
 }
 
 }  // namespace
