@@ -73,6 +73,20 @@ void rope_forward(T* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
     }
 }
 
+// p[0, n_visible) = softmax(scale * q_row . k_j) over the visible keys j of one head (k points
+// at that head's first key; keys advance by k_token_stride).
+template <typename T>
+void attention_probabilities(const T* q_row, const T* k, int64_t n_visible,
+                             const AttentionShape& s, T* p) {
+  for (int64_t j = 0; j < n_visible; j++) {
+    const T* krow = k + j * s.k_token_stride;
+    T dot = 0;
+    for (int64_t d = 0; d < s.qk_dim; d++) dot += q_row[d] * krow[d];
+    p[j] = dot * static_cast<T>(s.scale);
+  }
+  softmax_inplace(p, n_visible);
+}
+
 // Causal scaled-dot-product attention for one sequence with grouped KV heads (see
 // AttentionShape): query t attends to keys 0 .. q_pos0 + t.
 template <typename T>
@@ -81,16 +95,10 @@ void attention_forward(T* out, const T* q, const T* k, const T* v, const Attenti
   const int64_t group = s.n_heads / s.n_kv_heads;
   for (int64_t t = 0; t < s.n_q_tokens; t++)
     for (int64_t h = 0; h < s.n_heads; h++) {
-      const T* qrow = q + t * s.q_token_stride + h * s.q_head_stride;
       const int64_t kv_head = h / group;
       const int64_t n_visible = s.q_pos0 + t + 1;
-      for (int64_t j = 0; j < n_visible; j++) {
-        const T* krow = k + j * s.k_token_stride + kv_head * s.k_head_stride;
-        T dot = 0;
-        for (int64_t d = 0; d < s.qk_dim; d++) dot += qrow[d] * krow[d];
-        scores[j] = dot * static_cast<T>(s.scale);
-      }
-      softmax_inplace(scores.data(), n_visible);
+      attention_probabilities(q + t * s.q_token_stride + h * s.q_head_stride,
+                              k + kv_head * s.k_head_stride, n_visible, s, scores.data());
       T* orow = out + t * s.out_token_stride + h * s.out_head_stride;
       for (int64_t d = 0; d < s.v_dim; d++) orow[d] = 0;
       for (int64_t j = 0; j < n_visible; j++) {
@@ -164,13 +172,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
       const T* qrow = q + t * s.q_token_stride + h * s.q_head_stride;
       const T* dorow = dout + t * s.out_token_stride + h * s.out_head_stride;
       const T* orow = out + t * s.out_token_stride + h * s.out_head_stride;
-      for (int64_t j = 0; j < n_visible; j++) {
-        const T* krow = k + j * s.k_token_stride + kv_head * s.k_head_stride;
-        T dot = 0;
-        for (int64_t d = 0; d < s.qk_dim; d++) dot += qrow[d] * krow[d];
-        p[j] = dot * static_cast<T>(s.scale);
-      }
-      softmax_inplace(p.data(), n_visible);
+      attention_probabilities(qrow, k + kv_head * s.k_head_stride, n_visible, s, p.data());
       T do_dot_o = 0;
       for (int64_t d = 0; d < s.v_dim; d++) do_dot_o += dorow[d] * orow[d];
       for (int64_t j = 0; j < n_visible; j++) {
