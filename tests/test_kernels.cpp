@@ -407,6 +407,9 @@ TEST(KernelsAttention, MultiQueryAbsorbedMlaWithVAliasingK) {
   c = absorbed_mla_case(3, 11, 8, 3, 24, 8, 5);  // padded rows, continuing a cache
   in = random_inputs(c, 6);
   run_attention(c, in.q, in.k, in.v);
+  c = absorbed_mla_case(1, 300, 299, 16, 64, 16, 3);  // decode: all heads as one GEMM
+  in = random_inputs(c, 16);
+  run_attention(c, in.q, in.k, in.v);
 }
 
 TEST(KernelsAttention, ContinuesCacheWithFewerQueriesThanKeys) {

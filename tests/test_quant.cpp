@@ -111,8 +111,8 @@ TEST(QuantBlocks, Q8_0LayoutOfARamp) {
   // 2000 - 1024 = 976.
   EXPECT_EQ(block.scale_f16, (12 << 10) | 976);  // 0x33D0
   // q_i = round(i / 0.244140625) = round(4.096 i).
-  const int8_t expected[kQuantBlock] = {0,  4,  8,  12, 16, 20, 25,  29,  33,  37,  41,
-                                        45, 49, 53, 57, 61, 66, 70,  74,  78,  82,  86,
+  const int8_t expected[kQuantBlock] = {0,  4,  8,  12,  16,  20,  25,  29,  33,  37, 41,
+                                        45, 49, 53, 57,  61,  66,  70,  74,  78,  82, 86,
                                         90, 94, 98, 102, 106, 111, 115, 119, 123, 127};
   for (int i = 0; i < kQuantBlock; i++) EXPECT_EQ(block.q[i], expected[i]) << "element " << i;
   // The raw bytes are llama.cpp's block_q8_0: little-endian f16 scale, then the 32 int8.
@@ -138,10 +138,10 @@ TEST(QuantBlocks, Q4_0LayoutOfARamp) {
   for (int j = 0; j < kQuantBlock / 2; j++) EXPECT_EQ(block.q[j], expected[j]) << "byte " << j;
   std::vector<float> y(kQuantBlock);
   dequantize_row_q4_0(&block, y.data(), kQuantBlock);
-  EXPECT_EQ(y[0], 0.0f);     // (8 - 8) * d
-  EXPECT_EQ(y[2], 3.875f);   // (7 - 8) * d
-  EXPECT_EQ(y[31], 31.0f);   // (0 - 8) * d, the max is exact
-  EXPECT_EQ(y[17], 15.5f);   // (4 - 8) * d
+  EXPECT_EQ(y[0], 0.0f);    // (8 - 8) * d
+  EXPECT_EQ(y[2], 3.875f);  // (7 - 8) * d
+  EXPECT_EQ(y[31], 31.0f);  // (0 - 8) * d, the max is exact
+  EXPECT_EQ(y[17], 15.5f);  // (4 - 8) * d
 }
 
 TEST(QuantBlocks, Q8_0RoundTripWithinHalfAScale) {
@@ -220,7 +220,9 @@ TEST(QuantMatrix, RowsMatchTheRowConversions) {
       const float* src = &w[r * cols];
       dequantize_row(f, m.row(r), got.data(), cols);
       switch (f) {
-        case WeightFormat::kF32: want.assign(src, src + cols); break;
+        case WeightFormat::kF32:
+          want.assign(src, src + cols);
+          break;
         case WeightFormat::kBF16:
           convert_row_f32_to_bf16(src, bf.data(), cols);
           convert_row_bf16_to_f32(bf.data(), want.data(), cols);
@@ -247,7 +249,8 @@ double product_bound(WeightFormat f, const float* x, const float* w, int64_t K) 
   double abs_xw = 0;
   for (int64_t k = 0; k < K; k++) abs_xw += std::abs(static_cast<double>(x[k]) * w[k]);
   switch (f) {
-    case WeightFormat::kF32: return 8 * kEps * std::sqrt(K + 2.0) * abs_xw;
+    case WeightFormat::kF32:
+      return 8 * kEps * std::sqrt(K + 2.0) * abs_xw;
     case WeightFormat::kBF16:
       return (2 * std::ldexp(1.0, -8) + 8 * kEps * std::sqrt(K + 2.0)) * abs_xw;
     case WeightFormat::kQ8_0:
@@ -308,8 +311,8 @@ void check_quant_linear(WeightFormat f) {
   for (int64_t M : {1, 3, 17})
     for (int64_t K : Ks)
       for (int64_t N : {1, 7, 300}) {
-        SCOPED_TRACE(testing::Message() << weight_format_name(f) << " M=" << M << " K=" << K
-                                        << " N=" << N);
+        SCOPED_TRACE(testing::Message()
+                     << weight_format_name(f) << " M=" << M << " K=" << K << " N=" << N);
         std::mt19937 rng(static_cast<uint32_t>(99 + M * 131 + K * 7 + N));
         const std::vector<float> x = random_vector(rng, M * K), w = random_vector(rng, N * K);
         const QuantMatrix qw = quantize_matrix(w.data(), N, K, f);
@@ -321,8 +324,8 @@ void check_quant_linear(WeightFormat f) {
         cpu::quant_linear_forward(got.data(), x.data(), qw, M);
         ref::quant_linear_forward(want.data(), x.data(), qw, M);
         ref::quant_linear_forward(want_rounded.data(), xr.data(), qw, M);
-        const double summation = blocked ? (K / kQuantBlock + 8) * kEps
-                                         : 8 * kEps * std::sqrt(K + 2.0);
+        const double summation =
+            blocked ? (K / kQuantBlock + 8) * kEps : 8 * kEps * std::sqrt(K + 2.0);
         for (int64_t m = 0; m < M; m++)
           for (int64_t n = 0; n < N; n++) {
             const float g = got[m * N + n];
@@ -401,6 +404,39 @@ TEST(QuantLinear, NonFiniteActivationsGiveNaNNotAnError) {
       EXPECT_TRUE(std::isnan(out[N + n])) << weight_format_name(f);
     }
   }
+}
+
+// A group runs each job exactly as quant_linear_forward does: bitwise equal results, whatever
+// the jobs share (inputs, shapes) and however their rows fall between the threads.
+TEST(QuantLinear, GroupEqualsSingleProducts) {
+  std::mt19937 rng(13);
+  const int64_t K = 1024;  // enough work for the threads to split the rows
+  const std::vector<float> x = random_vector(rng, 3 * K), y = random_vector(rng, 2 * K);
+  struct Case {
+    WeightFormat format;
+    int64_t rows;
+    const float* inp;
+    int64_t M;
+  };
+  const std::vector<Case> cases = {
+      {WeightFormat::kQ8_0, 37, x.data(), 3}, {WeightFormat::kQ4_0, 5, x.data(), 3},
+      {WeightFormat::kQ4_0, 64, y.data(), 2}, {WeightFormat::kBF16, 19, x.data(), 1},
+      {WeightFormat::kBF16, 1, y.data(), 2},  {WeightFormat::kQ8_0, 7, x.data(), 0}};
+  std::vector<QuantMatrix> weights;
+  for (const Case& c : cases) {
+    const std::vector<float> w = random_vector(rng, c.rows * K);
+    weights.push_back(quantize_matrix(w.data(), c.rows, K, c.format));
+  }
+  std::vector<std::vector<float>> got(cases.size()), want(cases.size());
+  std::vector<cpu::QuantJob> jobs;
+  for (size_t i = 0; i < cases.size(); i++) {
+    got[i].assign(std::max<int64_t>(cases[i].M, 1) * cases[i].rows, -1.0f);
+    want[i] = got[i];
+    cpu::quant_linear_forward(want[i].data(), cases[i].inp, weights[i], cases[i].M);
+    jobs.push_back({got[i].data(), cases[i].inp, &weights[i], cases[i].M});
+  }
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+  for (size_t i = 0; i < cases.size(); i++) EXPECT_EQ(got[i], want[i]) << "job " << i;
 }
 
 // ---------------------------------------------------------------------------------------------

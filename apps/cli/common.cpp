@@ -1,5 +1,7 @@
 #include "apps/cli/common.h"
 
+#include <malloc.h>
+
 #include <optional>
 
 #include "util/check.h"
@@ -12,6 +14,9 @@ Model load_inference_model(const std::string& dir, const std::string& weights) {
   DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", weights);
   Timer timer;
   Model model = Model::load(dir, *format);
+  // Loading converts each tensor to float32 before re-storing it; hand those freed buffers back
+  // (main() keeps freed memory in the heap for training's sake).
+  malloc_trim(0);
   const ModelConfig& c = model.config();
   log_info("loaded {} ({}, {} layers, vocab {}) as {} weights in {:.2f} s", dir, arch_name(c.arch),
            c.num_hidden_layers, c.vocab_size, weights, timer.seconds());

@@ -1,6 +1,7 @@
 #include "kernels/quant.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -42,60 +43,78 @@ void quantize_row(const char* what, bool (*quantize_block)(const float*, Block*)
       const float* xb = x + b * kQuantBlock;
       const float amax = std::abs(*std::max_element(
           xb, xb + kQuantBlock, [](float a, float c) { return std::abs(a) < std::abs(c); }));
-      fail(fmt::format("{}: block {} (elements {}..{}) has a non-finite element or a scale "
-                       "beyond f16 (max |x| = {})",
-                       what, b, b * kQuantBlock, (b + 1) * kQuantBlock - 1, amax));
+      fail(
+          fmt::format("{}: block {} (elements {}..{}) has a non-finite element or a scale "
+                      "beyond f16 (max |x| = {})",
+                      what, b, b * kQuantBlock, (b + 1) * kQuantBlock - 1, amax));
     }
 }
+
+// The loops below are written so that the compiler vectorizes them (loading a checkpoint
+// quantizes billions of weights; decode quantizes every activation row): magnitudes compared as
+// integer bit patterns (ordered like the floats for non-NaN values), no library rounding calls.
+constexpr uint32_t kAbsMask = 0x7FFFFFFFu, kExponentMask = 0x7F800000u;
+
+uint32_t abs_bits(float v) { return std::bit_cast<uint32_t>(v) & kAbsMask; }
+
+// max |x_i| as bits; >= kExponentMask exactly when some element is inf or NaN.
+uint32_t block_amax_bits(const float* x) {
+  uint32_t amax = 0;
+  for (int64_t i = 0; i < kQuantBlock; i++) amax = std::max(amax, abs_bits(x[i]));
+  return amax;
+}
+
+// round(v), half away from zero, for |v| < 2^23: v + (0.5 - 2^-25) with v's sign, truncated
+// (adding 0.5 itself would round 0.5 - 2^-25 up to 1).
+int32_t round_half_away(float v) { return static_cast<int32_t>(v + std::copysign(0.49999997f, v)); }
 
 }  // namespace
 
 // llama.cpp's quantize_row_q8_0_ref, per block: d = amax / 127, q = round(x / d).
 bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
-  float amax = 0.0f;
-  bool finite = true;
-  for (int64_t i = 0; i < kQuantBlock; i++) {
-    finite = finite && std::isfinite(x[i]);
-    amax = std::max(amax, std::abs(x[i]));
-  }
-  const std::optional<float> d = store_scale_f16(amax / 127.0f, &y->scale_f16);
-  if (!finite || !d) {
+  const uint32_t amax_bits = block_amax_bits(x);
+  const std::optional<float> d =
+      amax_bits < kExponentMask
+          ? store_scale_f16(std::bit_cast<float>(amax_bits) / 127.0f, &y->scale_f16)
+          : std::nullopt;
+  if (!d) {
     *y = BlockQ8_0{};
     return false;
   }
-  for (int64_t i = 0; i < kQuantBlock; i++) {
-    // |x / d| <= 127 since d >= amax / 127; the clamp only guards the float division.
-    const float q = *d == 0.0f ? 0.0f : std::round(x[i] / *d);
-    y->q[i] = static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f));
-  }
+  // |x / d| <= 127 since d >= amax / 127; the clamp only guards the float division.
+  const float divisor = *d == 0.0f ? 1.0f : *d;  // d == 0: every element is 0
+  for (int64_t i = 0; i < kQuantBlock; i++)
+    y->q[i] = static_cast<int8_t>(std::clamp(round_half_away(x[i] / divisor), -127, 127));
   return true;
 }
 
 // llama.cpp's quantize_row_q4_0_ref, per block: d = max / -8 with max the signed element of
-// largest magnitude (so max maps to nibble 0), nibble = (int)(x / d + 8.5) clamped to 15;
-// elements 0..15 go to the low nibbles, 16..31 to the high nibbles.
+// largest magnitude (the first such, so max maps to nibble 0), nibble = (int)(x / d + 8.5)
+// clamped to 15; elements 0..15 go to the low nibbles, 16..31 to the high nibbles.
 bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
   constexpr int64_t kHalf = kQuantBlock / 2;
-  float amax = 0.0f, max = 0.0f;
-  bool finite = true;
-  for (int64_t i = 0; i < kQuantBlock; i++) {
-    finite = finite && std::isfinite(x[i]);
-    if (std::abs(x[i]) > amax) {
-      amax = std::abs(x[i]);
+  const uint32_t amax_bits = block_amax_bits(x);
+  float max = 0.0f;  // (+0 when every element is +-0)
+  for (int64_t i = 0; i < kQuantBlock && amax_bits != 0; i++)
+    if (abs_bits(x[i]) == amax_bits) {
       max = x[i];
+      break;
     }
-  }
-  const std::optional<float> d = store_scale_f16(max / -8.0f, &y->scale_f16);
-  if (!finite || !d) {
+  const std::optional<float> d =
+      amax_bits < kExponentMask ? store_scale_f16(max / -8.0f, &y->scale_f16) : std::nullopt;
+  if (!d) {
     *y = BlockQ4_0{};
     return false;
   }
-  auto nibble = [&](float v) {
-    const float q = *d == 0.0f ? 8.0f : std::floor(v / *d + 8.5f);
-    return static_cast<unsigned>(std::clamp(q, 0.0f, 15.0f));
-  };
+  // floor(v) for v = x / d + 8.5 >= 0 is a truncation; below 0 both clamp to nibble 0. With
+  // d == 0 (every element 0) v is 8.5: nibble 8, the value 0.
+  const float divisor = *d == 0.0f ? 1.0f : *d;
+  uint8_t nibble[kQuantBlock];
+  for (int64_t i = 0; i < kQuantBlock; i++)
+    nibble[i] = static_cast<uint8_t>(
+        std::clamp(static_cast<int32_t>(std::max(x[i] / divisor + 8.5f, 0.0f)), 0, 15));
   for (int64_t j = 0; j < kHalf; j++)
-    y->q[j] = static_cast<uint8_t>(nibble(x[j]) | (nibble(x[j + kHalf]) << 4));
+    y->q[j] = static_cast<uint8_t>(nibble[j] | (nibble[j + kHalf] << 4));
   return true;
 }
 
@@ -138,10 +157,14 @@ void convert_row_bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
 
 const char* weight_format_name(WeightFormat format) {
   switch (format) {
-    case WeightFormat::kF32: return "f32";
-    case WeightFormat::kBF16: return "bf16";
-    case WeightFormat::kQ8_0: return "q8_0";
-    case WeightFormat::kQ4_0: return "q4_0";
+    case WeightFormat::kF32:
+      return "f32";
+    case WeightFormat::kBF16:
+      return "bf16";
+    case WeightFormat::kQ8_0:
+      return "q8_0";
+    case WeightFormat::kQ4_0:
+      return "q4_0";
   }
   return "invalid";
 }
@@ -157,8 +180,10 @@ size_t weight_row_bytes(WeightFormat format, int64_t cols) {
   DSMOE_CHECK(cols >= 0, "weight_row_bytes: negative column count {}", cols);
   const size_t n = static_cast<size_t>(cols);
   switch (format) {
-    case WeightFormat::kF32: return n * sizeof(float);
-    case WeightFormat::kBF16: return n * sizeof(uint16_t);
+    case WeightFormat::kF32:
+      return n * sizeof(float);
+    case WeightFormat::kBF16:
+      return n * sizeof(uint16_t);
     case WeightFormat::kQ8_0:
       check_blocked("q8_0 weight", cols);
       return n / kQuantBlock * sizeof(BlockQ8_0);
@@ -219,7 +244,8 @@ QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFo
       if (error.empty()) error = fmt::format("row {}: {}", r, e.what());
     }
   }
-  if (!error.empty()) fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
+  if (!error.empty())
+    fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
   return m;
 }
 

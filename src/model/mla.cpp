@@ -23,13 +23,12 @@ void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x
     cpu::linear(a.q_latent.data(), x, w.q_a_proj, N, H, c.q_lora_rank);
     cpu::rmsnorm_forward(a.q_latent_normed.data(), a.q_latent.data(), w.q_a_layernorm.data, N,
                          c.q_lora_rank, c.rms_norm_eps);
-    cpu::linear(a.q.data(), a.q_latent_normed.data(), w.q_b_proj, N, c.q_lora_rank,
-                        n_heads * qk);
+    cpu::linear(a.q.data(), a.q_latent_normed.data(), w.q_b_proj, N, c.q_lora_rank, n_heads * qk);
   }
   for (int64_t b = 0; b < ctx.n_seqs; b++)
     cpu::rope_forward(a.q.data() + b * ctx.n_tokens * n_heads * qk + c.qk_nope_head_dim,
-                      ctx.n_tokens, n_heads, n_heads * qk, qk, c.qk_rope_head_dim, ctx.cos,
-                      ctx.sin, true);
+                      ctx.n_tokens, n_heads, n_heads * qk, qk, c.qk_rope_head_dim, ctx.cos, ctx.sin,
+                      true);
 }
 
 // rows [N, kv_lora_rank + rope] = [kv_a_layernorm(c_kv) | RoPE(k_rope)].
@@ -46,16 +45,16 @@ void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x
               a.rows.data() + t * row + c.kv_lora_rank);
   }
   for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_forward(a.rows.data() + b * ctx.n_tokens * row + c.kv_lora_rank, ctx.n_tokens, 1,
-                      row, 0, c.qk_rope_head_dim, ctx.cos, ctx.sin, true);
+    cpu::rope_forward(a.rows.data() + b * ctx.n_tokens * row + c.kv_lora_rank, ctx.n_tokens, 1, row,
+                      0, c.qk_rope_head_dim, ctx.cos, ctx.sin, true);
 }
 
 AttentionShape naive_shape(const ModelConfig& c, int64_t n_q, int64_t n_kv) {
   const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim(), dv = c.v_head_dim;
   const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
-  return attention_shape(n_q, n_kv, n_heads, n_heads, qk, dv, c.softmax_scale(),
-                         {n_heads * qk, qk, n_heads * qk, qk, kv_width, c.qk_nope_head_dim + dv,
-                          n_heads * dv, dv});
+  return attention_shape(
+      n_q, n_kv, n_heads, n_heads, qk, dv, c.softmax_scale(),
+      {n_heads * qk, qk, n_heads * qk, qk, kv_width, c.qk_nope_head_dim + dv, n_heads * dv, dv});
 }
 
 // Naive MLA for one sequence: expand the S latent rows into keys [S, heads, qk] and values.
@@ -83,25 +82,44 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
                      const float* rows, int64_t n_q, int64_t n_kv, float* heads) {
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
   const int64_t qk = c.qk_head_dim(), rank = c.kv_lora_rank, row = c.kv_cache_row();
-  const float* kv_b = w.kv_b_proj.data;  // [heads, nope + dv, rank]
-  std::vector<float> q_latent(n_q * n_heads * row);  // (T, heads, rank + rope)
-  for (int64_t h = 0; h < n_heads; h++) {
+  const int64_t n_items = n_q * n_heads;  // (token, head) pairs, token-major
+  const float* kv_b = w.kv_b_proj.data;   // [heads, nope + dv, rank]
+  const bool parallel = n_items * nope * rank >= (int64_t{1} << 16);
+  // q_latent[t, h] = [W_UK[h]^T q_nope[t, h] | q_rope[t, h]]; one parallel loop for all heads
+  // (a GEMM call per head would wake the threads 2 * heads times per decoded token).
+  std::vector<float> q_latent(n_items * row);  // (T, heads, rank + rope)
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t item = 0; item < n_items; item++) {
+    const int64_t h = item % n_heads;
+    const float* q_item = q + item * qk;                // q is (T, heads, qk)
     const float* w_uk = kv_b + h * (nope + dv) * rank;  // [nope, rank]
-    cpu::gemm(false, false, n_q, rank, nope, 1.0f, q + h * qk, n_heads * qk, w_uk, rank, 0.0f,
-              q_latent.data() + h * row, n_heads * row);
-    for (int64_t t = 0; t < n_q; t++)
-      std::copy(q + t * n_heads * qk + h * qk + nope, q + t * n_heads * qk + (h + 1) * qk,
-                q_latent.data() + (t * n_heads + h) * row + rank);
+    float* dst = q_latent.data() + item * row;
+    std::fill(dst, dst + rank, 0.0f);
+    for (int64_t i = 0; i < nope; i++) {
+      const float qi = q_item[i];
+      const float* w_row = w_uk + i * rank;
+      for (int64_t r = 0; r < rank; r++) dst[r] += qi * w_row[r];
+    }
+    std::copy(q_item + nope, q_item + qk, dst + rank);
   }
-  const AttentionShape shape = attention_shape(
-      n_q, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
-      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
-  std::vector<float> o_latent(n_q * n_heads * rank);  // (T, heads, rank)
+  const AttentionShape shape =
+      attention_shape(n_q, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
+                      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
+  std::vector<float> o_latent(n_items * rank);  // (T, heads, rank)
   cpu::attention_forward(o_latent.data(), q_latent.data(), rows, rows, shape);
-  for (int64_t h = 0; h < n_heads; h++) {
+  // heads[t, h] = W_UV[h] o_latent[t, h]
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t item = 0; item < n_items; item++) {
+    const int64_t h = item % n_heads;
     const float* w_uv = kv_b + (h * (nope + dv) + nope) * rank;  // [dv, rank]
-    cpu::gemm(false, true, n_q, dv, rank, 1.0f, o_latent.data() + h * rank, n_heads * rank, w_uv,
-              rank, 0.0f, heads + h * dv, n_heads * dv);
+    const float* o = o_latent.data() + item * rank;
+    for (int64_t d = 0; d < dv; d++) {
+      const float* w_row = w_uv + d * rank;
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t r = 0; r < rank; r++) sum += o[r] * w_row[r];
+      heads[item * dv + d] = sum;
+    }
   }
 }
 
@@ -114,9 +132,8 @@ void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
   const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
   mla_queries(c, w, x, ctx, a);
   mla_latents(c, w, x, ctx, a);
-  const bool absorbed =
-      ctx.mla_mode == MlaMode::kAbsorbed ||
-      (ctx.mla_mode == MlaMode::kAuto && ctx.cache != nullptr && ctx.n_past > 0);
+  const bool absorbed = ctx.mla_mode == MlaMode::kAbsorbed ||
+                        (ctx.mla_mode == MlaMode::kAuto && ctx.cache != nullptr && ctx.n_past > 0);
   a.heads.resize(N * n_heads * dv);
   const int64_t n_kv = ctx.cache != nullptr ? ctx.n_past + T : T;
   if (!absorbed) {
@@ -178,21 +195,21 @@ void mla_backward(const ModelConfig& c, const AttentionWeights& w, AttentionWeig
   // rows = [rmsnorm(raw latent) | rope(raw k_rope)]
   std::vector<float> drows_raw(N * row, 0.0f);
   for (int64_t t = 0; t < N; t++) {
-    cpu::rmsnorm_backward(drows_raw.data() + t * row, g.kv_a_layernorm.data,
-                          drows.data() + t * row, a.rows_raw.data() + t * row,
-                          w.kv_a_layernorm.data, 1, rank, c.rms_norm_eps);
+    cpu::rmsnorm_backward(drows_raw.data() + t * row, g.kv_a_layernorm.data, drows.data() + t * row,
+                          a.rows_raw.data() + t * row, w.kv_a_layernorm.data, 1, rank,
+                          c.rms_norm_eps);
     std::copy(drows.data() + t * row + rank, drows.data() + (t + 1) * row,
               drows_raw.data() + t * row + rank);
   }
   for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_backward(drows_raw.data() + b * T * row + rank, T, 1, row, 0, rope, ctx.cos,
-                       ctx.sin, true);
+    cpu::rope_backward(drows_raw.data() + b * T * row + rank, T, 1, row, 0, rope, ctx.cos, ctx.sin,
+                       true);
   cpu::linear_backward(dx, g.kv_a_proj_with_mqa.data, drows_raw.data(), x,
                        w.kv_a_proj_with_mqa.data, N, H, row);
   // queries
   for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_backward(dq.data() + b * T * n_heads * qk + nope, T, n_heads, n_heads * qk, qk,
-                       rope, ctx.cos, ctx.sin, true);
+    cpu::rope_backward(dq.data() + b * T * n_heads * qk + nope, T, n_heads, n_heads * qk, qk, rope,
+                       ctx.cos, ctx.sin, true);
   if (c.q_lora_rank == 0) {
     cpu::linear_backward(dx, g.q_proj.data, dq.data(), x, w.q_proj.data, N, H, n_heads * qk);
     return;
@@ -201,8 +218,8 @@ void mla_backward(const ModelConfig& c, const AttentionWeights& w, AttentionWeig
   std::vector<float> dq_normed(N * q_rank, 0.0f), dq_latent(N * q_rank, 0.0f);
   cpu::linear_backward(dq_normed.data(), g.q_b_proj.data, dq.data(), a.q_latent_normed.data(),
                        w.q_b_proj.data, N, q_rank, n_heads * qk);
-  cpu::rmsnorm_backward(dq_latent.data(), g.q_a_layernorm.data, dq_normed.data(),
-                        a.q_latent.data(), w.q_a_layernorm.data, N, q_rank, c.rms_norm_eps);
+  cpu::rmsnorm_backward(dq_latent.data(), g.q_a_layernorm.data, dq_normed.data(), a.q_latent.data(),
+                        w.q_a_layernorm.data, N, q_rank, c.rms_norm_eps);
   cpu::linear_backward(dx, g.q_a_proj.data, dq_latent.data(), x, w.q_a_proj.data, N, H, q_rank);
 }
 

@@ -4,11 +4,54 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_ops.h"
 
 namespace dsmoe {
+namespace {
+
+bool is_quantized(const MlpWeights& mlp) {
+  return mlp.gate_proj.quant != nullptr && mlp.up_proj.quant != nullptr &&
+         mlp.down_proj.quant != nullptr;
+}
+
+// Inference with quantized weights: the MLPs of `jobs` (weights, input [M, H], output [M, H],
+// activations) as two grouped products, gate and up of all of them, then all down projections,
+// so that decode wakes the threads twice per layer instead of three times per expert.
+struct MlpJob {
+  const MlpWeights* mlp;
+  const float* x;
+  float* out;
+  int64_t M, width;
+  MlpActs* acts;
+};
+
+void mlp_forward_grouped(const std::vector<MlpJob>& mlps) {
+  std::vector<cpu::QuantJob> jobs;
+  for (const MlpJob& j : mlps) {
+    j.acts->gate.resize(j.M * j.width);
+    j.acts->up.resize(j.M * j.width);
+    j.acts->hidden.resize(j.M * j.width);
+    jobs.push_back({j.acts->gate.data(), j.x, j.mlp->gate_proj.quant.get(), j.M});
+    jobs.push_back({j.acts->up.data(), j.x, j.mlp->up_proj.quant.get(), j.M});
+  }
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+  jobs.clear();
+  for (const MlpJob& j : mlps) {
+    cpu::silu_mul_forward(j.acts->hidden.data(), j.acts->gate.data(), j.acts->up.data(),
+                          j.M * j.width);
+    jobs.push_back({j.out, j.acts->hidden.data(), j.mlp->down_proj.quant.get(), j.M});
+  }
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+}
+
+}  // namespace
 
 void mlp_forward(const MlpWeights& mlp, const float* x, float* out, int64_t n_tokens,
                  int64_t hidden, int64_t width, MlpActs& a) {
+  if (is_quantized(mlp)) {
+    mlp_forward_grouped({{&mlp, x, out, n_tokens, width, &a}});
+    return;
+  }
   a.gate.resize(n_tokens * width);
   a.up.resize(n_tokens * width);
   a.hidden.resize(n_tokens * width);
@@ -22,12 +65,12 @@ void mlp_backward(const MlpWeights& mlp, MlpWeights& g, const float* x, const fl
                   float* dx, int64_t n_tokens, int64_t hidden, int64_t width, const MlpActs& a) {
   std::vector<float> dhidden(n_tokens * width, 0.0f), dgate(n_tokens * width),
       dup(n_tokens * width);  // (n, I)
-  cpu::linear_backward(dhidden.data(), g.down_proj.data, dout, a.hidden.data(),
-                       mlp.down_proj.data, n_tokens, width, hidden);
+  cpu::linear_backward(dhidden.data(), g.down_proj.data, dout, a.hidden.data(), mlp.down_proj.data,
+                       n_tokens, width, hidden);
   cpu::silu_mul_backward(dgate.data(), dup.data(), dhidden.data(), a.gate.data(), a.up.data(),
                          n_tokens * width);
-  cpu::linear_backward(dx, g.gate_proj.data, dgate.data(), x, mlp.gate_proj.data, n_tokens,
-                       hidden, width);
+  cpu::linear_backward(dx, g.gate_proj.data, dgate.data(), x, mlp.gate_proj.data, n_tokens, hidden,
+                       width);
   cpu::linear_backward(dx, g.up_proj.data, dup.data(), x, mlp.up_proj.data, n_tokens, hidden,
                        width);
 }
@@ -65,18 +108,33 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
     std::copy(x + token * H, x + (token + 1) * H, a.x_sorted.data() + i * H);
   }
 
-  if (c.n_shared_experts > 0)
-    mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
-  else
-    std::fill(out, out + n_tokens * H, 0.0f);
   // One GEMM chain per expert over its gathered tokens; results scattered back with the weight.
+  // With quantized (inference) weights all chains run as grouped products.
   a.experts.resize(E);
+  std::vector<MlpJob> grouped;
+  const bool group =
+      is_quantized(moe.experts[0]) && (c.n_shared_experts == 0 || is_quantized(moe.shared));
+  if (c.n_shared_experts > 0) {
+    if (group)
+      grouped.push_back({&moe.shared, x, out, n_tokens, I * c.n_shared_experts, &a.shared});
+    else
+      mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
+  } else {
+    std::fill(out, out + n_tokens * H, 0.0f);
+  }
   for (int64_t e = 0; e < E; e++) {
     const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
     if (count == 0) continue;
-    mlp_forward(moe.experts[e], a.x_sorted.data() + begin * H, a.y_sorted.data() + begin * H,
-                count, H, I, a.experts[e]);
+    // A single token is read in place, so that decode's experts share one rounded input.
+    const float* x_e =
+        count == 1 ? x + (a.assignment[begin] / K) * H : a.x_sorted.data() + begin * H;
+    float* y_e = a.y_sorted.data() + begin * H;
+    if (group)
+      grouped.push_back({&moe.experts[e], x_e, y_e, count, I, &a.experts[e]});
+    else
+      mlp_forward(moe.experts[e], x_e, y_e, count, H, I, a.experts[e]);
   }
+  if (group) mlp_forward_grouped(grouped);
   for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t flat = a.assignment[i];
     const float w = a.routing.weight[flat];
@@ -91,8 +149,7 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
   if (c.n_shared_experts > 0)
-    mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts,
-                 a.shared);
+    mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts, a.shared);
   // out += w * y: d y = w * d out; d w = <d out, y> (0 for dropped assignments).
   const int64_t n_assigned = a.offsets[E];
   std::vector<float> dy_sorted(n_assigned * H), dx_sorted(n_assigned * H, 0.0f);

@@ -38,9 +38,13 @@ void Model::check_ids(const int64_t* ids, int64_t n) const {
 void Model::embed(const int64_t* ids, int64_t n, float* x) const {
   const int64_t H = config_.hidden_size;
   check_ids(ids, n);
-  for (int64_t i = 0; i < n; i++)
-    std::copy(weights_.embed_tokens.data + ids[i] * H, weights_.embed_tokens.data + (ids[i] + 1) * H,
-              x + i * H);
+  const Tensor& table = weights_.embed_tokens;
+  for (int64_t i = 0; i < n; i++) {
+    if (table.quant != nullptr)  // bf16 rows (quantized inference weights)
+      dequantize_row(table.quant->format, table.quant->row(ids[i]), x + i * H, H);
+    else
+      std::copy(table.data + ids[i] * H, table.data + (ids[i] + 1) * H, x + i * H);
+  }
 }
 
 void Model::run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,

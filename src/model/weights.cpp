@@ -59,8 +59,7 @@ void visit_moe(const ModelConfig& c, const std::string& p, MoeWeights& moe,
   if (c.has_router_bias())
     visit(p + ".gate.e_score_correction_bias", {E}, TensorRole::kRouterBias,
           moe.e_score_correction_bias);
-  if (c.noisy_gating)
-    visit(p + ".gate.noise_weight", {E, H}, TensorRole::kNoise, moe.noise_weight);
+  if (c.noisy_gating) visit(p + ".gate.noise_weight", {E, H}, TensorRole::kNoise, moe.noise_weight);
   moe.experts.resize(E);
   for (int64_t e = 0; e < E; e++)
     visit_mlp(fmt::format("{}.experts.{}", p, e), H, c.moe_intermediate_size, moe.experts[e],
@@ -119,15 +118,21 @@ ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoin
                           WeightFormat format) {
   ModelWeights weights;
   weights.mtp.resize(mtp_modules_in(config, checkpoint));
-  for_each_tensor(config, weights, [&](const std::string& name, const Shape& shape,
-                                       TensorRole role, Tensor& tensor) {
-    tensor = checkpoint.load_f32(name, shape);
-    if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
-      quantize_tensor(tensor, format);
-    const bool views_file =
-        static_cast<const void*>(tensor.data) == static_cast<const void*>(checkpoint.get(name).data);
-    if (!views_file) checkpoint.release(name);
-  });
+  for_each_tensor(
+      config, weights,
+      [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
+        tensor = checkpoint.load_f32(name, shape);
+        if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
+          quantize_tensor(tensor, format);
+        // Rows of the embedding are looked up, not multiplied: held as bf16 where that is exact (a
+        // bf16 checkpoint, as DeepSeek releases them) and the lm_head does not share them.
+        if (format != WeightFormat::kF32 && role == TensorRole::kEmbedding &&
+            checkpoint.get(name).dtype == DType::kBF16 && !config.tie_word_embeddings)
+          quantize_tensor(tensor, WeightFormat::kBF16);
+        const bool views_file = static_cast<const void*>(tensor.data) ==
+                                static_cast<const void*>(checkpoint.get(name).data);
+        if (!views_file) checkpoint.release(name);
+      });
   if (config.tie_word_embeddings) weights.lm_head = weights.embed_tokens;
   return weights;
 }

@@ -185,6 +185,18 @@ uint8_t f32_to_f8e4m3(float value) {
 }
 
 void convert_to_f32(const void* src, DType dtype, size_t n, float* dst) {
+  // Large tensors (loading a checkpoint) in chunks on all threads; the pages of the file are
+  // read in parallel too.
+  constexpr size_t kChunk = size_t{1} << 20;
+  if (n > 2 * kChunk && dtype != DType::kF8_E4M3 && dtype_is_float(dtype)) {
+    const size_t n_chunks = (n + kChunk - 1) / kChunk, elem = dtype_size(dtype);
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < n_chunks; c++) {
+      const size_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+      convert_to_f32(static_cast<const uint8_t*>(src) + begin * elem, dtype, len, dst + begin);
+    }
+    return;
+  }
   switch (dtype) {
     case DType::kF32:
       if (n > 0) std::memcpy(dst, src, n * sizeof(float));

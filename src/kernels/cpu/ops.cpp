@@ -24,9 +24,8 @@ void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64
     linear_forward(out, inp, weight.data, M, K, N);
 }
 
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-          int64_t ldc) {
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // BLAS leaves C untouched only for beta == 1; make K == 0 mean "scale C".
     for (int64_t m = 0; m < M; m++)
@@ -34,7 +33,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
     return;
   }
   if (M == 1 && !trans_a) {  // a matrix-vector product (decode): gemv streams B once
-    if (trans_b)  // C[1, N] = A[1, K] . B[N, K]^T
+    if (trans_b)             // C[1, N] = A[1, K] . B[N, K]^T
       cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), alpha, B,
                   static_cast<int>(ldb), A, 1, beta, C, 1);
     else  // C[1, N] = A[1, K] . B[K, N]
@@ -42,9 +41,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
                   static_cast<int>(ldb), A, 1, beta, C, 1);
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,
-              static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+              static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
+              C, static_cast<int>(ldc));
 }
 
 void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,
@@ -165,12 +165,49 @@ void attention_forward_gemm(float* out, const float* q, const float* k, const fl
   }
 }
 
+// One KV head shared by all heads, queries and outputs laid out [token, head, dim] without gaps
+// (MLA's absorbed decode: the latent rows are keys and values of every head).
+bool use_shared_kv_path(const AttentionShape& s) {
+  return s.n_kv_heads == 1 && s.n_heads > 1 && s.n_q_tokens < 8 &&
+         s.q_token_stride == s.n_heads * s.q_head_stride &&
+         s.out_token_stride == s.n_heads * s.out_head_stride &&
+         s.n_q_tokens * s.n_heads * s.n_kv_tokens <= kMaxScoreElements;
+}
+
+// The n_q * n_heads query rows form one matrix: scores and outputs of all heads are two GEMMs.
+void attention_forward_shared_kv(float* out, const float* q, const float* k, const float* v,
+                                 const AttentionShape& s) {
+  const int64_t R = s.n_q_tokens * s.n_heads, S = s.n_kv_tokens;
+  thread_local std::vector<float> p;  // (R, S)
+  p.resize(R * S);
+  gemm(false, true, R, S, s.qk_dim, s.scale, q, s.q_head_stride, k, s.k_token_stride, 0.0f,
+       p.data(), S);
+  for (int64_t r = 0; r < R; r++) {  // row r = (token r / n_heads, head r % n_heads)
+    float* row = p.data() + r * S;
+    const int64_t n_visible = s.q_pos0 + r / s.n_heads + 1;
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n_visible; j++) {
+      row[j] = std::exp(row[j] - max_score);
+      sum += row[j];
+    }
+    const float inv_sum = 1.0f / sum;
+    for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
+    std::fill(row + n_visible, row + S, 0.0f);
+  }
+  gemm(false, false, R, s.v_dim, S, 1.0f, p.data(), S, v, s.v_token_stride, 0.0f, out,
+       s.out_head_stride);
+}
+
 }  // namespace
 
 void attention_forward(float* out, const float* q, const float* k, const float* v,
                        const AttentionShape& s) {
   if (use_gemm_path(s))
     attention_forward_gemm(out, q, k, v, s);
+  else if (use_shared_kv_path(s))
+    attention_forward_shared_kv(out, q, k, v, s);
   else
     attention_forward_rows(out, q, k, v, s);
 }
@@ -204,8 +241,7 @@ void silu_mul_backward(float* dgate, float* dup, const float* dout, const float*
 #pragma omp parallel for schedule(static) if (n_chunks > 1)
   for (int64_t c = 0; c < n_chunks; c++) {
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
-    ref::silu_mul_backward(dgate + begin, dup + begin, dout + begin, gate + begin, up + begin,
-                           len);
+    ref::silu_mul_backward(dgate + begin, dup + begin, dout + begin, gate + begin, up + begin, len);
   }
 }
 
@@ -220,8 +256,7 @@ void rope_backward(float* dx, int64_t n_tokens, int64_t n_heads, int64_t token_s
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
-                        const float* k, const float* v, const float* out,
-                        const AttentionShape& s) {
+                        const float* k, const float* v, const float* out, const AttentionShape& s) {
   const int64_t group = s.n_heads / s.n_kv_heads, T = s.n_q_tokens, S = s.n_kv_tokens;
   if (!use_gemm_path(s)) {
 #pragma omp parallel for schedule(dynamic, 1) if (s.n_kv_heads > 1)
@@ -256,8 +291,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* do_h = dout + h * s.out_head_stride;
         const float* o_h = out + h * s.out_head_stride;
         head_probabilities(q_h, k_h, s, p.data());
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.v_dim), i(T), 1.0f,
-                    p.data(), i(S), do_h, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.v_dim), i(T), 1.0f, p.data(),
+                    i(S), do_h, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(T), i(S), i(s.v_dim), 1.0f, do_h,
                     i(s.out_token_stride), v_h, i(s.v_token_stride), 0.0f, dp.data(), i(S));
         for (int64_t t = 0; t < T; t++) {

@@ -12,18 +12,34 @@
 #endif
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/quant_ops.cpp"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
-#include "hwy/highway.h"
+#include "kernels/cpu/quant_ops.h"
+
+#include <omp.h>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
+#include "util/check.h"
+
+#ifndef DSMOE_QUANT_OPS_ONCE
+#define DSMOE_QUANT_OPS_ONCE
+namespace dsmoe::cpu {
+// Activations rounded for one weight format (pointers into a buffer of the caller).
+struct PreparedActs {
+  int64_t M = 0;
+  const uint16_t* bf16 = nullptr;   // bf16: (2, M, K) hi and lo parts
+  const BlockQ8_0* q8 = nullptr;    // Q8_0 / Q4_0: (M, nb) blocks
+  const float* q8_scale = nullptr;  // (M, nb) their scales as float
+};
+}  // namespace dsmoe::cpu
+#endif
 
 // Per target: the row kernels. Conventions shared by all of them:
 //  * out is [M, N] with N = w.rows; rows of w are split between threads, and for M > 1 each
@@ -39,9 +55,6 @@ HWY_PUSH_ATTRIBUTES("avx512vnni")
 namespace dsmoe::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-// Enough multiply-adds to be worth waking the OpenMP team.
-constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 
 // An f16 block scale as float; a one-lane PromoteTo, which is vcvtph2ps from AVX2 up.
 HWY_INLINE float ScaleF32(const uint16_t& scale_f16) {
@@ -76,18 +89,18 @@ HWY_INLINE float DotBF16(const hwy::bfloat16_t* HWY_RESTRICT x,
   auto sum0 = hn::Zero(df), sum1 = hn::Zero(df), sum2 = hn::Zero(df), sum3 = hn::Zero(df);
   int64_t k = 0;
   for (; k + 2 * NB <= K; k += 2 * NB) {
-    sum0 = hn::ReorderWidenMulAccumulate(df, hn::LoadU(dbf, x + k), hn::LoadU(dbf, w + k), sum0,
-                                         sum1);
-    sum2 = hn::ReorderWidenMulAccumulate(df, hn::LoadU(dbf, x + k + NB),
-                                         hn::LoadU(dbf, w + k + NB), sum2, sum3);
+    sum0 =
+        hn::ReorderWidenMulAccumulate(df, hn::LoadU(dbf, x + k), hn::LoadU(dbf, w + k), sum0, sum1);
+    sum2 = hn::ReorderWidenMulAccumulate(df, hn::LoadU(dbf, x + k + NB), hn::LoadU(dbf, w + k + NB),
+                                         sum2, sum3);
   }
   for (; k + NB <= K; k += NB)
-    sum0 = hn::ReorderWidenMulAccumulate(df, hn::LoadU(dbf, x + k), hn::LoadU(dbf, w + k), sum0,
-                                         sum1);
+    sum0 =
+        hn::ReorderWidenMulAccumulate(df, hn::LoadU(dbf, x + k), hn::LoadU(dbf, w + k), sum0, sum1);
   float tail = 0.0f;  // K need not be a multiple of the vector length for bf16
   for (; k < K; k++) tail += hwy::F32FromBF16(x[k]) * hwy::F32FromBF16(w[k]);
-  const auto sum = hn::Add(hn::RearrangeToOddPlusEven(sum0, sum1),
-                           hn::RearrangeToOddPlusEven(sum2, sum3));
+  const auto sum =
+      hn::Add(hn::RearrangeToOddPlusEven(sum0, sum1), hn::RearrangeToOddPlusEven(sum2, sum3));
   return hn::GetLane(hn::SumOfLanes(df, sum)) + tail;
 }
 
@@ -97,8 +110,8 @@ HWY_INLINE float DotBF16(const hwy::bfloat16_t* HWY_RESTRICT x,
 // lanes (exact products, round to nearest; bf16 denormals count as zero). The tail is a masked
 // load, which reads nothing past K.
 __attribute__((target("avx512bf16"))) float DotBF16Native(const uint16_t* HWY_RESTRICT x,
-                                                         const uint16_t* HWY_RESTRICT w,
-                                                         int64_t K) {
+                                                          const uint16_t* HWY_RESTRICT w,
+                                                          int64_t K) {
   auto load = [](const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); };
   __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
   int64_t k = 0;
@@ -115,6 +128,40 @@ __attribute__((target("avx512bf16"))) float DotBF16Native(const uint16_t* HWY_RE
   return ReduceSum(_mm512_add_ps(sum0, sum1));
 }
 
+// Four consecutive weight rows n0 .. n0 + 3 against one activation row (hi + lo parts): the
+// activation vectors are loaded once for the four rows, and four rows stream from memory at
+// once.
+__attribute__((target("avx512bf16"))) void DotBF16Native4(const uint16_t* HWY_RESTRICT x_hi,
+                                                          const uint16_t* HWY_RESTRICT x_lo,
+                                                          const QuantMatrix& w, int64_t K,
+                                                          int64_t n0, float* HWY_RESTRICT out) {
+  auto load = [](const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); };
+  auto load_tail = [](const uint16_t* p, __mmask32 mask) {
+    return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
+  };
+  const uint16_t* rows[4];
+  for (int r = 0; r < 4; r++) rows[r] = static_cast<const uint16_t*>(w.row(n0 + r));
+  __m512 sum[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m512bh hi = load(x_hi + k), lo = load(x_lo + k);
+    for (int r = 0; r < 4; r++) {
+      const __m512bh wv = load(rows[r] + k);
+      sum[r] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(sum[r], hi, wv), lo, wv);
+    }
+  }
+  if (k < K) {
+    const __mmask32 tail = (__mmask32{1} << (K - k)) - 1;
+    const __m512bh hi = load_tail(x_hi + k, tail), lo = load_tail(x_lo + k, tail);
+    for (int r = 0; r < 4; r++) {
+      const __m512bh wv = load_tail(rows[r] + k, tail);
+      sum[r] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(sum[r], hi, wv), lo, wv);
+    }
+  }
+  for (int r = 0; r < 4; r++) out[r] = ReduceSum(sum[r]);
+}
+
 bool CpuHasAvx512Bf16() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
   return has;
@@ -125,14 +172,16 @@ bool CpuHasAvx512Bf16() {
 // hi + lo carries 16 significant bits of the float32 activation: the product then loses only
 // the weights' rounding (greedy decoding at bf16 follows float32 on the reference fixtures; with
 // hi alone it does not). The weight row is read from memory once; its second pass hits L1/L2.
-void MatMulBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
-                float* HWY_RESTRICT out) {
+void RowsBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
+              float* HWY_RESTRICT out, int64_t n_begin, int64_t n_end) {
   const int64_t N = w.rows, K = w.cols;
   const uint16_t* x_lo = x + M * K;
 #if HWY_TARGET == HWY_AVX3_DL
   if (CpuHasAvx512Bf16()) {
-#pragma omp parallel for schedule(static) if (M * N * K >= kMinParallelWork)
-    for (int64_t n = 0; n < N; n++) {
+    int64_t n = n_begin;
+    if (M == 1)  // decode: four rows at a time, four streams from memory
+      for (; n + 4 <= n_end; n += 4) DotBF16Native4(x, x_lo, w, K, n, out + n);
+    for (; n < n_end; n++) {
       const auto* wr = static_cast<const uint16_t*>(w.row(n));
       for (int64_t m = 0; m < M; m++)
         out[m * N + n] = DotBF16Native(x + m * K, wr, K) + DotBF16Native(x_lo + m * K, wr, K);
@@ -142,8 +191,7 @@ void MatMulBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
 #endif
   const auto* xb = reinterpret_cast<const hwy::bfloat16_t*>(x);
   const auto* xb_lo = reinterpret_cast<const hwy::bfloat16_t*>(x_lo);
-#pragma omp parallel for schedule(static) if (M * N * K >= kMinParallelWork)
-  for (int64_t n = 0; n < N; n++) {
+  for (int64_t n = n_begin; n < n_end; n++) {
     const auto* wb = static_cast<const hwy::bfloat16_t*>(w.row(n));
     for (int64_t m = 0; m < M; m++)
       out[m * N + n] = DotBF16(xb + m * K, wb, K) + DotBF16(xb_lo + m * K, wb, K);
@@ -186,8 +234,8 @@ HWY_INLINE auto BlockSumQ4(const uint8_t* HWY_RESTRICT wq, const int8_t* HWY_RES
     const auto hi = hn::Sub(hn::ShiftRight<4>(packed), bias);
     sum0 = hn::ReorderWidenMulAccumulate(d32, lo, hn::PromoteTo(d16, hn::LoadU(d8, xq + j)), sum0,
                                          sum1);
-    sum0 = hn::ReorderWidenMulAccumulate(
-        d32, hi, hn::PromoteTo(d16, hn::LoadU(d8, xq + kHalf + j)), sum0, sum1);
+    sum0 = hn::ReorderWidenMulAccumulate(d32, hi, hn::PromoteTo(d16, hn::LoadU(d8, xq + kHalf + j)),
+                                         sum0, sum1);
   }
   return hn::RearrangeToOddPlusEven(sum0, sum1);
 }
@@ -289,24 +337,32 @@ HWY_INLINE float DotRow(const BlockQ4_0* HWY_RESTRICT w, const BlockQ8_0* HWY_RE
 
 // x: the activations as Q8_0 blocks [M, nb], x_scale their scales as float [M, nb].
 template <class Block>
-HWY_INLINE void MatMulBlocks(const BlockQ8_0* HWY_RESTRICT x, const float* HWY_RESTRICT x_scale,
-                             int64_t M, const QuantMatrix& w, float* HWY_RESTRICT out) {
+HWY_INLINE void RowsBlocks(const BlockQ8_0* HWY_RESTRICT x, const float* HWY_RESTRICT x_scale,
+                           int64_t M, const QuantMatrix& w, float* HWY_RESTRICT out,
+                           int64_t n_begin, int64_t n_end) {
   const int64_t N = w.rows, nb = w.cols / kQuantBlock;
-#pragma omp parallel for schedule(static) if (M * N * w.cols >= kMinParallelWork)
-  for (int64_t n = 0; n < N; n++) {
+  for (int64_t n = n_begin; n < n_end; n++) {
     const auto* wb = static_cast<const Block*>(w.row(n));
     for (int64_t m = 0; m < M; m++) out[m * N + n] = DotRow(wb, x + m * nb, x_scale + m * nb, nb);
   }
 }
 
-void MatMulQ8_0(const BlockQ8_0* HWY_RESTRICT x, const float* HWY_RESTRICT x_scale, int64_t M,
-                const QuantMatrix& w, float* HWY_RESTRICT out) {
-  MatMulBlocks<BlockQ8_0>(x, x_scale, M, w, out);
-}
-
-void MatMulQ4_0(const BlockQ8_0* HWY_RESTRICT x, const float* HWY_RESTRICT x_scale, int64_t M,
-                const QuantMatrix& w, float* HWY_RESTRICT out) {
-  MatMulBlocks<BlockQ4_0>(x, x_scale, M, w, out);
+// Rows [n_begin, n_end) of out[M, w.rows] from activations prepared for w's format.
+void Rows(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTRICT out, int64_t n_begin,
+          int64_t n_end) {
+  switch (w.format) {
+    case WeightFormat::kBF16:
+      RowsBF16(acts.bf16, acts.M, w, out, n_begin, n_end);
+      return;
+    case WeightFormat::kQ8_0:
+      RowsBlocks<BlockQ8_0>(acts.q8, acts.q8_scale, acts.M, w, out, n_begin, n_end);
+      return;
+    case WeightFormat::kQ4_0:
+      RowsBlocks<BlockQ4_0>(acts.q8, acts.q8_scale, acts.M, w, out, n_begin, n_end);
+      return;
+    case WeightFormat::kF32:  // not prepared: BLAS (quant_linear_forward) handles float32
+      return;
+  }
 }
 
 // The target this copy was compiled for, to report what the dispatch chose.
@@ -322,49 +378,112 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace dsmoe::cpu {
 
-HWY_EXPORT(MatMulBF16);
-HWY_EXPORT(MatMulQ8_0);
-HWY_EXPORT(MatMulQ4_0);
+HWY_EXPORT(Rows);
 HWY_EXPORT(CompiledTarget);
+
+namespace {
+
+// Rounded activations in the layout of one weight format, kept per thread across calls so that
+// a decoded token allocates nothing.
+struct ActsBuffer {
+  std::vector<uint16_t> bf16;   // (2, M, K) hi and lo parts
+  std::vector<BlockQ8_0> q8;    // (M, nb)
+  std::vector<float> q8_scale;  // (M, nb)
+  std::vector<float> scratch;   // (2, K)
+};
+
+// Rounds inp[M, K] once for `format` (f32 needs nothing).
+PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
+                          ActsBuffer& buf) {
+  PreparedActs acts;
+  acts.M = M;
+  if (format == WeightFormat::kBF16) {
+    // hi = bf16(a) and lo = bf16(a - hi), round to nearest even.
+    buf.bf16.resize(static_cast<size_t>(2 * M * K));
+    buf.scratch.resize(static_cast<size_t>(2 * K));
+    float* hi = buf.scratch.data();
+    float* residual = hi + K;
+    for (int64_t m = 0; m < M; m++) {
+      convert_row_f32_to_bf16(inp + m * K, &buf.bf16[m * K], K);
+      convert_row_bf16_to_f32(&buf.bf16[m * K], hi, K);
+      for (int64_t k = 0; k < K; k++) residual[k] = inp[m * K + k] - hi[k];
+      convert_row_f32_to_bf16(residual, &buf.bf16[(M + m) * K], K);
+    }
+    acts.bf16 = buf.bf16.data();
+  } else if (format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0) {
+    // Q8_0 blocks with float scales. A block that cannot be quantized (inf/NaN, or beyond f16)
+    // gets a NaN scale, so its outputs are NaN as in float arithmetic, instead of an exception
+    // inside a kernel.
+    const int64_t n_blocks = M * (K / kQuantBlock);
+    buf.q8.resize(static_cast<size_t>(n_blocks));
+    buf.q8_scale.resize(static_cast<size_t>(n_blocks));
+    for (int64_t i = 0; i < n_blocks; i++)
+      buf.q8_scale[i] = quantize_block_q8_0(inp + i * kQuantBlock, &buf.q8[i])
+                            ? f16_to_f32(buf.q8[i].scale_f16)
+                            : std::numeric_limits<float>::quiet_NaN();
+    acts.q8 = buf.q8.data();
+    acts.q8_scale = buf.q8_scale.data();
+  }
+  return acts;
+}
+
+// Enough multiply-adds to be worth waking the OpenMP team.
+constexpr int64_t kMinParallelWork = int64_t{1} << 16;
+
+}  // namespace
 
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M) {
   const int64_t N = w.rows, K = w.cols;
   if (M <= 0 || N <= 0) return;
-  switch (w.format) {
-    case WeightFormat::kF32:
-      linear_forward(out, inp, static_cast<const float*>(w.row(0)), M, K, N);
-      return;
-    case WeightFormat::kBF16: {
-      // Activations split once into bf16 hi and lo parts (round to nearest even), reused for
-      // all N rows.
-      std::vector<uint16_t> x(static_cast<size_t>(2 * M * K));  // (2, M, K)
-      std::vector<float> hi(static_cast<size_t>(K)), residual(static_cast<size_t>(K));
-      for (int64_t m = 0; m < M; m++) {
-        convert_row_f32_to_bf16(inp + m * K, &x[m * K], K);
-        convert_row_bf16_to_f32(&x[m * K], hi.data(), K);
-        for (int64_t k = 0; k < K; k++) residual[k] = inp[m * K + k] - hi[k];
-        convert_row_f32_to_bf16(residual.data(), &x[(M + m) * K], K);
-      }
-      HWY_DYNAMIC_DISPATCH(MatMulBF16)(x.data(), M, w, out);
-      return;
+  if (w.format == WeightFormat::kF32) {
+    linear_forward(out, inp, static_cast<const float*>(w.row(0)), M, K, N);
+    return;
+  }
+  thread_local ActsBuffer buf;
+  const PreparedActs acts = prepare_acts(inp, M, K, w.format, buf);
+  // Each thread takes one contiguous range of weight rows.
+#pragma omp parallel if (M * N * K >= kMinParallelWork)
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    HWY_DYNAMIC_DISPATCH(Rows)(acts, w, out, N * t / n_threads, N * (t + 1) / n_threads);
+  }
+}
+
+void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
+  // Activations rounded once per distinct input (experts' gate and up share theirs).
+  thread_local std::vector<ActsBuffer> bufs;
+  std::vector<PreparedActs> acts(static_cast<size_t>(n_jobs));
+  std::vector<int64_t> row_end(static_cast<size_t>(n_jobs));  // prefix sums of the rows
+  int64_t n_prepared = 0, total_rows = 0, work = 0;
+  for (int64_t j = 0; j < n_jobs; j++) {
+    const QuantJob& job = jobs[j];
+    DSMOE_ASSERT(job.w->format != WeightFormat::kF32 && job.M >= 0);
+    int64_t same = -1;
+    for (int64_t i = 0; i < j && same < 0; i++)
+      if (jobs[i].inp == job.inp && jobs[i].M == job.M && jobs[i].w->cols == job.w->cols &&
+          (jobs[i].w->format == WeightFormat::kBF16) == (job.w->format == WeightFormat::kBF16))
+        same = i;
+    if (same >= 0) {
+      acts[j] = acts[same];
+    } else {
+      if (static_cast<int64_t>(bufs.size()) <= n_prepared) bufs.resize(n_prepared + 1);
+      acts[j] = prepare_acts(job.inp, job.M, job.w->cols, job.w->format, bufs[n_prepared++]);
     }
-    case WeightFormat::kQ8_0:
-    case WeightFormat::kQ4_0: {
-      // Activations quantized to Q8_0 once, their scales kept as float. A block that cannot be
-      // quantized (inf/NaN, or beyond f16) gets a NaN scale, so its outputs are NaN as in float
-      // arithmetic, instead of an exception inside a kernel.
-      const int64_t nb = K / kQuantBlock;
-      std::vector<BlockQ8_0> x(static_cast<size_t>(M * nb));  // (M, nb)
-      std::vector<float> x_scale(static_cast<size_t>(M * nb));  // (M, nb)
-      for (int64_t i = 0; i < M * nb; i++)
-        x_scale[i] = quantize_block_q8_0(inp + i * kQuantBlock, &x[i])
-                         ? f16_to_f32(x[i].scale_f16)
-                         : std::numeric_limits<float>::quiet_NaN();
-      if (w.format == WeightFormat::kQ8_0)
-        HWY_DYNAMIC_DISPATCH(MatMulQ8_0)(x.data(), x_scale.data(), M, w, out);
-      else
-        HWY_DYNAMIC_DISPATCH(MatMulQ4_0)(x.data(), x_scale.data(), M, w, out);
-      return;
+    total_rows += job.M > 0 ? job.w->rows : 0;
+    row_end[j] = total_rows;
+    work += job.M * job.w->rows * job.w->cols;
+  }
+  // The rows of all jobs as one range, split evenly: one parallel region for the whole group.
+#pragma omp parallel if (work >= kMinParallelWork)
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = total_rows * t / n_threads, end = total_rows * (t + 1) / n_threads;
+    for (int64_t j = 0; j < n_jobs; j++) {
+      const int64_t job_begin = row_end[j] - (jobs[j].M > 0 ? jobs[j].w->rows : 0);
+      const int64_t lo = std::max(begin, job_begin), hi = std::min(end, row_end[j]);
+      if (lo < hi)
+        HWY_DYNAMIC_DISPATCH(Rows)
+        (acts[j], *jobs[j].w, jobs[j].out, lo - job_begin, hi - job_begin);
     }
   }
 }

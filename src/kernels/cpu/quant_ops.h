@@ -20,6 +20,20 @@ namespace dsmoe::cpu {
 //          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32.
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M);
 
+// One product of a group: out[M, w->rows] = inp[M, w->cols] . w^T, w quantized (not f32).
+struct QuantJob {
+  float* out;
+  const float* inp;
+  const QuantMatrix* w;
+  int64_t M;
+};
+// Runs every job of the group with the results of quant_linear_forward, in one parallel region
+// (the rows of all jobs split evenly between the threads); jobs with the same input (pointer, M,
+// K, format family) share its rounding. For decode, where each product is a matrix-vector
+// product too small to amortize waking the threads: the MoE experts' gate and up projections,
+// then their down projections.
+void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs);
+
 // Highway target bits (HWY_AVX3_DL, HWY_AVX2, ...): those the quant kernels were compiled for,
 // and the one quant_linear_forward dispatches to now (the best compiled target the CPU
 // supports, unless a test narrowed hwy::SetSupportedTargetsForTest).
