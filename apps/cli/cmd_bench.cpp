@@ -12,6 +12,7 @@
 
 #include "apps/cli/commands.h"
 #include "apps/cli/common.h"
+#include "kernels/cpu/ops.h"
 #include "model/transformer.h"
 #include "runtime/bench.h"
 #include "tensor/random.h"
@@ -34,12 +35,14 @@ struct BenchArgs {
   bool json = false;
   int64_t bandwidth_mib = 1024;
   std::string peak_size = "full";
+  std::string precision = "f32";  // of the training step
   bool no_roofline = false;
 };
 
 // One training step as `dsmoe train` takes it: zero_grads, forward_backward on a B x T batch of
 // random ids, adamw_step; one warm-up step, then R timed steps.
-RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps) {
+RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps,
+                       cpu::MatmulPrecision precision) {
   const ModelConfig& c = model.config();
   make_weights_owned(c, model.mutable_weights());  // mmap'd checkpoints are read-only
   const int64_t n_mtp = static_cast<int64_t>(model.weights().mtp.size());
@@ -51,6 +54,7 @@ RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps) {
   options.noise_rng = &noise_rng;
   std::vector<int64_t> ids(batch * seq);  // (B, T)
   auto step = [&] {
+    const cpu::MatmulPrecisionScope scope(precision);
     for (int64_t& id : ids) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
     zero_grads(c, grads);
     model.forward_backward(ids.data(), batch, seq, grads, acts, options);
@@ -67,8 +71,7 @@ nlohmann::json rep_json(const RepTimes& t, double tokens) {
 
 int run_bench(const BenchArgs& a) {
   const std::optional<WeightFormat> format = parse_weight_format(a.weights);
-  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'",
-              a.weights);
+  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", a.weights);
   DSMOE_CHECK(!a.train || *format == WeightFormat::kF32,
               "--train needs --weights f32 (quantized models cannot be trained), got {}",
               a.weights);
@@ -88,11 +91,14 @@ int run_bench(const BenchArgs& a) {
     c = model.config();
     const int64_t active_params = active_parameters_per_token(c);
     active_bytes = active_weight_bytes_per_token(c, model.mutable_weights());
-    out["config"] = {{"model_dir", a.model_dir},       {"model_type", c.model_type},
-                     {"layers", c.num_hidden_layers},  {"hidden_size", c.hidden_size},
+    out["config"] = {{"model_dir", a.model_dir},
+                     {"model_type", c.model_type},
+                     {"layers", c.num_hidden_layers},
+                     {"hidden_size", c.hidden_size},
                      {"n_routed_experts", c.n_routed_experts},
                      {"num_experts_per_tok", c.num_experts_per_tok},
-                     {"vocab_size", c.vocab_size},     {"total_params", count_parameters(c)},
+                     {"vocab_size", c.vocab_size},
+                     {"total_params", count_parameters(c)},
                      {"active_params_per_token", active_params}};
     out["active_bytes_per_token"] = active_bytes;
     out["weight_bytes"] = weight_bytes(c, model.mutable_weights());
@@ -111,7 +117,9 @@ int run_bench(const BenchArgs& a) {
       out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
     }
     if (a.train) {
-      const RepTimes t = measure_train(model, a.batch, a.seq, a.reps);
+      const RepTimes t = measure_train(
+          model, a.batch, a.seq, a.reps,
+          a.precision == "bf16" ? cpu::MatmulPrecision::kBF16 : cpu::MatmulPrecision::kF32);
       const double tokens = static_cast<double>(a.batch * a.seq);
       out["train"] = rep_json(t, tokens);
       train_tps = tokens / t.median();
@@ -159,7 +167,9 @@ int run_bench(const BenchArgs& a) {
                                : *format == WeightFormat::kBF16 ? "bf16"
                                                                 : "int8";
     out["prefill_fraction_of_peak"] = prefill_tps * prefill_flops / peak;
-    if (a.train) out["train_fraction_of_peak"] = train_tps * train_flops / fp32;
+    if (a.train)
+      out["train_fraction_of_peak"] =
+          train_tps * train_flops / (a.precision == "bf16" ? bf16 : fp32);
   }
   out["weights"] = a.weights;
   out["threads"] = num_threads();
@@ -169,26 +179,26 @@ int run_bench(const BenchArgs& a) {
   if (a.train) {
     out["batch"] = a.batch;
     out["seq"] = a.seq;
+    out["train_precision"] = a.precision;
   }
-  out["machine"] = {{"cpu", machine.cpu},
-                    {"cores", machine.cores},
-                    {"hwy_target", machine.hwy_target}};
+  out["machine"] = {
+      {"cpu", machine.cpu}, {"cores", machine.cores}, {"hwy_target", machine.hwy_target}};
   out["date"] = machine.date;
-  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");  // spinning threads matter on busy cores
+  const char* wait_policy =
+      std::getenv("OMP_WAIT_POLICY");  // spinning threads matter on busy cores
   out["omp_wait_policy"] = wait_policy != nullptr ? wait_policy : "";
 
   if (a.json) {
     std::printf("%s\n", out.dump().c_str());
     return 0;
   }
-  fmt::print("dsmoe bench  {}  ({}, {} layers, {} routed experts top-{}, hidden {})\n",
-             a.model_dir, c.model_type, c.num_hidden_layers, c.n_routed_experts,
-             c.num_experts_per_tok, c.hidden_size);
-  fmt::print("weights {}, {} threads, {} reps; machine: {} ({} cores, Highway {}); {}\n",
-             a.weights, num_threads(), a.reps, machine.cpu, machine.cores, machine.hwy_target,
-             machine.date);
-  fmt::print("active weight bytes per token {:.3f} MB, peak RSS {:.1f} MiB\n\n",
-             active_bytes / 1e6, out["peak_rss_bytes"].get<double>() / (1 << 20));
+  fmt::print("dsmoe bench  {}  ({}, {} layers, {} routed experts top-{}, hidden {})\n", a.model_dir,
+             c.model_type, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok,
+             c.hidden_size);
+  fmt::print("weights {}, {} threads, {} reps; machine: {} ({} cores, Highway {}); {}\n", a.weights,
+             num_threads(), a.reps, machine.cpu, machine.cores, machine.hwy_target, machine.date);
+  fmt::print("active weight bytes per token {:.3f} MB, peak RSS {:.1f} MiB\n\n", active_bytes / 1e6,
+             out["peak_rss_bytes"].get<double>() / (1 << 20));
   const bool roof = !a.no_roofline;
   auto frac = [&](const char* key) {
     return roof && out.contains(key) ? fmt::format("{:.1f}%", 100 * out[key].get<double>())
@@ -204,18 +214,21 @@ int run_bench(const BenchArgs& a) {
                frac("decode_fraction_of_roofline"));
   if (a.train)
     fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n",
-               fmt::format("train {}x{}", a.batch, a.seq), train_tps,
+               fmt::format("train {}x{} {}", a.batch, a.seq, a.precision), train_tps,
                out["train_tokens_per_s_best"].get<double>(), frac("train_fraction_of_peak"));
   if (roof) {
-    fmt::print("\nroofline: read {:.1f} GB/s -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
-               "(sgemm), bf16 {:.1f} GFLOP/s, int8 {:.1f} GOP/s\n",
-               out["read_bandwidth_bytes_per_s"].get<double>() / 1e9,
-               out["decode_roofline_tokens_per_s"].get<double>(),
-               out["fp32_peak_flops_per_s"].get<double>() / 1e9,
-               out["bf16_peak_flops_per_s"].get<double>() / 1e9,
-               out["int8_peak_ops_per_s"].get<double>() / 1e9);
-    fmt::print("prefill vs the {} peak at {:.4g} GFLOP/token; decode vs bandwidth / active "
-               "bytes\n", out["prefill_peak_kind"].get<std::string>(), prefill_flops / 1e9);
+    fmt::print(
+        "\nroofline: read {:.1f} GB/s -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
+        "(sgemm), bf16 {:.1f} GFLOP/s, int8 {:.1f} GOP/s\n",
+        out["read_bandwidth_bytes_per_s"].get<double>() / 1e9,
+        out["decode_roofline_tokens_per_s"].get<double>(),
+        out["fp32_peak_flops_per_s"].get<double>() / 1e9,
+        out["bf16_peak_flops_per_s"].get<double>() / 1e9,
+        out["int8_peak_ops_per_s"].get<double>() / 1e9);
+    fmt::print(
+        "prefill vs the {} peak at {:.4g} GFLOP/token; decode vs bandwidth / active "
+        "bytes\n",
+        out["prefill_peak_kind"].get<std::string>(), prefill_flops / 1e9);
   }
   return 0;
 }
@@ -238,6 +251,10 @@ Command add_bench(CLI::App& app) {
   app.add_option("--weights", args->weights, "weight format: f32 (default), bf16, q8_0, q4_0");
   app.add_option("--reps", args->reps, "repetitions; median and best reported (default 3)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--precision", args->precision,
+                 "training step: f32 (default) or bf16 mixed precision (bf16 products, float32 "
+                 "weights and AdamW)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--json", args->json, "print one JSON object instead of the table");
   app.add_option("--bandwidth-mib", args->bandwidth_mib,
                  "bf16 matrix size of the read-bandwidth probe, MiB (default 1024; capped at a "

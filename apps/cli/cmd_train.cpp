@@ -48,6 +48,10 @@ Command add_train(CLI::App& app) {
   app.add_option("--log-every", c.log_every, "progress line every N steps");
   app.add_option("--analytics-every", c.analytics_every,
                  "record which tokens each expert takes every N steps (0: never)");
+  app.add_option("--precision", c.precision,
+                 "f32 (default) or bf16: matrix products on bf16 inputs with float32 sums, "
+                 "float32 master weights and AdamW state")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--quiet", c.quiet, "no progress output");
   app.add_option("--threads", args->threads, "threads (default: all cores)");
   return [args] { return run_train(*args); };

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "io/safetensors.h"
+#include "kernels/cpu/ops.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -78,8 +79,9 @@ nlohmann::json routing_analytics(const ModelConfig& c, const TrainActs& acts,
     nlohmann::json experts = nlohmann::json::array();
     for (const auto& expert : counts) {
       std::vector<std::pair<int64_t, int64_t>> sorted(expert.begin(), expert.end());
-      std::sort(sorted.begin(), sorted.end(),
-                [](auto& a, auto& b) { return a.second > b.second || (a.second == b.second && a.first < b.first); });
+      std::sort(sorted.begin(), sorted.end(), [](auto& a, auto& b) {
+        return a.second > b.second || (a.second == b.second && a.first < b.first);
+      });
       nlohmann::json top = nlohmann::json::array();
       for (size_t i = 0; i < std::min<size_t>(5, sorted.size()); i++)
         top.push_back({sorted[i].first, sorted[i].second});
@@ -96,7 +98,8 @@ void print_progress(int64_t step, int64_t steps, const StepStats& s, double toke
   const int filled = static_cast<int>(kWidth * (step + 1) / steps);
   std::string bar(filled, '=');
   if (filled < kWidth) bar += '>' + std::string(kWidth - filled - 1, ' ');
-  std::fprintf(stderr, "%sstep %lld/%lld [%s] loss %.4f aux %.5f | %.0f tok/s | load max/mean %.2f%s",
+  std::fprintf(stderr,
+               "%sstep %lld/%lld [%s] loss %.4f aux %.5f | %.0f tok/s | load max/mean %.2f%s",
                tty ? "\r" : "", static_cast<long long>(step + 1), static_cast<long long>(steps),
                bar.c_str(), s.loss, s.aux_loss, tokens_per_s, load_ratio, tty ? "" : "\n");
   std::fflush(stderr);
@@ -108,6 +111,10 @@ double train(const TrainConfig& tc) {
   DSMOE_CHECK(!tc.out_dir.empty(), "--out is required");
   DSMOE_CHECK(tc.steps > 0 && tc.batch_size > 0 && tc.seq_len > 1 && tc.grad_accum > 0,
               "steps, batch size, grad accumulation must be positive and seq_len >= 2");
+  DSMOE_CHECK(tc.precision == "f32" || tc.precision == "bf16",
+              "--precision must be f32 or bf16, got '{}'", tc.precision);
+  const cpu::MatmulPrecisionScope precision(tc.precision == "bf16" ? cpu::MatmulPrecision::kBF16
+                                                                   : cpu::MatmulPrecision::kF32);
   fs::create_directories(tc.out_dir);
   const std::string latest = latest_checkpoint_dir(tc.out_dir);
   DSMOE_CHECK(tc.resume || latest.empty(),
@@ -129,8 +136,10 @@ double train(const TrainConfig& tc) {
   const ModelConfig config =
       parse_model_config(nlohmann::json::parse(config_json.dump()),
                          tc.resume ? latest + "/config.json" : tc.model_config);
-  DSMOE_CHECK(config.vocab_size >= 256, "the byte-level tokenizer needs vocab_size >= 256, the "
-              "config has {}", config.vocab_size);
+  DSMOE_CHECK(config.vocab_size >= 256,
+              "the byte-level tokenizer needs vocab_size >= 256, the "
+              "config has {}",
+              config.vocab_size);
 
   Model model(config, random_weights(config, tc.seed));
   const int64_t n_mtp = static_cast<int64_t>(model.weights().mtp.size());
@@ -157,9 +166,11 @@ double train(const TrainConfig& tc) {
   options.noise_rng = &noise_rng;
   std::vector<int64_t> ids(tc.batch_size * tc.seq_len);
   const bool tty = isatty(fileno(stderr)) && !tc.quiet;
-  log_info("training {} ({:.2f} M parameters) on {} tokens: {} steps of {} x {} x {} tokens, {} "
-           "threads", arch_name(config.arch), count_parameters(config) / 1e6, tokens.size(),
-           tc.steps, tc.grad_accum, tc.batch_size, tc.seq_len, num_threads());
+  log_info(
+      "training {} ({:.2f} M parameters) on {} tokens: {} steps of {} x {} x {} tokens, {} "
+      "threads",
+      arch_name(config.arch), count_parameters(config) / 1e6, tokens.size(), tc.steps,
+      tc.grad_accum, tc.batch_size, tc.seq_len, num_threads());
   double last_loss = 0.0;
   for (; state.step < tc.steps; state.step++) {
     Timer timer;
@@ -206,11 +217,16 @@ double train(const TrainConfig& tc) {
         bias_json[std::to_string(layer)] = std::vector<float>(b.data, b.data + b.numel());
       }
     }
-    nlohmann::json line = {{"step", state.step + 1}, {"loss", total.loss},
-                           {"aux_loss", total.aux_loss}, {"lr", lr},
-                           {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
-                           {"load_max_over_mean", worst_ratio}, {"dropped", total.n_dropped},
-                           {"skipped", !finite}, {"expert_load", load_json}};
+    nlohmann::json line = {{"step", state.step + 1},
+                           {"loss", total.loss},
+                           {"aux_loss", total.aux_loss},
+                           {"lr", lr},
+                           {"grad_norm", grad_norm},
+                           {"tokens_per_s", tokens_per_s},
+                           {"load_max_over_mean", worst_ratio},
+                           {"dropped", total.n_dropped},
+                           {"skipped", !finite},
+                           {"expert_load", load_json}};
     if (!bias_json.empty()) line["expert_bias"] = bias_json;
     if (tc.analytics_every > 0 && (state.step + 1) % tc.analytics_every == 0)
       line["expert_tokens"] = routing_analytics(config, acts, ids);

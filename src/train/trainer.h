@@ -26,6 +26,9 @@ struct TrainConfig {
   uint64_t seed = 0;
   bool resume = false;
   bool quiet = false;  // no progress bar
+  // "f32", or "bf16": mixed precision, the matrix products' inputs rounded to bf16 with float32
+  // sums (cpu::MatmulPrecision::kBF16); weights, gradients and AdamW state stay float32.
+  std::string precision = "f32";
 };
 
 // Trains and writes checkpoints and out_dir/metrics.jsonl. Returns the final loss.

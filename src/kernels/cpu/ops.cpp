@@ -3,9 +3,11 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 #include "kernels/ref/ops.h"
@@ -24,9 +26,21 @@ void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64
     linear_forward(out, inp, weight.data, M, K, N);
 }
 
+namespace {
+std::atomic<MatmulPrecision> g_matmul_precision{MatmulPrecision::kF32};
+}  // namespace
+
+void set_matmul_precision(MatmulPrecision precision) { g_matmul_precision = precision; }
+
+MatmulPrecision matmul_precision() { return g_matmul_precision; }
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (g_matmul_precision == MatmulPrecision::kBF16) {
+    gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   if (K == 0) {  // BLAS leaves C untouched only for beta == 1; make K == 0 mean "scale C".
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];

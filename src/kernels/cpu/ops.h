@@ -17,10 +17,31 @@ void linear_forward(float* out, const float* inp, const float* weight, int64_t M
 // quantized format (weight.quant: bf16 / Q8_0 / Q4_0 kernels).
 void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64_t K, int64_t N);
 
-// General row-major product C[M, N] = alpha * op(A) . op(B) + beta * C, op = transpose or not.
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-          int64_t ldc);
+// The arithmetic of gemm (and so of linear_forward / linear_backward): kF32, float32 products
+// (OpenBLAS); kBF16, A and B rounded to bf16 and their exact products summed in float32
+// (cpu::gemm_bf16 on the bf16 dot-product units): bf16 mixed-precision training, where master
+// weights, gradients and optimizer state stay float32. Process-wide, like PyTorch's autocast;
+// attention's score and value products stay float32. MatmulPrecisionScope sets it for a scope.
+enum class MatmulPrecision { kF32, kBF16 };
+void set_matmul_precision(MatmulPrecision precision);
+MatmulPrecision matmul_precision();
+class MatmulPrecisionScope {
+ public:
+  explicit MatmulPrecisionScope(MatmulPrecision precision) : previous_(matmul_precision()) {
+    set_matmul_precision(precision);
+  }
+  ~MatmulPrecisionScope() { set_matmul_precision(previous_); }
+  MatmulPrecisionScope(const MatmulPrecisionScope&) = delete;
+  MatmulPrecisionScope& operator=(const MatmulPrecisionScope&) = delete;
+
+ private:
+  MatmulPrecision previous_;
+};
+
+// General row-major product C[M, N] = alpha * op(A) . op(B) + beta * C, op = transpose or not,
+// in the current matmul_precision().
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // out[M, C] = rmsnorm(inp[M, C]) * weight[C]
 void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,

@@ -162,7 +162,7 @@ __attribute__((target("avx512bf16"))) void DotBF16Native4(const uint16_t* HWY_RE
   for (int r = 0; r < 4; r++) out[r] = ReduceSum(sum[r]);
 }
 
-bool CpuHasAvx512Bf16() {
+static bool CpuHasAvx512Bf16() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
   return has;
 }
