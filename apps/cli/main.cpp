@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   // the heap instead of returning it to the kernel, which would zero fresh pages again each time
   // (15% of a training step on train-s).
   mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, -1);  // -1: never trim (inference trims once, after loading)
   CLI::App app{"dsmoe: inference and training for DeepSeekMoE-family models (V1, V2, V3)"};
   app.require_subcommand(1);
   std::map<CLI::App*, dsmoe::cli::Command> commands;

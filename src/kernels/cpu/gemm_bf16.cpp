@@ -5,8 +5,9 @@
 // too but lacks it). The fast path is the BLIS structure:
 //  * op(A) is packed once per call into row blocks of kBlockRows rows: per k pair, kBlockRows
 //    32-bit words (bf16 k in the low half, k + 1 in the high half), broadcast by the kernel.
-//  * op(B) is packed per (K block, group of kGroupPanels panels of 16 columns) by the thread
-//    that uses it: per k pair, one 64-byte vector per panel, 16 columns x (k, k + 1).
+//  * op(B) is packed per K block and chunk of groups (a group: kGroupPanels panels of 16
+//    columns) by the thread that uses it: per k pair, one 64-byte vector per panel, 16 columns
+//    x (k, k + 1).
 //  * The micro-kernel keeps a kBlockRows x (16 * kGroupPanels) tile of float sums in zmm
 //    registers and adds one K block into C.
 // Threads split the N groups (or the row blocks, when N is narrow), never K.
@@ -97,6 +98,9 @@ constexpr int kLanes = 16;       // float32 lanes per zmm = columns per B panel
 constexpr int kBlockRows = 6;    // rows of a micro-tile (Mr)
 constexpr int kGroupPanels = 4;  // panels of a micro-tile (Np): 6 x 4 = 24 zmm sums
 constexpr int kGroupCols = kLanes * kGroupPanels;
+// Groups packed together: each row of a [K, N] B is then read in runs of kChunkGroups * 256
+// bytes, and the chunk (256 KiB for kBlockK = 256) stays in L2 while it is used.
+constexpr int64_t kChunkGroups = 8;
 
 bool CpuHasAvx512Bf16() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
@@ -106,6 +110,11 @@ bool CpuHasAvx512Bf16() {
 HWY_INLINE __mmask16 LaneMask(int64_t n) {
   return n >= kLanes ? __mmask16(0xFFFF)
                      : static_cast<__mmask16>((1u << std::max<int64_t>(n, 0)) - 1);
+}
+
+// Panels in the group starting at column n0 (fewer than kGroupPanels at the right edge).
+HWY_INLINE int GroupPanels(int64_t N, int64_t n0) {
+  return static_cast<int>(std::min<int64_t>(kGroupPanels, (N - n0 + kLanes - 1) / kLanes));
 }
 
 // 32 floats (lo: 0..15, hi: 16..31) -> 32 bf16 in order (nearest even), i.e. 16 pair words.
@@ -165,19 +174,27 @@ HWY_INLINE void Transpose16x16(__m512i rows[16]) {
 // Packing B: columns [n0, n0 + 16 * panels) and k in [k0, k0 + kc) into
 // dst[kp][panel][16 words]; columns past N and k past K are zeros.
 
-// B stored [K, N] (row k holds every column): two rows of 16 columns make one vector.
+// B stored [K, N] (row k holds every column): two rows of 16 columns make one vector. Packs
+// n_groups consecutive groups (group g at dst + g * group_stride) k pair by k pair, so that each
+// row of B is read as one run across all of them.
 DSMOE_BF16 void PackBFromRowsK(const float* B, int64_t ldb, int64_t N, int64_t K, int64_t n0,
-                               int panels, int64_t k0, int64_t kc, uint32_t* dst) {
+                               int64_t n_groups, int64_t k0, int64_t kc, int64_t group_stride,
+                               uint32_t* dst) {
   for (int64_t kp = 0; kp < (kc + 1) / 2; kp++) {
     const int64_t k = k0 + 2 * kp;
     const float* row_k = B + k * ldb;
-    for (int j = 0; j < panels; j++) {
-      const int64_t n = n0 + kLanes * j;
-      const __mmask16 mask = LaneMask(N - n);
-      const __m512 lo = _mm512_maskz_loadu_ps(mask, row_k + n);
-      const __m512 hi =
-          k + 1 < K ? _mm512_maskz_loadu_ps(mask, row_k + ldb + n) : _mm512_setzero_ps();
-      _mm512_store_si512(dst + (kp * panels + j) * kLanes, InterleavePair(lo, hi));
+    for (int64_t g = 0; g < n_groups; g++) {
+      const int64_t group_n0 = n0 + g * kGroupCols;
+      const int panels = GroupPanels(N, group_n0);
+      uint32_t* group_dst = dst + g * group_stride + kp * panels * kLanes;
+      for (int j = 0; j < panels; j++) {
+        const int64_t n = group_n0 + kLanes * j;
+        const __mmask16 mask = LaneMask(N - n);
+        const __m512 lo = _mm512_maskz_loadu_ps(mask, row_k + n);
+        const __m512 hi =
+            k + 1 < K ? _mm512_maskz_loadu_ps(mask, row_k + ldb + n) : _mm512_setzero_ps();
+        _mm512_store_si512(group_dst + j * kLanes, InterleavePair(lo, hi));
+      }
     }
   }
 }
@@ -247,6 +264,10 @@ template <int kRows, int kPanels>
 DSMOE_BF16 void MicroKernel(const uint32_t* HWY_RESTRICT a, const uint32_t* HWY_RESTRICT b,
                             int64_t kp_count, float* HWY_RESTRICT c, int64_t ldc,
                             __mmask16 last_mask, float alpha, float beta) {
+  // The C tile is read (or written) only after the loop: fetch it while the sums run.
+  for (int r = 0; r < kRows; r++)
+    for (int j = 0; j < kPanels; j++)
+      _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + j * kLanes), _MM_HINT_T0);
   __m512 acc[kRows][kPanels];
   for (int r = 0; r < kRows; r++)
     for (int j = 0; j < kPanels; j++) acc[r][j] = _mm512_setzero_ps();
@@ -308,15 +329,26 @@ MicroKernelFn PickKernel(int64_t rows, int panels) {
 // ---------------------------------------------------------------------------------------------
 // Driver.
 
-// Packs op(B)'s group of columns [n0, n0 + 16 * panels) for k in [k0, k0 + kc).
-DSMOE_BF16 void PackBGroup(const detail::GemmArgs& p, int64_t n0, int panels, int64_t k0,
+// Words of one packed B group: up to kBlockK / 2 k pairs of kGroupCols columns.
+constexpr int64_t kGroupStride = detail::kBlockK / 2 * kGroupCols;
+
+// Packs op(B)'s groups [g_begin, g_end) for k in [k0, k0 + kc), group g at
+// dst + (g - g_begin) * kGroupStride.
+DSMOE_BF16 void PackBChunk(const detail::GemmArgs& p, int64_t g_begin, int64_t g_end, int64_t k0,
                            int64_t kc, uint32_t* dst) {
-  if (p.b_bf16 != nullptr)
-    PackBFromRowsN(p.b_bf16, p.ldb, p.N, n0, panels, k0, kc, dst);
-  else if (p.trans_b)
-    PackBFromRowsN(p.B, p.ldb, p.N, n0, panels, k0, kc, dst);
-  else
-    PackBFromRowsK(p.B, p.ldb, p.N, p.K, n0, panels, k0, kc, dst);
+  if (p.b_bf16 == nullptr && !p.trans_b) {
+    PackBFromRowsK(p.B, p.ldb, p.N, p.K, g_begin * kGroupCols, g_end - g_begin, k0, kc,
+                   kGroupStride, dst);
+    return;
+  }
+  for (int64_t g = g_begin; g < g_end; g++) {
+    const int64_t n0 = g * kGroupCols;
+    uint32_t* group_dst = dst + (g - g_begin) * kGroupStride;
+    if (p.b_bf16 != nullptr)
+      PackBFromRowsN(p.b_bf16, p.ldb, p.N, n0, GroupPanels(p.N, n0), k0, kc, group_dst);
+    else
+      PackBFromRowsN(p.B, p.ldb, p.N, n0, GroupPanels(p.N, n0), k0, kc, group_dst);
+  }
 }
 
 // The part of the tile grid (groups x row blocks) that thread t of n_threads computes: groups are
@@ -334,8 +366,8 @@ Share ThreadShare(int64_t n_groups, int64_t n_blocks, int t, int n_threads) {
           n_blocks * (tm + 1) / by_m};
 }
 
-// One thread's tiles: per K block and group, pack the group's B block, then run every row
-// block of the share against it while it is hot.
+// One thread's tiles: per K block and chunk of kChunkGroups groups, pack the chunk's B block,
+// then run every row block of the share against each group while it is hot.
 DSMOE_BF16 void ComputeShare(const detail::GemmArgs& p, const uint32_t* a_packed, int t,
                              int n_threads) {
   const int64_t n_groups = (p.N + kGroupCols - 1) / kGroupCols;
@@ -343,21 +375,23 @@ DSMOE_BF16 void ComputeShare(const detail::GemmArgs& p, const uint32_t* a_packed
   const int64_t kp_total = (p.K + 1) / 2;
   const Share share = ThreadShare(n_groups, n_blocks, t, n_threads);
   thread_local detail::AlignedWords b_buffer;
-  uint32_t* b_packed = b_buffer.reserve(detail::kBlockK / 2 * kGroupCols);
+  uint32_t* b_packed = b_buffer.reserve(kChunkGroups * kGroupStride);
   for (int64_t k0 = 0; k0 < p.K; k0 += detail::kBlockK) {
     const int64_t kc = std::min(detail::kBlockK, p.K - k0);
     const float beta = k0 == 0 ? p.beta : 1.0f;
-    for (int64_t g = share.group_begin; g < share.group_end; g++) {
-      const int64_t n0 = g * kGroupCols;
-      const int panels = static_cast<int>(std::min<int64_t>(kGroupPanels, (p.N - n0 + 15) / 16));
-      const __mmask16 last_mask = LaneMask(p.N - n0 - kLanes * (panels - 1));
-      PackBGroup(p, n0, panels, k0, kc, b_packed);
-      for (int64_t blk = share.block_begin; blk < share.block_end; blk++) {
-        const int64_t m0 = blk * kBlockRows;
-        const int64_t rows = std::min<int64_t>(kBlockRows, p.M - m0);
-        PickKernel(rows, panels)(a_packed + (blk * kp_total + k0 / 2) * kBlockRows, b_packed,
-                                 (kc + 1) / 2, p.C + m0 * p.ldc + n0, p.ldc, last_mask, p.alpha,
-                                 beta);
+    for (int64_t c0 = share.group_begin; c0 < share.group_end; c0 += kChunkGroups) {
+      const int64_t c1 = std::min(c0 + kChunkGroups, share.group_end);
+      PackBChunk(p, c0, c1, k0, kc, b_packed);
+      for (int64_t g = c0; g < c1; g++) {
+        const int64_t n0 = g * kGroupCols;
+        const int panels = GroupPanels(p.N, n0);
+        const __mmask16 last_mask = LaneMask(p.N - n0 - kLanes * (panels - 1));
+        for (int64_t blk = share.block_begin; blk < share.block_end; blk++) {
+          const int64_t m0 = blk * kBlockRows;
+          PickKernel(std::min<int64_t>(kBlockRows, p.M - m0), panels)(
+              a_packed + (blk * kp_total + k0 / 2) * kBlockRows, b_packed + (g - c0) * kGroupStride,
+              (kc + 1) / 2, p.C + m0 * p.ldc + n0, p.ldc, last_mask, p.alpha, beta);
+        }
       }
     }
   }
