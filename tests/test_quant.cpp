@@ -275,13 +275,17 @@ double product_bound(WeightFormat f, const float* x, const float* w, int64_t K) 
   return 0;
 }
 
-// The activations as the kernel rounds them: to bf16 hi + lo parts for bf16 weights (16
-// significant bits), to Q8_0 blocks for the block formats (both conversions are tested above),
-// unchanged for f32.
-std::vector<float> rounded_activations(WeightFormat f, const std::vector<float>& x) {
+// The activations [M, K] as the kernel rounds them: to bf16 hi + lo parts for bf16 weights (16
+// significant bits) in the row kernels, to bf16 in the GEMM (M >= kGemmMinRowsBF16), to Q8_0
+// blocks for the block formats (both conversions are tested above), unchanged for f32.
+std::vector<float> rounded_activations(WeightFormat f, const std::vector<float>& x, int64_t M) {
   const int64_t n = static_cast<int64_t>(x.size());
   std::vector<float> y(x);
-  if (f == WeightFormat::kBF16) {
+  if (f == WeightFormat::kBF16 && M >= cpu::kGemmMinRowsBF16) {
+    std::vector<uint16_t> bits(n);
+    convert_row_f32_to_bf16(x.data(), bits.data(), n);
+    convert_row_bf16_to_f32(bits.data(), y.data(), n);
+  } else if (f == WeightFormat::kBF16) {
     std::vector<uint16_t> bits(n);
     std::vector<float> hi(n), residual(n), lo(n);
     convert_row_f32_to_bf16(x.data(), bits.data(), n);
@@ -308,7 +312,7 @@ void check_quant_linear(WeightFormat f) {
   const bool blocked = f == WeightFormat::kQ8_0 || f == WeightFormat::kQ4_0;
   std::vector<int64_t> Ks = {32, 64, 4096 + 32};
   if (!blocked) Ks.insert(Ks.end(), {5, 100});  // vector tails; f32 and bf16 take any K
-  for (int64_t M : {1, 3, 17})
+  for (int64_t M : {1, 3, 17, 40})              // 40: the GEMMs of every format
     for (int64_t K : Ks)
       for (int64_t N : {1, 7, 300}) {
         SCOPED_TRACE(testing::Message()
@@ -318,7 +322,7 @@ void check_quant_linear(WeightFormat f) {
         const QuantMatrix qw = quantize_matrix(w.data(), N, K, f);
         std::vector<float> w_deq(N * K);
         for (int64_t n = 0; n < N; n++) dequantize_row(f, qw.row(n), &w_deq[n * K], K);
-        const std::vector<float> xr = rounded_activations(f, x);
+        const std::vector<float> xr = rounded_activations(f, x, M);
         std::vector<float> got(M * N, std::numeric_limits<float>::quiet_NaN());
         std::vector<float> want(M * N), want_rounded(M * N);
         cpu::quant_linear_forward(got.data(), x.data(), qw, M);

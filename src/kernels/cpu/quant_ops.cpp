@@ -6,13 +6,17 @@
 // adds hand-written paths: vpdpbusd for the int8 formats, and vdpbf16ps for bf16 where the CPU
 // also has AVX512-BF16.
 
-// Highway 1.0.3 leaves AVX3_DL out of the dispatch set unless asked for.
+// Highway 1.0.3 leaves AVX3_DL out of the dispatch set unless asked for. foreach_target.h comes
+// first (it re-includes this file once per target), hence no clang-format include sorting here.
+// clang-format off
 #ifndef HWY_WANT_AVX3_DL
 #define HWY_WANT_AVX3_DL
 #endif
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/quant_ops.cpp"
-#include "kernels/cpu/quant_ops.h"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+// clang-format on
 
 #include <omp.h>
 
@@ -21,9 +25,10 @@
 #include <limits>
 #include <vector>
 
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
-#include "hwy/highway.h"
+#include "kernels/cpu/gemm_bf16.h"
+#include "kernels/cpu/gemm_quant.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
 #include "util/check.h"
@@ -432,7 +437,32 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 
 }  // namespace
 
+static bool use_gemm(const QuantMatrix& w, int64_t M) {
+  switch (w.format) {
+    case WeightFormat::kBF16:
+      return M >= kGemmMinRowsBF16;
+    case WeightFormat::kQ8_0:
+    case WeightFormat::kQ4_0:
+      return M >= kGemmMinRowsQuant;
+    case WeightFormat::kF32:
+      return false;
+  }
+  return false;
+}
+
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M) {
+  if (M <= 0 || w.rows <= 0) return;
+  if (!use_gemm(w, M)) {
+    quant_linear_forward_rows(out, inp, w, M);
+  } else if (w.format == WeightFormat::kBF16) {
+    gemm_bf16_weights(out, inp, M, static_cast<const uint16_t*>(w.row(0)), w.rows, w.cols,
+                      static_cast<int64_t>(w.row_bytes / sizeof(uint16_t)));
+  } else {
+    gemm_quant(out, inp, M, w);
+  }
+}
+
+void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& w, int64_t M) {
   const int64_t N = w.rows, K = w.cols;
   if (M <= 0 || N <= 0) return;
   if (w.format == WeightFormat::kF32) {
@@ -458,6 +488,12 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
   for (int64_t j = 0; j < n_jobs; j++) {
     const QuantJob& job = jobs[j];
     DSMOE_ASSERT(job.w->format != WeightFormat::kF32 && job.M >= 0);
+    if (use_gemm(*job.w, job.M)) {  // enough rows for a GEMM of its own (parallel inside)
+      quant_linear_forward(job.out, job.inp, *job.w, job.M);
+      acts[j].M = 0;
+      row_end[j] = total_rows;
+      continue;
+    }
     int64_t same = -1;
     for (int64_t i = 0; i < j && same < 0; i++)
       if (jobs[i].inp == job.inp && jobs[i].M == job.M && jobs[i].w->cols == job.w->cols &&
@@ -469,7 +505,7 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
       if (static_cast<int64_t>(bufs.size()) <= n_prepared) bufs.resize(n_prepared + 1);
       acts[j] = prepare_acts(job.inp, job.M, job.w->cols, job.w->format, bufs[n_prepared++]);
     }
-    total_rows += job.M > 0 ? job.w->rows : 0;
+    total_rows += job.M > 0 ? job.w->rows : 0;  // (acts[j].M == job.M)
     row_end[j] = total_rows;
     work += job.M * job.w->rows * job.w->cols;
   }
@@ -479,7 +515,7 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t begin = total_rows * t / n_threads, end = total_rows * (t + 1) / n_threads;
     for (int64_t j = 0; j < n_jobs; j++) {
-      const int64_t job_begin = row_end[j] - (jobs[j].M > 0 ? jobs[j].w->rows : 0);
+      const int64_t job_begin = row_end[j] - (acts[j].M > 0 ? jobs[j].w->rows : 0);
       const int64_t lo = std::max(begin, job_begin), hi = std::min(end, row_end[j]);
       if (lo < hi)
         HWY_DYNAMIC_DISPATCH(Rows)

@@ -9,16 +9,26 @@
 
 namespace dsmoe::cpu {
 
-// out[m, n] = sum_k inp[m, k] * w[n, k]   (out [M, w.rows], inp [M, w.cols]), parallel over the
-// rows of w (M = 1, a matrix-vector product, is the decode case this is tuned for).
+// out[m, n] = sum_k inp[m, k] * w[n, k]   (out [M, w.rows], inp [M, w.cols]).
+// With few activation rows (decode) row kernels, parallel over the rows of w; from a few rows
+// on (prefill), GEMMs on packed weight panels (cpu::gemm_bf16_weights, cpu::gemm_quant):
 //  * f32:  cpu::linear_forward (BLAS).
-//  * bf16: each activation row is split once into bf16 hi + lo parts (16 significant bits), then
-//          bf16 x bf16 products of both parts with the weights are summed in
-//          float32.
+//  * bf16: row kernels split each activation row once into bf16 hi + lo parts (16 significant
+//          bits) and sum the bf16 x bf16 products of both parts with the weights in float32;
+//          the GEMM (M >= 8) rounds the activations to bf16 once (bf16 dot-product units).
 //  * Q8_0, Q4_0: each activation row is quantized to Q8_0 blocks once (as llama.cpp's
 //          vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0), the 32 int8 x int8 products of a block are
-//          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32.
+//          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32 (the
+//          same in the VNNI GEMM, M >= 2, up to the order of the float32 sums).
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M);
+// Activation rows from which quant_linear_forward takes the GEMMs. For bf16 well above a
+// decode step or a short prompt: the row kernels' hi + lo activations keep greedy decoding of
+// float32 models on their float32 path (tests/test_golden.cpp), the GEMM's bf16 activations do
+// not always; long prompts (prefill) and the MoE experts' token groups take the GEMM.
+constexpr int64_t kGemmMinRowsBF16 = 32;
+constexpr int64_t kGemmMinRowsQuant = 2;
+// The row kernels above alone, for any M (the GEMMs' fallback, and their tests' baseline).
+void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& w, int64_t M);
 
 // One product of a group: out[M, w->rows] = inp[M, w->cols] . w^T, w quantized (not f32).
 struct QuantJob {
