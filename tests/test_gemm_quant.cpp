@@ -51,19 +51,21 @@ std::vector<float> varied_matrix(std::mt19937& rng, int64_t rows, int64_t cols) 
   return v;
 }
 
-// The weights of block b of row n as integers (q for Q8_0, nibble - 8 for Q4_0) and its scale.
+// The weights of block b of row n as integers (q for Q8_0, nibble - 8 for Q4_0) and its scale
+// (QuantMatrix rows: the scales first, then the quants; see row_scales in kernels/quant.h).
 float weight_block(const QuantMatrix& w, int64_t n, int64_t b, int32_t* values) {
+  const int64_t nb = w.cols / kQuantBlock;
+  const float scale = f16_to_f32(row_scales(w.row(n))[b]);
+  const uint8_t* q = row_quants(w.row(n), nb) + b * quant_bytes_per_block(w.format);
   if (w.format == WeightFormat::kQ8_0) {
-    const auto& block = static_cast<const BlockQ8_0*>(w.row(n))[b];
-    for (int64_t i = 0; i < kQuantBlock; i++) values[i] = block.q[i];
-    return f16_to_f32(block.scale_f16);
+    for (int64_t i = 0; i < kQuantBlock; i++) values[i] = static_cast<int8_t>(q[i]);
+    return scale;
   }
-  const auto& block = static_cast<const BlockQ4_0*>(w.row(n))[b];
   for (int64_t i = 0; i < kQuantBlock / 2; i++) {
-    values[i] = (block.q[i] & 0x0F) - 8;
-    values[i + kQuantBlock / 2] = (block.q[i] >> 4) - 8;
+    values[i] = (q[i] & 0x0F) - 8;
+    values[i + kQuantBlock / 2] = (q[i] >> 4) - 8;
   }
-  return f16_to_f32(block.scale_f16);
+  return scale;
 }
 
 // The scalar model: want[m, n], the sum of |terms| (one per block) it was made of, and the
@@ -205,9 +207,9 @@ QuantMatrix uniform_matrix(WeightFormat format, int64_t rows, int64_t cols, uint
   w.cols = cols;
   w.row_bytes = weight_row_bytes(format, cols);
   w.data.assign(rows * w.row_bytes, byte);
-  const size_t block_bytes = format == WeightFormat::kQ8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  for (size_t i = 0; i < w.data.size(); i += block_bytes)
-    std::memcpy(&w.data[i], &scale_f16, sizeof(scale_f16));
+  for (int64_t r = 0; r < rows; r++)  // the scales lead each row
+    for (int64_t b = 0; b < cols / kQuantBlock; b++)
+      std::memcpy(&w.data[r * w.row_bytes + b * sizeof(uint16_t)], &scale_f16, sizeof(scale_f16));
   return w;
 }
 

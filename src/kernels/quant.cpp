@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "tensor/dtype.h"
 #include "util/check.h"
@@ -201,12 +202,61 @@ void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols
       return;
     case WeightFormat::kBF16:
       return convert_row_bf16_to_f32(static_cast<const uint16_t*>(row), y, cols);
-    case WeightFormat::kQ8_0:
-      return dequantize_row_q8_0(static_cast<const BlockQ8_0*>(row), y, cols);
-    case WeightFormat::kQ4_0:
-      return dequantize_row_q4_0(static_cast<const BlockQ4_0*>(row), y, cols);
+    case WeightFormat::kQ8_0: {
+      check_blocked("dequantize_row (q8_0)", cols);
+      std::vector<BlockQ8_0> blocks(static_cast<size_t>(cols / kQuantBlock));
+      join_blocks(format, row, cols / kQuantBlock, blocks.data());
+      return dequantize_row_q8_0(blocks.data(), y, cols);
+    }
+    case WeightFormat::kQ4_0: {
+      check_blocked("dequantize_row (q4_0)", cols);
+      std::vector<BlockQ4_0> blocks(static_cast<size_t>(cols / kQuantBlock));
+      join_blocks(format, row, cols / kQuantBlock, blocks.data());
+      return dequantize_row_q4_0(blocks.data(), y, cols);
+    }
   }
   fail(fmt::format("invalid WeightFormat value {}", static_cast<int>(format)));
+}
+
+namespace {
+
+// The bytes of block b: its scale at offset 0, its quants after (both block types).
+template <class Block>
+void split_row(const Block* blocks, int64_t n_blocks, uint8_t* row) {
+  constexpr size_t kQuants = sizeof(Block::q);
+  uint8_t* quants = row + n_blocks * sizeof(uint16_t);
+  for (int64_t b = 0; b < n_blocks; b++) {
+    std::memcpy(row + b * sizeof(uint16_t), &blocks[b].scale_f16, sizeof(uint16_t));
+    std::memcpy(quants + b * kQuants, blocks[b].q, kQuants);
+  }
+}
+
+template <class Block>
+void join_row(const uint8_t* row, int64_t n_blocks, Block* blocks) {
+  constexpr size_t kQuants = sizeof(Block::q);
+  const uint8_t* quants = row + n_blocks * sizeof(uint16_t);
+  for (int64_t b = 0; b < n_blocks; b++) {
+    std::memcpy(&blocks[b].scale_f16, row + b * sizeof(uint16_t), sizeof(uint16_t));
+    std::memcpy(blocks[b].q, quants + b * kQuants, kQuants);
+  }
+}
+
+}  // namespace
+
+void split_blocks(WeightFormat format, const void* blocks, int64_t n_blocks, void* row) {
+  DSMOE_ASSERT(format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0);
+  if (format == WeightFormat::kQ8_0)
+    split_row(static_cast<const BlockQ8_0*>(blocks), n_blocks, static_cast<uint8_t*>(row));
+  else
+    split_row(static_cast<const BlockQ4_0*>(blocks), n_blocks, static_cast<uint8_t*>(row));
+}
+
+void join_blocks(WeightFormat format, const void* row, int64_t n_blocks, void* blocks) {
+  DSMOE_ASSERT(format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0);
+  if (format == WeightFormat::kQ8_0)
+    join_row(static_cast<const uint8_t*>(row), n_blocks, static_cast<BlockQ8_0*>(blocks));
+  else
+    join_row(static_cast<const uint8_t*>(row), n_blocks, static_cast<BlockQ4_0*>(blocks));
 }
 
 QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
@@ -232,12 +282,20 @@ QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFo
         case WeightFormat::kBF16:
           convert_row_f32_to_bf16(src, static_cast<uint16_t*>(dst), cols);
           break;
-        case WeightFormat::kQ8_0:
-          quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), cols);
+        case WeightFormat::kQ8_0: {
+          thread_local std::vector<BlockQ8_0> blocks;
+          blocks.resize(static_cast<size_t>(cols / kQuantBlock));
+          quantize_row_q8_0(src, blocks.data(), cols);
+          split_blocks(format, blocks.data(), cols / kQuantBlock, dst);
           break;
-        case WeightFormat::kQ4_0:
-          quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), cols);
+        }
+        case WeightFormat::kQ4_0: {
+          thread_local std::vector<BlockQ4_0> blocks;
+          blocks.resize(static_cast<size_t>(cols / kQuantBlock));
+          quantize_row_q4_0(src, blocks.data(), cols);
+          split_blocks(format, blocks.data(), cols / kQuantBlock, dst);
           break;
+        }
       }
     } catch (const Error& e) {
 #pragma omp critical(dsmoe_quantize_matrix_error)

@@ -60,8 +60,24 @@ const char* weight_format_name(WeightFormat format);
 std::optional<WeightFormat> parse_weight_format(std::string_view name);
 // Bytes of one row of `cols` elements; an Error when a block format gets cols % 32 != 0.
 size_t weight_row_bytes(WeightFormat format, int64_t cols);
-// Dequantizes one row of `cols` elements stored in `format` to float32.
+// Dequantizes one QuantMatrix row of `cols` elements stored in `format` to float32.
 void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols);
+
+// A QuantMatrix row in a block format holds the bytes of its llama.cpp blocks reordered: the nb
+// f16 scales first, then the nb blocks' quants (32 int8 for Q8_0; 16 bytes of nibbles for Q4_0,
+// in the order of block_q4_0), so that a matrix-vector kernel loads 16 scales and 64 bytes of
+// quants at a time instead of picking them out of 34- or 18-byte blocks. Same size as the
+// blocks; split_blocks / join_blocks convert a row.
+constexpr int64_t quant_bytes_per_block(WeightFormat format) {
+  return format == WeightFormat::kQ8_0 ? kQuantBlock : kQuantBlock / 2;
+}
+inline const uint16_t* row_scales(const void* row) { return static_cast<const uint16_t*>(row); }
+inline const uint8_t* row_quants(const void* row, int64_t n_blocks) {
+  return static_cast<const uint8_t*>(row) + n_blocks * static_cast<int64_t>(sizeof(uint16_t));
+}
+// blocks[nb] (BlockQ8_0 or BlockQ4_0 as `format` says) -> a row, and back.
+void split_blocks(WeightFormat format, const void* blocks, int64_t n_blocks, void* row);
+void join_blocks(WeightFormat format, const void* row, int64_t n_blocks, void* blocks);
 
 // std::allocator with 64-byte (cache line, AVX-512 vector) alignment.
 template <typename T>
@@ -74,11 +90,14 @@ struct CacheAlignedAllocator {
   T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
   void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
   template <typename U>
-  bool operator==(const CacheAlignedAllocator<U>&) const { return true; }
+  bool operator==(const CacheAlignedAllocator<U>&) const {
+    return true;
+  }
 };
 
 // A weight matrix [rows, cols] (a Hugging Face Linear weight: rows = out features, cols = in
-// features) stored row after row in `format`; rows are weight_row_bytes(format, cols) apart.
+// features) stored row after row in `format`; rows are weight_row_bytes(format, cols) apart
+// (block formats: scales first, see row_scales).
 struct QuantMatrix {
   WeightFormat format = WeightFormat::kF32;
   int64_t rows = 0, cols = 0;

@@ -211,19 +211,20 @@ HWY_INLINE void TransposeStore(const __m512i (&rows)[8], uint8_t* HWY_RESTRICT d
   }
 }
 
-// The 32 weights of a block as unsigned bytes u = q + 128, rows lo and hi as 256-bit halves.
-HWY_INLINE __m512i LoadRowPair(const BlockQ8_0* lo, const BlockQ8_0* hi) {
-  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo->q));
-  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi->q));
+// The 32 weights of a block (quants at lo, hi: see row_quants) as unsigned bytes u = q + 128,
+// rows lo and hi as 256-bit halves.
+HWY_INLINE __m512i LoadRowPair(const BlockQ8_0*, const uint8_t* lo, const uint8_t* hi) {
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi));
   return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1),
                           _mm512_set1_epi8(static_cast<char>(0x80)));
 }
 
 // The 32 nibbles of a block as bytes 0..15 (elements 0..15 from the low nibbles, 16..31 from the
 // high ones), rows lo and hi as 256-bit halves.
-HWY_INLINE __m512i LoadRowPair(const BlockQ4_0* lo, const BlockQ4_0* hi) {
-  const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo->q));
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi->q));
+HWY_INLINE __m512i LoadRowPair(const BlockQ4_0*, const uint8_t* lo, const uint8_t* hi) {
+  const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo));
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi));
   const __m512i ab = _mm512_castsi256_si512(_mm256_set_m128i(b, a));
   const __m512i packed = _mm512_shuffle_i64x2(ab, ab, 0x50);  // 128-bit lanes a, a, b, b
   // 128-bit lanes 1 and 3 (16-bit words 8..15, 24..31) take the high nibbles.
@@ -237,12 +238,13 @@ HWY_INLINE __m512i LoadRowPair(const BlockQ4_0* lo, const BlockQ4_0* hi) {
 template <class Block>
 void PackPanel(const QuantMatrix& w, int64_t panel, int64_t block_begin, int64_t block_end,
                uint8_t* HWY_RESTRICT dst) {
-  const int64_t first = panel * kPanelRows;
-  const Block* rows[kPanelRows];
+  const int64_t first = panel * kPanelRows, nb = w.cols / kQuantBlock;
+  constexpr int64_t kQuantBytes = sizeof(Block::q);
+  const uint8_t* quants[kPanelRows];
   alignas(64) int32_t offsets[kPanelRows];  // byte offsets of the rows from row `first`
   for (int64_t i = 0; i < kPanelRows; i++) {
     const int64_t r = std::min(first + i, w.rows - 1);
-    rows[i] = static_cast<const Block*>(w.row(r));
+    quants[i] = row_quants(w.row(r), nb);
     offsets[i] = static_cast<int32_t>((r - first) * static_cast<int64_t>(w.row_bytes));
   }
   const __m512i scale_offsets = _mm512_load_si512(offsets);
@@ -250,10 +252,14 @@ void PackPanel(const QuantMatrix& w, int64_t panel, int64_t block_begin, int64_t
   for (int64_t b = block_begin; b < block_end; b++) {
     uint8_t* out = dst + (b - block_begin) * kPanelBlockBytes;
     __m512i pairs[8];
-    for (int i = 0; i < 8; i++) pairs[i] = LoadRowPair(rows[i] + b, rows[i + 8] + b);
+    for (int i = 0; i < 8; i++)
+      pairs[i] = LoadRowPair(static_cast<const Block*>(nullptr), quants[i] + b * kQuantBytes,
+                             quants[i + 8] + b * kQuantBytes);
     TransposeStore(pairs, out);
-    // Each block starts with its f16 scale: gather the 16 dwords there, keep the low halves.
-    const __m512i words = _mm512_i32gather_epi32(scale_offsets, first_row + b * sizeof(Block), 1);
+    // The rows start with their f16 scales: gather the 16 dwords at scale b of each row, keep
+    // the low halves (the last scale's dword reaches 2 bytes into the quants: still the row).
+    const __m512i words =
+        _mm512_i32gather_epi32(scale_offsets, first_row + b * sizeof(uint16_t), 1);
     _mm512_store_ps(out + kGroups * 64, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)));
   }
 }
@@ -263,9 +269,11 @@ template <class Block>
 void PrefetchRun(const QuantMatrix& w, int64_t p0, int64_t panel_end, int64_t b0) {
   const int64_t row_end = std::min(std::min(panel_end, p0 + kMaxPanels) * kPanelRows, w.rows);
   const int64_t nb = w.cols / kQuantBlock;
-  const int64_t bytes = std::min(kKBlocks, nb - b0) * static_cast<int64_t>(sizeof(Block));
+  constexpr int64_t kQuantBytes = sizeof(Block::q);
+  const int64_t bytes = std::min(kKBlocks, nb - b0) * kQuantBytes;
   for (int64_t r = p0 * kPanelRows; r < row_end; r++) {
-    const auto* start = reinterpret_cast<const char*>(static_cast<const Block*>(w.row(r)) + b0);
+    // (the scales, at the row's start, are one or two cache lines: left to the hardware)
+    const auto* start = reinterpret_cast<const char*>(row_quants(w.row(r), nb) + b0 * kQuantBytes);
     for (int64_t offset = 0; offset < bytes + 63; offset += 64)
       _mm_prefetch(start + std::min(offset, bytes - 1), _MM_HINT_T1);
   }
@@ -479,8 +487,7 @@ bool gemm_quant_native() { return HWY_DYNAMIC_DISPATCH(NativeTarget)(); }
 
 void gemm_quant(float* out, const float* x, int64_t M, const QuantMatrix& w) {
   if (M <= 0 || w.rows <= 0) return;
-  if (!HWY_DYNAMIC_DISPATCH(GemmQuantVNNI)(out, x, M, w))
-    quant_linear_forward_rows(out, x, w, M);
+  if (!HWY_DYNAMIC_DISPATCH(GemmQuantVNNI)(out, x, M, w)) quant_linear_forward_rows(out, x, w, M);
 }
 
 }  // namespace dsmoe::cpu

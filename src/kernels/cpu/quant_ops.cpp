@@ -18,17 +18,20 @@
 #include "hwy/highway.h"
 // clang-format on
 
+#include "kernels/cpu/quant_ops.h"
+
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_quant.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
 #include "util/check.h"
@@ -36,12 +39,29 @@
 #ifndef DSMOE_QUANT_OPS_ONCE
 #define DSMOE_QUANT_OPS_ONCE
 namespace dsmoe::cpu {
+// Q8_0 activations of four consecutive blocks 4g .. 4g + 3, laid out for the VNNI row kernels
+// (RowsBlocks) of one weight format; blocks past the row's end are zero.
+//  * Q4_0 (a 64-byte load of quants holds 16 bytes per block; its low nibbles are elements 0..15
+//    of each block, its high nibbles 16..31): `low` = elements 0..15 of the four blocks, `high`
+//    = 16..31; int32 lanes 4j .. 4j + 3 belong to block 4g + j; correction lane 4j is
+//    -8 * sum(x of block 4g + j); `scale` lanes 4j .. 4j + 3 its scale.
+//  * Q8_0 (two blocks per 64 bytes): `low` = blocks 4g, 4g + 1, `high` = 4g + 2, 4g + 3; lanes
+//    8j .. 8j + 7 belong to the j-th block of a vector; correction lanes 0 and 8 are -128 * sum;
+//    `scale`, `scale_hi` (and `correction_hi`) belong to the `high` vector.
+struct alignas(64) VnniGroup {
+  int8_t low[64], high[64];
+  int32_t correction[16], correction_hi[16];
+  float scale[16], scale_hi[16];
+};
+
 // Activations rounded for one weight format (pointers into a buffer of the caller).
 struct PreparedActs {
   int64_t M = 0;
-  const uint16_t* bf16 = nullptr;   // bf16: (2, M, K) hi and lo parts
-  const BlockQ8_0* q8 = nullptr;    // Q8_0 / Q4_0: (M, nb) blocks
-  const float* q8_scale = nullptr;  // (M, nb) their scales as float
+  const uint16_t* bf16 = nullptr;     // bf16: (2, M, K) hi and lo parts
+  const BlockQ8_0* q8 = nullptr;      // Q8_0 / Q4_0: (M, nb) blocks
+  const float* q8_scale = nullptr;    // (M, nb) their scales as float
+  const VnniGroup* groups = nullptr;  // (M, groups_per_row): the same, for the VNNI kernels
+  int64_t groups_per_row = 0;
 };
 }  // namespace dsmoe::cpu
 #endif
@@ -60,6 +80,10 @@ HWY_PUSH_ATTRIBUTES("avx512vnni")
 namespace dsmoe::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+
+// Software prefetch distance of the matrix-vector kernels: weights stream from memory once, and
+// the hardware prefetchers alone leave part of the bandwidth unused (about 15% here).
+[[maybe_unused]] constexpr int64_t kPrefetchBytes = 4096;
 
 // An f16 block scale as float; a one-lane PromoteTo, which is vcvtph2ps from AVX2 up.
 HWY_INLINE float ScaleF32(const uint16_t& scale_f16) {
@@ -152,6 +176,7 @@ __attribute__((target("avx512bf16"))) void DotBF16Native4(const uint16_t* HWY_RE
   for (; k + 32 <= K; k += 32) {
     const __m512bh hi = load(x_hi + k), lo = load(x_lo + k);
     for (int r = 0; r < 4; r++) {
+      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + k) + kPrefetchBytes, _MM_HINT_T0);
       const __m512bh wv = load(rows[r] + k);
       sum[r] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(sum[r], hi, wv), lo, wv);
     }
@@ -246,110 +271,161 @@ HWY_INLINE auto BlockSumQ4(const uint8_t* HWY_RESTRICT wq, const int8_t* HWY_RES
 }
 
 // sum_b scale_w[b] * x_scale[b] * block_sum(b), two accumulators to hide the FMA latency.
-template <class Block, class BlockSum>
-HWY_INLINE float DotBlocks(const Block* HWY_RESTRICT w, const float* HWY_RESTRICT x_scale,
+template <class BlockSum>
+HWY_INLINE float DotBlocks(const uint16_t* HWY_RESTRICT w_scale, const float* HWY_RESTRICT x_scale,
                            int64_t nb, const BlockSum& block_sum) {
   using VI32 = decltype(block_sum(int64_t{0}));
   const hn::RebindToFloat<hn::DFromV<VI32>> df;
   auto acc0 = hn::Zero(df), acc1 = hn::Zero(df);
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
-    acc0 = hn::MulAdd(hn::Set(df, ScaleF32(w[b].scale_f16) * x_scale[b]),
+    acc0 = hn::MulAdd(hn::Set(df, ScaleF32(w_scale[b]) * x_scale[b]),
                       hn::ConvertTo(df, block_sum(b)), acc0);
-    acc1 = hn::MulAdd(hn::Set(df, ScaleF32(w[b + 1].scale_f16) * x_scale[b + 1]),
+    acc1 = hn::MulAdd(hn::Set(df, ScaleF32(w_scale[b + 1]) * x_scale[b + 1]),
                       hn::ConvertTo(df, block_sum(b + 1)), acc1);
   }
   if (b < nb)
-    acc0 = hn::MulAdd(hn::Set(df, ScaleF32(w[b].scale_f16) * x_scale[b]),
+    acc0 = hn::MulAdd(hn::Set(df, ScaleF32(w_scale[b]) * x_scale[b]),
                       hn::ConvertTo(df, block_sum(b)), acc0);
   return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
 }
 
 #if HWY_TARGET == HWY_AVX3_DL
-// AVX-512 VNNI: two blocks per 512-bit vector, one vpdpbusd for their 64 products.
-// vpdpbusd multiplies unsigned by signed bytes, so |w| goes in the unsigned operand and x takes
-// w's sign (llama.cpp's mul_sum_i8_pairs does the same with vpsignb, which AVX-512 lacks). Exact:
-// |w| <= 127 and |x| <= 127, so the four-product int32 sums cannot overflow.
-HWY_INLINE __m512i BlockPairSumsVNNI(__m512i w, __m512i x) {
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i x_signed = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), zero, x);
-  return _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w), x_signed);
+// AVX-512 VNNI over the split rows (quant.h: scales first, then quants) and the activations in
+// groups of four blocks (VnniGroup, built once per call). vpdpbusd multiplies unsigned bytes by
+// signed ones: the weights go unsigned (Q4_0 nibbles as stored, Q8_0 + 128) and the zero point z
+// comes out exactly through the group's correction lanes, -z * sum(x of the block), the starting
+// value of the int32 sums. Each 32-bit lane sums 4 products; the lanes of one block are then
+// scaled by scale_w * scale_x (the expanded x scales are in the group) and summed in float32.
+
+// The weight scales of blocks 4g .. 4g + 3 (fewer at the row's end: masked), each repeated over
+// the `lanes_per_block` lanes its int32 sums occupy (4: Q4_0's layout, 8: Q8_0's per vector).
+HWY_INLINE __m512 GroupScales(const uint16_t* HWY_RESTRICT scales, int64_t n_valid,
+                              __m512i expand) {
+  const __m128i bits = n_valid >= 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales))
+                                    : _mm_maskz_loadu_epi16((__mmask8{1} << n_valid) - 1, scales);
+  return _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_cvtph_ps(bits)));
 }
 
-// Two 256-bit halves; the high one zero when there is no second block.
-HWY_INLINE __m512i JoinHalves(__m256i lo, __m256i hi) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+// Bytes [0, n) of a 64-byte vector (the rest zero) without reading past them.
+HWY_INLINE __m512i LoadBytes(const uint8_t* p, int64_t n) {
+  return n >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8((__mmask64{1} << n) - 1, p);
 }
 
-HWY_INLINE __m256i LoadQ8(const BlockQ8_0& block) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block.q));
-}
-
-// The 32 values (nibble - 8) of a Q4_0 block as int8, elements 0..15 then 16..31.
-HWY_INLINE __m256i LoadQ4(const BlockQ4_0& block) {
-  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.q));
-  const __m128i low_mask = _mm_set1_epi8(0x0F);
-  const __m128i lo = _mm_and_si128(packed, low_mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low_mask);
-  const __m256i nibbles = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-  return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
-}
-
-// int32 lanes 0..7 belong to block b, 8..15 to block b + 1; the scale vector matches.
-template <class Block, class LoadBlock>
-HWY_INLINE float DotBlocksVNNI(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x,
-                               const float* HWY_RESTRICT x_scale, int64_t nb,
-                               const LoadBlock& load_w) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  auto pair = [&](int64_t b, bool has_second) {
-    const __m256i zero = _mm256_setzero_si256();
-    const __m512i wv = JoinHalves(load_w(w[b]), has_second ? load_w(w[b + 1]) : zero);
-    const __m512i xv = JoinHalves(LoadQ8(x[b]), has_second ? LoadQ8(x[b + 1]) : zero);
-    const float s0 = ScaleF32(w[b].scale_f16) * x_scale[b];
-    const float s1 = has_second ? ScaleF32(w[b + 1].scale_f16) * x_scale[b + 1] : 0.0f;
-    const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1);
-    return _mm512_mul_ps(scale, _mm512_cvtepi32_ps(BlockPairSumsVNNI(wv, xv)));
-  };
-  int64_t b = 0;
-  for (; b + 4 <= nb; b += 4) {
-    acc0 = _mm512_add_ps(acc0, pair(b, true));
-    acc1 = _mm512_add_ps(acc1, pair(b + 2, true));
+// R consecutive weight rows against one activation row: R streams from memory per thread, and
+// the activation group loaded once for them.
+template <int R>
+void DotRowsQ4VNNI(const QuantMatrix& w, int64_t n0, const VnniGroup* HWY_RESTRICT x,
+                   float* HWY_RESTRICT out) {
+  const int64_t nb = w.cols / kQuantBlock;
+  const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  const uint16_t* scales[R];
+  const uint8_t* quants[R];
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) {
+    scales[r] = row_scales(w.row(n0 + r));
+    quants[r] = row_quants(w.row(n0 + r), nb);
+    acc[r] = _mm512_setzero_ps();
   }
-  for (; b + 2 <= nb; b += 2) acc0 = _mm512_add_ps(acc0, pair(b, true));
-  if (b < nb) acc1 = _mm512_add_ps(acc1, pair(b, false));
-  return ReduceSum(_mm512_add_ps(acc0, acc1));
+  for (int64_t g = 0; 4 * g < nb; g++) {
+    const int64_t n_valid = std::min<int64_t>(4, nb - 4 * g);
+    const __m512i correction = _mm512_load_si512(x[g].correction);
+    const __m512i x_low = _mm512_load_si512(x[g].low), x_high = _mm512_load_si512(x[g].high);
+    const __m512 x_scale = _mm512_load_ps(x[g].scale);
+    for (int r = 0; r < R; r++) {
+      // 16 bytes per block: low nibbles are elements 0..15, high nibbles 16..31.
+      const uint8_t* q = quants[r] + 64 * g;
+      _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512i packed = LoadBytes(q, 16 * n_valid);
+      const __m512i low = _mm512_and_si512(packed, low_mask);
+      const __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_mask);
+      __m512i sums = _mm512_dpbusd_epi32(correction, low, x_low);
+      sums = _mm512_dpbusd_epi32(sums, high, x_high);
+      const __m512 scale = _mm512_mul_ps(GroupScales(scales[r] + 4 * g, n_valid, expand), x_scale);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = ReduceSum(acc[r]);
+}
+
+template <int R>
+void DotRowsQ8VNNI(const QuantMatrix& w, int64_t n0, const VnniGroup* HWY_RESTRICT x,
+                   float* HWY_RESTRICT out) {
+  const int64_t nb = w.cols / kQuantBlock;
+  const __m512i expand_lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i expand_hi = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m512i to_unsigned = _mm512_set1_epi8(static_cast<char>(0x80));
+  const uint16_t* scales[R];
+  const uint8_t* quants[R];
+  __m512 acc_lo[R], acc_hi[R];
+  for (int r = 0; r < R; r++) {
+    scales[r] = row_scales(w.row(n0 + r));
+    quants[r] = row_quants(w.row(n0 + r), nb);
+    acc_lo[r] = acc_hi[r] = _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; 4 * g < nb; g++) {
+    const int64_t n_valid = std::min<int64_t>(4, nb - 4 * g);
+    const __m512i x_low = _mm512_load_si512(x[g].low), x_high = _mm512_load_si512(x[g].high);
+    for (int r = 0; r < R; r++) {
+      const uint8_t* q = quants[r] + 128 * g;  // 32 bytes per block, two blocks per vector
+      _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes + 64, _MM_HINT_T0);
+      const __m512i w_lo = _mm512_xor_si512(LoadBytes(q, 32 * n_valid), to_unsigned);
+      const __m512i w_hi =
+          _mm512_xor_si512(LoadBytes(q + 64, 32 * std::max<int64_t>(n_valid - 2, 0)), to_unsigned);
+      const __m512i sums_lo = _mm512_dpbusd_epi32(_mm512_load_si512(x[g].correction), w_lo, x_low);
+      const __m512i sums_hi =
+          _mm512_dpbusd_epi32(_mm512_load_si512(x[g].correction_hi), w_hi, x_high);
+      const __m128i bits =
+          n_valid >= 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[r] + 4 * g))
+                       : _mm_maskz_loadu_epi16((__mmask8{1} << n_valid) - 1, scales[r] + 4 * g);
+      const __m512 w_scales = _mm512_castps128_ps512(_mm_cvtph_ps(bits));
+      const __m512 scale_lo =
+          _mm512_mul_ps(_mm512_permutexvar_ps(expand_lo, w_scales), _mm512_load_ps(x[g].scale));
+      const __m512 scale_hi =
+          _mm512_mul_ps(_mm512_permutexvar_ps(expand_hi, w_scales), _mm512_load_ps(x[g].scale_hi));
+      acc_lo[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_lo), scale_lo, acc_lo[r]);
+      acc_hi[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_hi), scale_hi, acc_hi[r]);
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = ReduceSum(_mm512_add_ps(acc_lo[r], acc_hi[r]));
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
-// One weight row against one activation row; overloaded on the weight block type.
-HWY_INLINE float DotRow(const BlockQ8_0* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x,
-                        const float* HWY_RESTRICT x_scale, int64_t nb) {
+// Block-format rows [n_begin, n_end) against activations prepared as Q8_0 blocks.
+void RowsBlocks(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTRICT out,
+                int64_t n_begin, int64_t n_end) {
+  const int64_t N = w.rows, nb = w.cols / kQuantBlock, M = acts.M;
+  const bool q8 = w.format == WeightFormat::kQ8_0;
 #if HWY_TARGET == HWY_AVX3_DL
-  return DotBlocksVNNI(w, x, x_scale, nb, [](const BlockQ8_0& block) { return LoadQ8(block); });
-#else
-  return DotBlocks(w, x_scale, nb, [&](int64_t b) { return BlockSumQ8(w[b].q, x[b].q); });
-#endif
-}
-
-HWY_INLINE float DotRow(const BlockQ4_0* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x,
-                        const float* HWY_RESTRICT x_scale, int64_t nb) {
-#if HWY_TARGET == HWY_AVX3_DL
-  return DotBlocksVNNI(w, x, x_scale, nb, [](const BlockQ4_0& block) { return LoadQ4(block); });
-#else
-  return DotBlocks(w, x_scale, nb, [&](int64_t b) { return BlockSumQ4(w[b].q, x[b].q); });
-#endif
-}
-
-// x: the activations as Q8_0 blocks [M, nb], x_scale their scales as float [M, nb].
-template <class Block>
-HWY_INLINE void RowsBlocks(const BlockQ8_0* HWY_RESTRICT x, const float* HWY_RESTRICT x_scale,
-                           int64_t M, const QuantMatrix& w, float* HWY_RESTRICT out,
-                           int64_t n_begin, int64_t n_end) {
-  const int64_t N = w.rows, nb = w.cols / kQuantBlock;
-  for (int64_t n = n_begin; n < n_end; n++) {
-    const auto* wb = static_cast<const Block*>(w.row(n));
-    for (int64_t m = 0; m < M; m++) out[m * N + n] = DotRow(wb, x + m * nb, x_scale + m * nb, nb);
+  // Pairs of rows for one activation row (decode), single rows otherwise.
+  for (int64_t m = 0; m < M; m++) {
+    const VnniGroup* x = acts.groups + m * acts.groups_per_row;
+    float* out_m = out + m * N;
+    int64_t n = n_begin;
+    for (; n + 2 <= n_end; n += 2)
+      q8 ? DotRowsQ8VNNI<2>(w, n, x, out_m + n) : DotRowsQ4VNNI<2>(w, n, x, out_m + n);
+    if (n < n_end) q8 ? DotRowsQ8VNNI<1>(w, n, x, out_m + n) : DotRowsQ4VNNI<1>(w, n, x, out_m + n);
   }
+#else
+  for (int64_t n = n_begin; n < n_end; n++) {
+    const void* row = w.row(n);
+    const uint16_t* w_scale = row_scales(row);
+    const uint8_t* wq = row_quants(row, nb);
+    for (int64_t m = 0; m < M; m++) {
+      const BlockQ8_0* x = acts.q8 + m * nb;
+      const float* x_scale = acts.q8_scale + m * nb;
+      out[m * N + n] =
+          q8 ? DotBlocks(w_scale, x_scale, nb,
+                         [&](int64_t b) {
+                           return BlockSumQ8(reinterpret_cast<const int8_t*>(wq) + b * 32, x[b].q);
+                         })
+             : DotBlocks(w_scale, x_scale, nb,
+                         [&](int64_t b) { return BlockSumQ4(wq + b * 16, x[b].q); });
+    }
+  }
+#endif
 }
 
 // Rows [n_begin, n_end) of out[M, w.rows] from activations prepared for w's format.
@@ -360,10 +436,8 @@ void Rows(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTRICT ou
       RowsBF16(acts.bf16, acts.M, w, out, n_begin, n_end);
       return;
     case WeightFormat::kQ8_0:
-      RowsBlocks<BlockQ8_0>(acts.q8, acts.q8_scale, acts.M, w, out, n_begin, n_end);
-      return;
     case WeightFormat::kQ4_0:
-      RowsBlocks<BlockQ4_0>(acts.q8, acts.q8_scale, acts.M, w, out, n_begin, n_end);
+      RowsBlocks(acts, w, out, n_begin, n_end);
       return;
     case WeightFormat::kF32:  // not prepared: BLAS (quant_linear_forward) handles float32
       return;
@@ -391,11 +465,39 @@ namespace {
 // Rounded activations in the layout of one weight format, kept per thread across calls so that
 // a decoded token allocates nothing.
 struct ActsBuffer {
-  std::vector<uint16_t> bf16;   // (2, M, K) hi and lo parts
-  std::vector<BlockQ8_0> q8;    // (M, nb)
-  std::vector<float> q8_scale;  // (M, nb)
-  std::vector<float> scratch;   // (2, K)
+  std::vector<uint16_t> bf16;                                       // (2, M, K) hi and lo parts
+  std::vector<BlockQ8_0> q8;                                        // (M, nb)
+  std::vector<float> q8_scale;                                      // (M, nb)
+  std::vector<float> scratch;                                       // (2, K)
+  std::vector<VnniGroup, CacheAlignedAllocator<VnniGroup>> groups;  // (M, ceil(nb / 4))
 };
+
+// The VnniGroup records of one activation row of nb blocks (x, x_scale) for `format`.
+void fill_vnni_groups(const BlockQ8_0* x, const float* x_scale, int64_t nb, WeightFormat format,
+                      VnniGroup* groups) {
+  constexpr int64_t kHalf = kQuantBlock / 2;
+  for (int64_t g = 0; 4 * g < nb; g++) {
+    VnniGroup& out = groups[g];
+    out = VnniGroup{};
+    for (int64_t j = 0; j < 4 && 4 * g + j < nb; j++) {
+      const int64_t b = 4 * g + j;
+      int32_t sum = 0;
+      for (int64_t i = 0; i < kQuantBlock; i++) sum += x[b].q[i];
+      if (format == WeightFormat::kQ4_0) {
+        std::memcpy(out.low + kHalf * j, x[b].q, kHalf);
+        std::memcpy(out.high + kHalf * j, x[b].q + kHalf, kHalf);
+        out.correction[4 * j] = -8 * sum;
+        for (int64_t l = 0; l < 4; l++) out.scale[4 * j + l] = x_scale[b];
+      } else {
+        int8_t* dst = j < 2 ? out.low : out.high;
+        std::memcpy(dst + kQuantBlock * (j % 2), x[b].q, kQuantBlock);
+        (j < 2 ? out.correction : out.correction_hi)[8 * (j % 2)] = -128 * sum;
+        float* scale = j < 2 ? out.scale : out.scale_hi;
+        for (int64_t l = 0; l < 8; l++) scale[8 * (j % 2) + l] = x_scale[b];
+      }
+    }
+  }
+}
 
 // Rounds inp[M, K] once for `format` (f32 needs nothing).
 PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
@@ -428,6 +530,13 @@ PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat f
                             : std::numeric_limits<float>::quiet_NaN();
     acts.q8 = buf.q8.data();
     acts.q8_scale = buf.q8_scale.data();
+    const int64_t nb = K / kQuantBlock, groups_per_row = (nb + 3) / 4;
+    buf.groups.resize(static_cast<size_t>(M * groups_per_row));
+    for (int64_t m = 0; m < M; m++)
+      fill_vnni_groups(acts.q8 + m * nb, acts.q8_scale + m * nb, nb, format,
+                       buf.groups.data() + m * groups_per_row);
+    acts.groups = buf.groups.data();
+    acts.groups_per_row = groups_per_row;
   }
   return acts;
 }
@@ -517,9 +626,8 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     for (int64_t j = 0; j < n_jobs; j++) {
       const int64_t job_begin = row_end[j] - (acts[j].M > 0 ? jobs[j].w->rows : 0);
       const int64_t lo = std::max(begin, job_begin), hi = std::min(end, row_end[j]);
-      if (lo < hi)
-        HWY_DYNAMIC_DISPATCH(Rows)
-        (acts[j], *jobs[j].w, jobs[j].out, lo - job_begin, hi - job_begin);
+      if (lo < hi) HWY_DYNAMIC_DISPATCH(Rows)
+      (acts[j], *jobs[j].w, jobs[j].out, lo - job_begin, hi - job_begin);
     }
   }
 }
