@@ -86,7 +86,8 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
   const float* kv_b = w.kv_b_proj.data;   // [heads, nope + dv, rank]
   const bool parallel = n_items * nope * rank >= (int64_t{1} << 16);
   // q_latent[t, h] = [W_UK[h]^T q_nope[t, h] | q_rope[t, h]]; one parallel loop for all heads
-  // (a GEMM call per head would wake the threads 2 * heads times per decoded token).
+  // (a threaded product per head would wake the threads 2 * heads times per decoded token);
+  // BLAS called inside it runs on the calling thread.
   std::vector<float> q_latent(n_items * row);  // (T, heads, rank + rope)
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t item = 0; item < n_items; item++) {
@@ -94,12 +95,7 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
     const float* q_item = q + item * qk;                // q is (T, heads, qk)
     const float* w_uk = kv_b + h * (nope + dv) * rank;  // [nope, rank]
     float* dst = q_latent.data() + item * row;
-    std::fill(dst, dst + rank, 0.0f);
-    for (int64_t i = 0; i < nope; i++) {
-      const float qi = q_item[i];
-      const float* w_row = w_uk + i * rank;
-      for (int64_t r = 0; r < rank; r++) dst[r] += qi * w_row[r];
-    }
+    cpu::gemm(false, false, 1, rank, nope, 1.0f, q_item, nope, w_uk, rank, 0.0f, dst, rank);
     std::copy(q_item + nope, q_item + qk, dst + rank);
   }
   const AttentionShape shape =
@@ -112,14 +108,8 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
   for (int64_t item = 0; item < n_items; item++) {
     const int64_t h = item % n_heads;
     const float* w_uv = kv_b + (h * (nope + dv) + nope) * rank;  // [dv, rank]
-    const float* o = o_latent.data() + item * rank;
-    for (int64_t d = 0; d < dv; d++) {
-      const float* w_row = w_uv + d * rank;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t r = 0; r < rank; r++) sum += o[r] * w_row[r];
-      heads[item * dv + d] = sum;
-    }
+    cpu::gemm(false, true, 1, dv, rank, 1.0f, o_latent.data() + item * rank, rank, w_uv, rank, 0.0f,
+              heads + item * dv, dv);
   }
 }
 

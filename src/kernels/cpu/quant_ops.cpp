@@ -592,20 +592,24 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
   // Activations rounded once per distinct input (experts' gate and up share theirs).
   thread_local std::vector<ActsBuffer> bufs;
   std::vector<PreparedActs> acts(static_cast<size_t>(n_jobs));
-  std::vector<int64_t> row_end(static_cast<size_t>(n_jobs));  // prefix sums of the rows
-  int64_t n_prepared = 0, total_rows = 0, work = 0;
+  // Each job's share of the whole group's cost (bytes of weight rows read, times M).
+  std::vector<int64_t> cost_begin(static_cast<size_t>(n_jobs)),
+      row_cost(static_cast<size_t>(n_jobs));
+  int64_t n_prepared = 0, total_cost = 0, work = 0;
   for (int64_t j = 0; j < n_jobs; j++) {
     const QuantJob& job = jobs[j];
     DSMOE_ASSERT(job.w->format != WeightFormat::kF32 && job.M >= 0);
+    cost_begin[j] = total_cost;
+    row_cost[j] = 0;
+    if (job.M == 0) continue;
     if (use_gemm(*job.w, job.M)) {  // enough rows for a GEMM of its own (parallel inside)
       quant_linear_forward(job.out, job.inp, *job.w, job.M);
-      acts[j].M = 0;
-      row_end[j] = total_rows;
       continue;
     }
     int64_t same = -1;
     for (int64_t i = 0; i < j && same < 0; i++)
-      if (jobs[i].inp == job.inp && jobs[i].M == job.M && jobs[i].w->cols == job.w->cols &&
+      if (row_cost[i] > 0 && jobs[i].inp == job.inp && jobs[i].M == job.M &&
+          jobs[i].w->cols == job.w->cols &&
           (jobs[i].w->format == WeightFormat::kBF16) == (job.w->format == WeightFormat::kBF16))
         same = i;
     if (same >= 0) {
@@ -614,20 +618,26 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
       if (static_cast<int64_t>(bufs.size()) <= n_prepared) bufs.resize(n_prepared + 1);
       acts[j] = prepare_acts(job.inp, job.M, job.w->cols, job.w->format, bufs[n_prepared++]);
     }
-    total_rows += job.M > 0 ? job.w->rows : 0;  // (acts[j].M == job.M)
-    row_end[j] = total_rows;
+    row_cost[j] = job.M * static_cast<int64_t>(job.w->row_bytes);
+    total_cost += row_cost[j] * job.w->rows;
     work += job.M * job.w->rows * job.w->cols;
   }
-  // The rows of all jobs as one range, split evenly: one parallel region for the whole group.
+  // All jobs' rows as one range split evenly by cost (a row goes to the thread whose share
+  // holds its start): one parallel region for the whole group.
 #pragma omp parallel if (work >= kMinParallelWork)
   {
     const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t begin = total_rows * t / n_threads, end = total_rows * (t + 1) / n_threads;
+    const int64_t begin = total_cost * t / n_threads, end = total_cost * (t + 1) / n_threads;
     for (int64_t j = 0; j < n_jobs; j++) {
-      const int64_t job_begin = row_end[j] - (acts[j].M > 0 ? jobs[j].w->rows : 0);
-      const int64_t lo = std::max(begin, job_begin), hi = std::min(end, row_end[j]);
-      if (lo < hi) HWY_DYNAMIC_DISPATCH(Rows)
-      (acts[j], *jobs[j].w, jobs[j].out, lo - job_begin, hi - job_begin);
+      if (row_cost[j] == 0) continue;
+      const int64_t rows = jobs[j].w->rows;
+      auto first_row_at = [&](int64_t cost) {  // first row starting at or after `cost`
+        const int64_t offset = cost - cost_begin[j];
+        return std::clamp<int64_t>((offset + row_cost[j] - 1) / row_cost[j], 0, rows);
+      };
+      const int64_t lo = first_row_at(begin);  // (offsets below 0 clamp to row 0)
+      const int64_t hi = first_row_at(end);
+      if (lo < hi) HWY_DYNAMIC_DISPATCH(Rows)(acts[j], *jobs[j].w, jobs[j].out, lo, hi);
     }
   }
 }
