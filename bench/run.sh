@@ -6,13 +6,16 @@
 #   2. checks the PyTorch baseline against the golden logits of tests/data (BENCH_CHECK=0 skips);
 #   3. writes random-weight checkpoints with `dsmoe init`: infer-lite8 (DeepSeek-V2-Lite shapes,
 #      8 layers, bf16, ~9.2 GB on disk) and train-s (V3-style, 141 M parameters, f32, ~0.6 GB);
-#   4. runs `dsmoe bench --json` on infer-lite8 at bf16, q8_0 and q4_0 (pp512 / tg128) and on
-#      train-s with --train (batch 8 x 256, AdamW), then bench/torch_baseline.py on the same
+#   4. runs `dsmoe bench --json` on infer-lite8 at bf16, q8_0 and q4_0 (pp512 / tg128), on
+#      train-s with --train (batch 8 x 256, AdamW; f32 and bf16 mixed precision), and on the full
+#      27-layer V2-Lite shape at q4_0 (peak RSS), then bench/torch_baseline.py on the same
 #      checkpoints (infer-lite8 at bf16, train-s training in f32);
 #   5. prints the table with the dsmoe / PyTorch ratios and the roofline fractions, with the
 #      machine and the date, and writes it to $BENCH_DIR/results.md.
-# Expect ~30-45 minutes on 2 idle cores (build ~5-10, init ~5, each infer-lite8 run ~2-4), about
-# 12 GB of disk in $BENCH_DIR and ~20 GB of RAM. Numbers are only meaningful on an idle machine.
+# Expect ~45-60 minutes on 2 idle cores (build ~5-10, init ~5 + ~7 for the full V2-Lite shape,
+# each infer-lite8 run ~2-4), about 45 GB of disk in $BENCH_DIR at its peak (BENCH_FULL=0 skips
+# the 27-layer V2-Lite run: ~12 GB) and ~20 GB of RAM. Numbers mean something only on an idle
+# machine.
 # Environment: BENCH_DIR (default bench/out), THREADS (default: all cores), REPS (default 3),
 # BENCH_CHECK=0 (skip the baseline check), BENCH_SKIP_BUILD=1 (use build/release as it is),
 # BENCH_KEEP=1 (keep the checkpoints; otherwise the ~9 GB infer-lite8 is deleted at the end),
@@ -79,9 +82,19 @@ for w in bf16 q8_0 q4_0; do
   $dsmoe bench --model "$out/infer-lite8" --weights "$w" --prompt 512 --decode 128 \
     --threads "$threads" --reps "$reps" --json > "$out/dsmoe-infer-lite8-$w.json"
 done
-echo "dsmoe train-s: training step 8 x 256 (f32)"
+echo "dsmoe train-s: training step 8 x 256 (f32, then bf16 mixed precision)"
 $dsmoe bench --model "$out/train-s" --train --batch 8 --seq 256 --prompt 512 --decode 128 \
   --threads "$threads" --reps "$reps" --json > "$out/dsmoe-train-s.json"
+$dsmoe bench --model "$out/train-s" --train --precision bf16 --batch 8 --seq 256 --prompt 512 \
+  --decode 128 --threads "$threads" --reps "$reps" --json --no-roofline > "$out/dsmoe-train-s-bf16.json"
+if [ "${BENCH_FULL:-1}" = 1 ]; then
+  echo "dsmoe v2-lite (all 27 layers, bf16 on disk ~31 GB) at q4_0: peak RSS (target <= 10 GiB)"
+  [ -f "$out/v2-lite/model.safetensors" ] ||
+    $dsmoe init --config bench/configs/v2-lite.json --out "$out/v2-lite" --dtype bf16 --seed 1
+  $dsmoe bench --model "$out/v2-lite" --weights q4_0 --prompt 512 --decode 128 \
+    --threads "$threads" --reps 1 --json --no-roofline > "$out/dsmoe-v2-lite-q4_0.json"
+  [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$out/v2-lite"
+fi
 
 say "4. PyTorch baseline ($($py -c 'import torch; print(torch.__version__)'), OMP_WAIT_POLICY=PASSIVE, GLIBC_TUNABLES=$torch_tunables)"
 echo "pytorch infer-lite8 bf16: pp512 / tg128 (decode at ~9 tokens/s: ~1 minute per repetition)"

@@ -276,12 +276,13 @@ double product_bound(WeightFormat f, const float* x, const float* w, int64_t K) 
 }
 
 // The activations [M, K] as the kernel rounds them: to bf16 hi + lo parts for bf16 weights (16
-// significant bits) in the row kernels, to bf16 in the GEMM (M >= kGemmMinRowsBF16), to Q8_0
+// significant bits) in the row kernels and two-pass GEMMs, to bf16 in the single-pass GEMM
+// (M >= kGemmSinglePassMinRowsBF16), to Q8_0
 // blocks for the block formats (both conversions are tested above), unchanged for f32.
 std::vector<float> rounded_activations(WeightFormat f, const std::vector<float>& x, int64_t M) {
   const int64_t n = static_cast<int64_t>(x.size());
   std::vector<float> y(x);
-  if (f == WeightFormat::kBF16 && M >= cpu::kGemmMinRowsBF16) {
+  if (f == WeightFormat::kBF16 && M >= cpu::kGemmSinglePassMinRowsBF16) {
     std::vector<uint16_t> bits(n);
     convert_row_f32_to_bf16(x.data(), bits.data(), n);
     convert_row_bf16_to_f32(bits.data(), y.data(), n);

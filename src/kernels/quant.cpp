@@ -259,7 +259,7 @@ void join_blocks(WeightFormat format, const void* row, int64_t n_blocks, void* b
     join_row(static_cast<const uint8_t*>(row), n_blocks, static_cast<BlockQ4_0*>(blocks));
 }
 
-QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
+QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format) {
   DSMOE_CHECK(rows >= 0, "quantize_matrix: negative row count {}", rows);
   QuantMatrix m;
   m.format = format;
@@ -267,13 +267,22 @@ QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFo
   m.cols = cols;
   m.row_bytes = weight_row_bytes(format, cols);  // checks cols % 32 for the block formats
   m.data.resize(static_cast<size_t>(rows) * m.row_bytes);
+  return m;
+}
+
+void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m) {
+  DSMOE_CHECK(row_begin >= 0 && n_rows >= 0 && row_begin + n_rows <= m.rows,
+              "quantize_rows: rows {}..{} outside a matrix of {}", row_begin, row_begin + n_rows,
+              m.rows);
+  const int64_t cols = m.cols;
+  const WeightFormat format = m.format;
   // Rows are independent; an Error (a non-finite element, an f16 scale overflow) is caught inside
   // the parallel region, since an exception must not leave an OpenMP structured block.
   std::string error;
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-  for (int64_t r = 0; r < rows; r++) {
-    const float* src = w + r * cols;
-    void* dst = m.data.data() + static_cast<size_t>(r) * m.row_bytes;
+#pragma omp parallel for schedule(static) if (n_rows * cols > (1 << 16))
+  for (int64_t i = 0; i < n_rows; i++) {
+    const float* src = w + i * cols;
+    void* dst = m.data.data() + static_cast<size_t>(row_begin + i) * m.row_bytes;
     try {
       switch (format) {
         case WeightFormat::kF32:
@@ -299,11 +308,15 @@ QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFo
       }
     } catch (const Error& e) {
 #pragma omp critical(dsmoe_quantize_matrix_error)
-      if (error.empty()) error = fmt::format("row {}: {}", r, e.what());
+      if (error.empty()) error = fmt::format("row {}: {}", row_begin + i, e.what());
     }
   }
-  if (!error.empty())
-    fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
+  if (!error.empty()) fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
+}
+
+QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
+  QuantMatrix m = make_quant_matrix(rows, cols, format);
+  quantize_rows(w, 0, rows, m);
   return m;
 }
 

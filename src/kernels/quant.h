@@ -110,5 +110,9 @@ struct QuantMatrix {
 
 // Converts a float32 matrix w[rows, cols] to `format` (rows in parallel).
 QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format);
+// An uninitialized [rows, cols] matrix in `format`, and rows [row_begin, row_begin + n_rows) of
+// it converted from float32 w[n_rows, cols] (for converting a large tensor a slice at a time).
+QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format);
+void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m);
 
 }  // namespace dsmoe

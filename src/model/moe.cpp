@@ -44,6 +44,20 @@ void mlp_forward_grouped(const std::vector<MlpJob>& mlps) {
   cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
 }
 
+// The experts that received tokens, in order.
+std::vector<int64_t> active_experts(const std::vector<int64_t>& offsets) {
+  std::vector<int64_t> active;
+  for (size_t e = 0; e + 1 < offsets.size(); e++)
+    if (offsets[e + 1] > offsets[e]) active.push_back(static_cast<int64_t>(e));
+  return active;
+}
+
+// Whether running whole experts on different threads pays: several experts and enough work.
+bool parallel_experts(const std::vector<int64_t>& active, int64_t n_assigned, int64_t hidden,
+                      int64_t width) {
+  return active.size() > 1 && n_assigned * hidden * width >= (int64_t{1} << 20);
+}
+
 }  // namespace
 
 void mlp_forward(const MlpWeights& mlp, const float* x, float* out, int64_t n_tokens,
@@ -122,19 +136,27 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
   } else {
     std::fill(out, out + n_tokens * H, 0.0f);
   }
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
-    if (count == 0) continue;
-    // A single token is read in place, so that decode's experts share one rounded input.
-    const float* x_e =
-        count == 1 ? x + (a.assignment[begin] / K) * H : a.x_sorted.data() + begin * H;
-    float* y_e = a.y_sorted.data() + begin * H;
-    if (group)
-      grouped.push_back({&moe.experts[e], x_e, y_e, count, I, &a.experts[e]});
-    else
-      mlp_forward(moe.experts[e], x_e, y_e, count, H, I, a.experts[e]);
+  const std::vector<int64_t> active = active_experts(a.offsets);
+  if (group) {
+    for (int64_t e : active) {
+      const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
+      // A single token is read in place, so that decode's experts share one rounded input.
+      const float* x_e =
+          count == 1 ? x + (a.assignment[begin] / K) * H : a.x_sorted.data() + begin * H;
+      grouped.push_back({&moe.experts[e], x_e, a.y_sorted.data() + begin * H, count, I,
+                         &a.experts[e]});
+    }
+    mlp_forward_grouped(grouped);
+  } else {
+    // Experts in parallel, each on one thread (products nested in a parallel region run on the
+    // calling thread): small per-expert GEMMs keep both cores busy without syncing inside.
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_experts(active, n_assigned, H, I))
+    for (size_t i = 0; i < active.size(); i++) {
+      const int64_t e = active[i], begin = a.offsets[e], count = a.offsets[e + 1] - begin;
+      mlp_forward(moe.experts[e], a.x_sorted.data() + begin * H, a.y_sorted.data() + begin * H,
+                  count, H, I, a.experts[e]);
+    }
   }
-  if (group) mlp_forward_grouped(grouped);
   for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t flat = a.assignment[i];
     const float w = a.routing.weight[flat];
@@ -166,9 +188,11 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
     }
     dweight[flat] = static_cast<float>(dot);
   }
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
-    if (count == 0) continue;
+  const std::vector<int64_t> active = active_experts(a.offsets);
+  // Experts in parallel: each writes only its own gradients and its own rows of dx_sorted.
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_experts(active, n_assigned, H, I))
+  for (size_t i = 0; i < active.size(); i++) {
+    const int64_t e = active[i], begin = a.offsets[e], count = a.offsets[e + 1] - begin;
     mlp_backward(moe.experts[e], g.experts[e], a.x_sorted.data() + begin * H,
                  dy_sorted.data() + begin * H, dx_sorted.data() + begin * H, count, H, I,
                  a.experts[e]);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <vector>
 
 #include "io/safetensors.h"
 #include "model/quantize.h"
@@ -114,6 +116,42 @@ int64_t mtp_modules_in(const ModelConfig& c, const Checkpoint& checkpoint) {
              : 0;
 }
 
+namespace {
+
+// Reads a 2-D weight straight into `format`, a slice of rows at a time, so that no float32 copy
+// of the whole tensor exists at once (V2-Lite's lm_head is 800 MB in float32). F8 weights (with
+// their block scales) and anything load_f32 would reject go through load_f32.
+Tensor load_quantized(const Checkpoint& checkpoint, const std::string& name, const Shape& shape,
+                      WeightFormat format) {
+  const TensorInfo& info = checkpoint.get(name);
+  if (info.shape != shape || info.dtype == DType::kF8_E4M3 || !dtype_is_float(info.dtype)) {
+    Tensor tensor = checkpoint.load_f32(name, shape);  // (throws on a bad shape or dtype)
+    quantize_tensor(tensor, format);
+    return tensor;
+  }
+  const int64_t rows = shape[0], cols = shape[1];
+  const size_t element = dtype_size(info.dtype);
+  QuantMatrix matrix = make_quant_matrix(rows, cols, format);
+  const int64_t slice = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(cols, 1));
+  std::vector<float> rows_f32(static_cast<size_t>(std::min(slice, rows) * cols));  // (slice, cols)
+  for (int64_t begin = 0; begin < rows; begin += slice) {
+    const int64_t n = std::min(slice, rows - begin);
+    convert_to_f32(info.data + static_cast<size_t>(begin * cols) * element, info.dtype,
+                   static_cast<size_t>(n * cols), rows_f32.data());
+    try {
+      quantize_rows(rows_f32.data(), begin, n, matrix);
+    } catch (const Error& e) {
+      fail(fmt::format("{}: tensor '{}': {}", info.file, name, e.what()));
+    }
+  }
+  Tensor tensor;
+  tensor.shape = shape;
+  tensor.quant = std::make_shared<const QuantMatrix>(std::move(matrix));
+  return tensor;
+}
+
+}  // namespace
+
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
                           WeightFormat format) {
   ModelWeights weights;
@@ -121,14 +159,18 @@ ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoin
   for_each_tensor(
       config, weights,
       [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
-        tensor = checkpoint.load_f32(name, shape);
+        // Rows of the embedding are looked up, not multiplied: held as bf16 where that is exact
+        // (a bf16 checkpoint, as DeepSeek releases them) and the lm_head does not share them.
+        const bool bf16_embedding = format != WeightFormat::kF32 &&
+                                    role == TensorRole::kEmbedding &&
+                                    checkpoint.get(name).dtype == DType::kBF16 &&
+                                    !config.tie_word_embeddings;
         if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
-          quantize_tensor(tensor, format);
-        // Rows of the embedding are looked up, not multiplied: held as bf16 where that is exact (a
-        // bf16 checkpoint, as DeepSeek releases them) and the lm_head does not share them.
-        if (format != WeightFormat::kF32 && role == TensorRole::kEmbedding &&
-            checkpoint.get(name).dtype == DType::kBF16 && !config.tie_word_embeddings)
-          quantize_tensor(tensor, WeightFormat::kBF16);
+          tensor = load_quantized(checkpoint, name, shape, format);
+        else if (bf16_embedding)
+          tensor = load_quantized(checkpoint, name, shape, WeightFormat::kBF16);
+        else
+          tensor = checkpoint.load_f32(name, shape);
         const bool views_file = static_cast<const void*>(tensor.data) ==
                                 static_cast<const void*>(checkpoint.get(name).data);
         if (!views_file) checkpoint.release(name);

@@ -564,8 +564,25 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
   if (!use_gemm(w, M)) {
     quant_linear_forward_rows(out, inp, w, M);
   } else if (w.format == WeightFormat::kBF16) {
-    gemm_bf16_weights(out, inp, M, static_cast<const uint16_t*>(w.row(0)), w.rows, w.cols,
-                      static_cast<int64_t>(w.row_bytes / sizeof(uint16_t)));
+    const auto* weights = static_cast<const uint16_t*>(w.row(0));
+    const int64_t N = w.rows, K = w.cols, stride = w.row_bytes / sizeof(uint16_t);
+    if (M >= kGemmSinglePassMinRowsBF16) {
+      gemm_bf16_weights(out, inp, M, weights, N, K, stride);
+      return;
+    }
+    // x = hi + lo, both exact in bf16 (hi rounds x to nearest even, lo the remainder): two
+    // passes of the GEMM, summed.
+    thread_local std::vector<float> hi, lo, partial;
+    hi.resize(M * K);
+    lo.resize(M * K);
+    partial.resize(M * N);
+    for (int64_t i = 0; i < M * K; i++) {
+      hi[i] = bf16_to_f32(f32_to_bf16(inp[i]));
+      lo[i] = inp[i] - hi[i];
+    }
+    gemm_bf16_weights(out, hi.data(), M, weights, N, K, stride);
+    gemm_bf16_weights(partial.data(), lo.data(), M, weights, N, K, stride);
+    for (int64_t i = 0; i < M * N; i++) out[i] += partial[i];
   } else {
     gemm_quant(out, inp, M, w);
   }

@@ -21,11 +21,13 @@ namespace dsmoe::cpu {
 //          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32 (the
 //          same in the VNNI GEMM, M >= 2, up to the order of the float32 sums).
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M);
-// Activation rows from which quant_linear_forward takes the GEMMs. For bf16 well above a
-// decode step or a short prompt: the row kernels' hi + lo activations keep greedy decoding of
-// float32 models on their float32 path (tests/test_golden.cpp), the GEMM's bf16 activations do
-// not always; long prompts (prefill) and the MoE experts' token groups take the GEMM.
-constexpr int64_t kGemmMinRowsBF16 = 32;
+// Activation rows from which quant_linear_forward takes the GEMMs. bf16: from 8 rows the GEMM,
+// run twice, on the activations' bf16 hi and lo parts (the row kernels' 16-bit activations, so
+// that greedy decoding of float32 models stays on its float32 path: tests/test_golden.cpp);
+// from 32 rows (long prompts, the MoE experts' token groups in prefill) once, on bf16
+// activations, as the bf16 dot-product units take them.
+constexpr int64_t kGemmMinRowsBF16 = 8;
+constexpr int64_t kGemmSinglePassMinRowsBF16 = 32;
 constexpr int64_t kGemmMinRowsQuant = 2;
 // The row kernels above alone, for any M (the GEMMs' fallback, and their tests' baseline).
 void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& w, int64_t M);
