@@ -311,7 +311,8 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
       if (error.empty()) error = fmt::format("row {}: {}", row_begin + i, e.what());
     }
   }
-  if (!error.empty()) fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
+  if (!error.empty())
+    fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
 }
 
 QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format) {

@@ -143,8 +143,8 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
       // A single token is read in place, so that decode's experts share one rounded input.
       const float* x_e =
           count == 1 ? x + (a.assignment[begin] / K) * H : a.x_sorted.data() + begin * H;
-      grouped.push_back({&moe.experts[e], x_e, a.y_sorted.data() + begin * H, count, I,
-                         &a.experts[e]});
+      grouped.push_back(
+          {&moe.experts[e], x_e, a.y_sorted.data() + begin * H, count, I, &a.experts[e]});
     }
     mlp_forward_grouped(grouped);
   } else {

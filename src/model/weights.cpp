@@ -161,10 +161,9 @@ ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoin
       [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
         // Rows of the embedding are looked up, not multiplied: held as bf16 where that is exact
         // (a bf16 checkpoint, as DeepSeek releases them) and the lm_head does not share them.
-        const bool bf16_embedding = format != WeightFormat::kF32 &&
-                                    role == TensorRole::kEmbedding &&
-                                    checkpoint.get(name).dtype == DType::kBF16 &&
-                                    !config.tie_word_embeddings;
+        const bool bf16_embedding =
+            format != WeightFormat::kF32 && role == TensorRole::kEmbedding &&
+            checkpoint.get(name).dtype == DType::kBF16 && !config.tie_word_embeddings;
         if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
           tensor = load_quantized(checkpoint, name, shape, format);
         else if (bf16_embedding)
