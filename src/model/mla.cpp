@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_ops.h"
 #include "model/attention_impl.h"
 
 namespace dsmoe {
@@ -78,6 +79,31 @@ void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* 
 
 // Absorbed MLA for one sequence: attention over the latent rows themselves (one shared "kv
 // head" of width kv_lora_rank + rope, values = the latent), with q_nope . W_UK as the query.
+// One decoded token with the per-head halves of kv_b_proj in the weight format
+// (AttentionWeights::absorbed_uk_t / absorbed_uv): both per-head products as one grouped product
+// each.
+void attend_absorbed_compact(const ModelConfig& c, const AttentionWeights& w, const float* q,
+                             const float* rows, int64_t n_kv, float* heads) {
+  const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
+  const int64_t qk = c.qk_head_dim(), rank = c.kv_lora_rank, row = c.kv_cache_row();
+  std::vector<float> q_latent(n_heads * row);  // (heads, rank + rope)
+  std::vector<cpu::QuantJob> jobs;
+  for (int64_t h = 0; h < n_heads; h++) {
+    jobs.push_back({q_latent.data() + h * row, q + h * qk, w.absorbed_uk_t[h].get(), 1});
+    std::copy(q + h * qk + nope, q + (h + 1) * qk, q_latent.data() + h * row + rank);
+  }
+  cpu::quant_linear_forward_group(jobs.data(), n_heads);
+  const AttentionShape shape =
+      attention_shape(1, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
+                      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
+  std::vector<float> o_latent(n_heads * rank);  // (heads, rank)
+  cpu::attention_forward(o_latent.data(), q_latent.data(), rows, rows, shape);
+  jobs.clear();
+  for (int64_t h = 0; h < n_heads; h++)
+    jobs.push_back({heads + h * dv, o_latent.data() + h * rank, w.absorbed_uv[h].get(), 1});
+  cpu::quant_linear_forward_group(jobs.data(), n_heads);
+}
+
 void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const float* q,
                      const float* rows, int64_t n_q, int64_t n_kv, float* heads) {
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
@@ -85,6 +111,10 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
   const int64_t n_items = n_q * n_heads;  // (token, head) pairs, token-major
   const float* kv_b = w.kv_b_proj.data;   // [heads, nope + dv, rank]
   const bool parallel = n_items * nope * rank >= (int64_t{1} << 16);
+  if (n_q == 1 && !w.absorbed_uk_t.empty()) {
+    attend_absorbed_compact(c, w, q, rows, n_kv, heads);
+    return;
+  }
   // q_latent[t, h] = [W_UK[h]^T q_nope[t, h] | q_rope[t, h]]; one parallel loop for all heads
   // (a threaded product per head would wake the threads 2 * heads times per decoded token);
   // BLAS called inside it runs on the calling thread.

@@ -1,6 +1,7 @@
 #include "model/quantize.h"
 
 #include <string>
+#include <vector>
 
 namespace dsmoe {
 namespace {
@@ -34,11 +35,53 @@ void quantize_tensor(Tensor& tensor, WeightFormat format) {
 
 void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format) {
   if (format == WeightFormat::kF32) return;
-  for_each_tensor(config, weights, [&](const std::string& name, const Shape& shape,
-                                       TensorRole role, Tensor& tensor) {
-    if (is_quantizable(config, name, shape, role)) quantize_tensor(tensor, format);
-  });
+  for_each_tensor(
+      config, weights,
+      [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
+        if (is_quantizable(config, name, shape, role)) quantize_tensor(tensor, format);
+      });
 }
+
+void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
+                             WeightFormat model_format) {
+  // Q4_0 models keep these at Q8_0: a few percent of the bytes, where 4 bits would put ~5x the
+  // rounding of Q8_0 on every attention score of a decoded token (tests/test_absorbed_compact).
+  const WeightFormat format =
+      model_format == WeightFormat::kQ4_0 ? WeightFormat::kQ8_0 : model_format;
+  const int64_t nope = c.qk_nope_head_dim, dv = c.v_head_dim, rank = c.kv_lora_rank;
+  const bool blocked = format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0;
+  if (format == WeightFormat::kF32 || !c.use_mla() ||
+      (blocked && (nope % kQuantBlock != 0 || rank % kQuantBlock != 0)))
+    return;
+  std::vector<float> uk_t(rank * nope);  // (rank, nope)
+  for (LayerWeights& layer : weights.layers) {
+    AttentionWeights& a = layer.attn;
+    if (a.kv_b_proj.data == nullptr) continue;
+    a.absorbed_uk_t.clear();
+    a.absorbed_uv.clear();
+    for (int64_t h = 0; h < c.num_attention_heads; h++) {
+      const float* w_uk = a.kv_b_proj.data + h * (nope + dv) * rank;  // [nope, rank]
+      for (int64_t i = 0; i < nope; i++)
+        for (int64_t r = 0; r < rank; r++) uk_t[r * nope + i] = w_uk[i * rank + r];
+      a.absorbed_uk_t.push_back(
+          std::make_shared<const QuantMatrix>(quantize_matrix(uk_t.data(), rank, nope, format)));
+      a.absorbed_uv.push_back(std::make_shared<const QuantMatrix>(
+          quantize_matrix(w_uk + nope * rank, dv, rank, format)));  // [dv, rank]
+    }
+  }
+}
+
+namespace {
+
+// Bytes of a layer's derived absorbed-decode matrices (0 when there are none).
+int64_t absorbed_bytes(const AttentionWeights& a) {
+  int64_t bytes = 0;
+  for (const auto* list : {&a.absorbed_uk_t, &a.absorbed_uv})
+    for (const auto& m : *list) bytes += static_cast<int64_t>(m->size_bytes());
+  return bytes;
+}
+
+}  // namespace
 
 int64_t active_weight_bytes_per_token(const ModelConfig& c, ModelWeights& weights) {
   // Visit the main model only: MTP modules do not run in inference.
@@ -47,17 +90,26 @@ int64_t active_weight_bytes_per_token(const ModelConfig& c, ModelWeights& weight
   double bytes = 0.0;
   const double routed_share =
       c.n_routed_experts > 0 ? static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts : 0;
-  for_each_tensor(c, weights, [&](const std::string& name, const Shape&, TensorRole role,
-                                  Tensor& tensor) {
-    if (role == TensorRole::kEmbedding) {
-      bytes += c.hidden_size * sizeof(float);  // one row
-    } else if (name.find(".mlp.experts.") != std::string::npos) {
-      bytes += routed_share * tensor_bytes(tensor);
-    } else {
-      bytes += tensor_bytes(tensor);
-    }
-  });
+  for_each_tensor(c, weights,
+                  [&](const std::string& name, const Shape&, TensorRole role, Tensor& tensor) {
+                    if (role == TensorRole::kEmbedding) {
+                      bytes += c.hidden_size * sizeof(float);  // one row
+                    } else if (name.ends_with("kv_b_proj.weight") && tensor.data != nullptr) {
+                      // Decode reads the derived per-head halves where there are (absorbed_bytes
+                      // below).
+                      bool derived = false;
+                      for (const LayerWeights& layer : weights.layers)
+                        if (layer.attn.kv_b_proj.data == tensor.data)
+                          derived = !layer.attn.absorbed_uk_t.empty();
+                      if (!derived) bytes += tensor_bytes(tensor);
+                    } else if (name.find(".mlp.experts.") != std::string::npos) {
+                      bytes += routed_share * tensor_bytes(tensor);
+                    } else {
+                      bytes += tensor_bytes(tensor);
+                    }
+                  });
   if (c.tie_word_embeddings) bytes += tensor_bytes(weights.lm_head);
+  for (const LayerWeights& layer : weights.layers) bytes += absorbed_bytes(layer.attn);
   std::swap(mtp, weights.mtp);
   return static_cast<int64_t>(bytes);
 }
@@ -67,24 +119,27 @@ int64_t active_parameters_per_token(const ModelConfig& c) {
   double params = 0.0;
   const double routed_share =
       c.n_routed_experts > 0 ? static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts : 0;
-  for_each_tensor(c, shapes, [&](const std::string& name, const Shape& shape, TensorRole role,
-                                 Tensor&) {
-    const double n = static_cast<double>(shape_numel(shape));
-    if (role == TensorRole::kEmbedding)
-      params += c.hidden_size;  // one row
-    else if (name.find(".mlp.experts.") != std::string::npos)
-      params += routed_share * n;
-    else
-      params += n;
-  });
+  for_each_tensor(c, shapes,
+                  [&](const std::string& name, const Shape& shape, TensorRole role, Tensor&) {
+                    const double n = static_cast<double>(shape_numel(shape));
+                    if (role == TensorRole::kEmbedding)
+                      params += c.hidden_size;  // one row
+                    else if (name.find(".mlp.experts.") != std::string::npos)
+                      params += routed_share * n;
+                    else
+                      params += n;
+                  });
   if (c.tie_word_embeddings) params += static_cast<double>(c.vocab_size) * c.hidden_size;
   return static_cast<int64_t>(params);
 }
 
 int64_t weight_bytes(const ModelConfig& config, ModelWeights& weights) {
   int64_t bytes = 0;
-  for_each_tensor(config, weights, [&](const std::string&, const Shape&, TensorRole,
-                                       Tensor& tensor) { bytes += tensor_bytes(tensor); });
+  for_each_tensor(config, weights,
+                  [&](const std::string&, const Shape&, TensorRole, Tensor& tensor) {
+                    bytes += tensor_bytes(tensor);
+                  });
+  for (const LayerWeights& layer : weights.layers) bytes += absorbed_bytes(layer.attn);
   return bytes;
 }
 

@@ -18,6 +18,12 @@ namespace dsmoe {
 // will be trained.
 void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format);
 
+// Absorbed MLA decode with compact weights: stores each MLA layer's kv_b_proj halves per head in
+// `format` (Q8_0 for a Q4_0 model; AttentionWeights::absorbed_uk_t / absorbed_uv), so that a
+// decoded token reads them compact instead of kv_b_proj in float32. Nothing for kF32, for V1, or
+// for a block format whose row widths (qk_nope_head_dim, kv_lora_rank) are not multiples of 32.
+void derive_absorbed_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format);
+
 // Whether quantize_weights re-stores this tensor (see above).
 bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,
                     TensorRole role);

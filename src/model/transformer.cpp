@@ -7,6 +7,7 @@
 #include "io/safetensors.h"
 #include "kernels/cpu/ops.h"
 #include "model/moe.h"
+#include "model/quantize.h"
 #include "model/rope.h"
 #include "util/check.h"
 
@@ -19,6 +20,7 @@ Model Model::load(const std::string& dir, WeightFormat format) {
   ModelConfig config = load_model_config(dir);
   Checkpoint checkpoint(dir);
   ModelWeights weights = load_weights(config, checkpoint, format);
+  derive_absorbed_weights(config, weights, format);
   Model model(std::move(config), std::move(weights));
   if (format != WeightFormat::kF32) model.weight_format_ = format;
   return model;
@@ -26,6 +28,7 @@ Model Model::load(const std::string& dir, WeightFormat format) {
 
 void Model::quantize(WeightFormat format) {
   quantize_weights(config_, weights_, format);
+  derive_absorbed_weights(config_, weights_, format);
   if (format != WeightFormat::kF32) weight_format_ = format;
 }
 

@@ -33,14 +33,19 @@ struct AttentionWeights {
   Tensor k_proj, v_proj;                  // [n_kv_heads * head_dim, H]
   Tensor q_bias, k_bias, v_bias, o_bias;  // only with attention_bias
   Tensor o_proj;                          // [H, n_heads * v_head_dim] (V1: n_heads * head_dim)
+  // Inference with compact weights only (derive_absorbed_weights, model/quantize.h): kv_b_proj's
+  // two halves per head for the absorbed decode, in the weight format: W_UK[h]^T
+  // [kv_lora_rank, qk_nope_head_dim] and W_UV[h] [v_head_dim, kv_lora_rank]. Not checkpoint
+  // tensors (for_each_tensor does not visit them); kv_b_proj stays float32 for prefill.
+  std::vector<std::shared_ptr<const QuantMatrix>> absorbed_uk_t, absorbed_uv;
 };
 
 struct MoeWeights {
-  Tensor gate;                     // [n_routed_experts, H] router
-  Tensor e_score_correction_bias;  // [n_routed_experts] V3 noaux_tc only: selection bias
-  Tensor noise_weight;             // [n_routed_experts, H] noisy gating only
+  Tensor gate;                      // [n_routed_experts, H] router
+  Tensor e_score_correction_bias;   // [n_routed_experts] V3 noaux_tc only: selection bias
+  Tensor noise_weight;              // [n_routed_experts, H] noisy gating only
   std::vector<MlpWeights> experts;  // n_routed_experts, width moe_intermediate_size
-  MlpWeights shared;  // width moe_intermediate_size * n_shared_experts (empty when 0)
+  MlpWeights shared;                // width moe_intermediate_size * n_shared_experts (empty when 0)
 };
 
 struct LayerWeights {
@@ -65,8 +70,8 @@ struct MtpWeights {
 struct ModelWeights {
   Tensor embed_tokens;  // [V, H]
   std::vector<LayerWeights> layers;
-  Tensor norm;     // [H]
-  Tensor lm_head;  // [V, H] (a view of embed_tokens when tie_word_embeddings)
+  Tensor norm;                  // [H]
+  Tensor lm_head;               // [V, H] (a view of embed_tokens when tie_word_embeddings)
   std::vector<MtpWeights> mtp;  // MTP modules; empty: none (size it before for_each_tensor)
 
   // Decoder block by checkpoint layer index: the main layers, then the MTP modules' blocks.
@@ -85,8 +90,8 @@ enum class TensorRole { kMatrix, kNorm, kEmbedding, kBias, kRouterBias, kNoise }
 // model.layers.L.mlp.experts.E.down_proj.weight). Sizes `weights.layers` first. lm_head is not
 // visited when tie_word_embeddings (it is set to embed_tokens after). Then the weights.mtp.size()
 // MTP modules.
-using TensorVisitor =
-    std::function<void(const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor)>;
+using TensorVisitor = std::function<void(const std::string& name, const Shape& shape,
+                                         TensorRole role, Tensor& tensor)>;
 void for_each_tensor(const ModelConfig& config, ModelWeights& weights, const TensorVisitor& visit);
 
 // MTP modules a checkpoint carries: num_nextn_predict_layers when its first module's eh_proj is

@@ -489,11 +489,16 @@ void fill_vnni_groups(const BlockQ8_0* x, const float* x_scale, int64_t nb, Weig
         out.correction[4 * j] = -8 * sum;
         for (int64_t l = 0; l < 4; l++) out.scale[4 * j + l] = x_scale[b];
       } else {
-        int8_t* dst = j < 2 ? out.low : out.high;
-        std::memcpy(dst + kQuantBlock * (j % 2), x[b].q, kQuantBlock);
-        (j < 2 ? out.correction : out.correction_hi)[8 * (j % 2)] = -128 * sum;
-        float* scale = j < 2 ? out.scale : out.scale_hi;
-        for (int64_t l = 0; l < 8; l++) scale[8 * (j % 2) + l] = x_scale[b];
+        // (explicit branches: GCC 12 at -O0 with the sanitizers stored through a conditional
+        // expression of two arrays at the wrong index)
+        const bool high = j >= 2;
+        const int64_t half = j % 2;
+        int8_t* dst = high ? &out.high[0] : &out.low[0];
+        int32_t* correction = high ? &out.correction_hi[0] : &out.correction[0];
+        float* scale = high ? &out.scale_hi[0] : &out.scale[0];
+        std::memcpy(dst + kQuantBlock * half, x[b].q, kQuantBlock);
+        correction[8 * half] = -128 * sum;
+        for (int64_t l = 0; l < 8; l++) scale[8 * half + l] = x_scale[b];
       }
     }
   }
