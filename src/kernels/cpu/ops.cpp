@@ -169,6 +169,20 @@ void attention_forward_rows(float* out, const float* q, const float* k, const fl
   }
 }
 
+// In place: softmax over row[0, n_visible), zeros after (the causal mask).
+void masked_softmax_row(float* row, int64_t n_visible, int64_t S) {
+  float max_score = -INFINITY;
+  for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n_visible; j++) {
+    row[j] = std::exp(row[j] - max_score);
+    sum += row[j];
+  }
+  const float inv_sum = 1.0f / sum;
+  for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
+  std::fill(row + n_visible, row + S, 0.0f);
+}
+
 // The probabilities of one head: p[T, S] = softmax(scale * q_h . k_h^T) with the causal mask.
 void head_probabilities(const float* q, const float* k, const AttentionShape& s, float* p) {
   const int64_t T = s.n_q_tokens, S = s.n_kv_tokens;
@@ -178,16 +192,7 @@ void head_probabilities(const float* q, const float* k, const AttentionShape& s,
   for (int64_t t = 0; t < T; t++) {
     float* row = p + t * S;
     const int64_t n_visible = s.q_pos0 + t + 1;
-    float max_score = -INFINITY;
-    for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n_visible; j++) {
-      row[j] = std::exp(row[j] - max_score);
-      sum += row[j];
-    }
-    const float inv_sum = 1.0f / sum;
-    for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
-    std::fill(row + n_visible, row + S, 0.0f);
+    masked_softmax_row(row, n_visible, S);
   }
 }
 
@@ -239,16 +244,7 @@ void attention_forward_shared_kv(float* out, const float* q, const float* k, con
   for (int64_t r = 0; r < R; r++) {  // row r = (token r / n_heads, head r % n_heads)
     float* row = p.data() + r * S;
     const int64_t n_visible = s.q_pos0 + r / s.n_heads + 1;
-    float max_score = -INFINITY;
-    for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n_visible; j++) {
-      row[j] = std::exp(row[j] - max_score);
-      sum += row[j];
-    }
-    const float inv_sum = 1.0f / sum;
-    for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
-    std::fill(row + n_visible, row + S, 0.0f);
+    masked_softmax_row(row, n_visible, S);
   }
   gemm(false, false, R, s.v_dim, S, 1.0f, p.data(), S, v, s.v_token_stride, 0.0f, out,
        s.out_head_stride);

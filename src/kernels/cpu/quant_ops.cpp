@@ -32,39 +32,10 @@
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_quant.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_acts.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
 #include "util/check.h"
-
-#ifndef DSMOE_QUANT_OPS_ONCE
-#define DSMOE_QUANT_OPS_ONCE
-namespace dsmoe::cpu {
-// Q8_0 activations of four consecutive blocks 4g .. 4g + 3, laid out for the VNNI row kernels
-// (RowsBlocks) of one weight format; blocks past the row's end are zero.
-//  * Q4_0 (a 64-byte load of quants holds 16 bytes per block; its low nibbles are elements 0..15
-//    of each block, its high nibbles 16..31): `low` = elements 0..15 of the four blocks, `high`
-//    = 16..31; int32 lanes 4j .. 4j + 3 belong to block 4g + j; correction lane 4j is
-//    -8 * sum(x of block 4g + j); `scale` lanes 4j .. 4j + 3 its scale.
-//  * Q8_0 (two blocks per 64 bytes): `low` = blocks 4g, 4g + 1, `high` = 4g + 2, 4g + 3; lanes
-//    8j .. 8j + 7 belong to the j-th block of a vector; correction lanes 0 and 8 are -128 * sum;
-//    `scale`, `scale_hi` (and `correction_hi`) belong to the `high` vector.
-struct alignas(64) VnniGroup {
-  int8_t low[64], high[64];
-  int32_t correction[16], correction_hi[16];
-  float scale[16], scale_hi[16];
-};
-
-// Activations rounded for one weight format (pointers into a buffer of the caller).
-struct PreparedActs {
-  int64_t M = 0;
-  const uint16_t* bf16 = nullptr;     // bf16: (2, M, K) hi and lo parts
-  const BlockQ8_0* q8 = nullptr;      // Q8_0 / Q4_0: (M, nb) blocks
-  const float* q8_scale = nullptr;    // (M, nb) their scales as float
-  const VnniGroup* groups = nullptr;  // (M, groups_per_row): the same, for the VNNI kernels
-  int64_t groups_per_row = 0;
-};
-}  // namespace dsmoe::cpu
-#endif
 
 // Per target: the row kernels. Conventions shared by all of them:
 //  * out is [M, N] with N = w.rows; rows of w are split between threads, and for M > 1 each
@@ -461,90 +432,6 @@ HWY_EXPORT(Rows);
 HWY_EXPORT(CompiledTarget);
 
 namespace {
-
-// Rounded activations in the layout of one weight format, kept per thread across calls so that
-// a decoded token allocates nothing.
-struct ActsBuffer {
-  std::vector<uint16_t> bf16;                                       // (2, M, K) hi and lo parts
-  std::vector<BlockQ8_0> q8;                                        // (M, nb)
-  std::vector<float> q8_scale;                                      // (M, nb)
-  std::vector<float> scratch;                                       // (2, K)
-  std::vector<VnniGroup, CacheAlignedAllocator<VnniGroup>> groups;  // (M, ceil(nb / 4))
-};
-
-// The VnniGroup records of one activation row of nb blocks (x, x_scale) for `format`.
-void fill_vnni_groups(const BlockQ8_0* x, const float* x_scale, int64_t nb, WeightFormat format,
-                      VnniGroup* groups) {
-  constexpr int64_t kHalf = kQuantBlock / 2;
-  for (int64_t g = 0; 4 * g < nb; g++) {
-    VnniGroup& out = groups[g];
-    out = VnniGroup{};
-    for (int64_t j = 0; j < 4 && 4 * g + j < nb; j++) {
-      const int64_t b = 4 * g + j;
-      int32_t sum = 0;
-      for (int64_t i = 0; i < kQuantBlock; i++) sum += x[b].q[i];
-      if (format == WeightFormat::kQ4_0) {
-        std::memcpy(out.low + kHalf * j, x[b].q, kHalf);
-        std::memcpy(out.high + kHalf * j, x[b].q + kHalf, kHalf);
-        out.correction[4 * j] = -8 * sum;
-        for (int64_t l = 0; l < 4; l++) out.scale[4 * j + l] = x_scale[b];
-      } else {
-        // (explicit branches: GCC 12 at -O0 with the sanitizers stored through a conditional
-        // expression of two arrays at the wrong index)
-        const bool high = j >= 2;
-        const int64_t half = j % 2;
-        int8_t* dst = high ? &out.high[0] : &out.low[0];
-        int32_t* correction = high ? &out.correction_hi[0] : &out.correction[0];
-        float* scale = high ? &out.scale_hi[0] : &out.scale[0];
-        std::memcpy(dst + kQuantBlock * half, x[b].q, kQuantBlock);
-        correction[8 * half] = -128 * sum;
-        for (int64_t l = 0; l < 8; l++) scale[8 * half + l] = x_scale[b];
-      }
-    }
-  }
-}
-
-// Rounds inp[M, K] once for `format` (f32 needs nothing).
-PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
-                          ActsBuffer& buf) {
-  PreparedActs acts;
-  acts.M = M;
-  if (format == WeightFormat::kBF16) {
-    // hi = bf16(a) and lo = bf16(a - hi), round to nearest even.
-    buf.bf16.resize(static_cast<size_t>(2 * M * K));
-    buf.scratch.resize(static_cast<size_t>(2 * K));
-    float* hi = buf.scratch.data();
-    float* residual = hi + K;
-    for (int64_t m = 0; m < M; m++) {
-      convert_row_f32_to_bf16(inp + m * K, &buf.bf16[m * K], K);
-      convert_row_bf16_to_f32(&buf.bf16[m * K], hi, K);
-      for (int64_t k = 0; k < K; k++) residual[k] = inp[m * K + k] - hi[k];
-      convert_row_f32_to_bf16(residual, &buf.bf16[(M + m) * K], K);
-    }
-    acts.bf16 = buf.bf16.data();
-  } else if (format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0) {
-    // Q8_0 blocks with float scales. A block that cannot be quantized (inf/NaN, or beyond f16)
-    // gets a NaN scale, so its outputs are NaN as in float arithmetic, instead of an exception
-    // inside a kernel.
-    const int64_t n_blocks = M * (K / kQuantBlock);
-    buf.q8.resize(static_cast<size_t>(n_blocks));
-    buf.q8_scale.resize(static_cast<size_t>(n_blocks));
-    for (int64_t i = 0; i < n_blocks; i++)
-      buf.q8_scale[i] = quantize_block_q8_0(inp + i * kQuantBlock, &buf.q8[i])
-                            ? f16_to_f32(buf.q8[i].scale_f16)
-                            : std::numeric_limits<float>::quiet_NaN();
-    acts.q8 = buf.q8.data();
-    acts.q8_scale = buf.q8_scale.data();
-    const int64_t nb = K / kQuantBlock, groups_per_row = (nb + 3) / 4;
-    buf.groups.resize(static_cast<size_t>(M * groups_per_row));
-    for (int64_t m = 0; m < M; m++)
-      fill_vnni_groups(acts.q8 + m * nb, acts.q8_scale + m * nb, nb, format,
-                       buf.groups.data() + m * groups_per_row);
-    acts.groups = buf.groups.data();
-    acts.groups_per_row = groups_per_row;
-  }
-  return acts;
-}
 
 // Enough multiply-adds to be worth waking the OpenMP team.
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;
