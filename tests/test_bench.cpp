@@ -139,6 +139,12 @@ TEST(BenchConfigs, ParseWithIssueShapes) {
   EXPECT_EQ(s.n_group, 8);
   EXPECT_EQ(s.topk_group, 4);
   EXPECT_NEAR(count_parameters(s) / 1e6, 141.173, 0.001);
+  // The full DeepSeek-V2-Lite shape: infer-lite8 with all 27 layers, 15.7 B parameters.
+  const ModelConfig full = load_model_config(dir + "v2-lite.json");
+  EXPECT_EQ(full.num_hidden_layers, 27);
+  // 19 more MoE layers of 584.85 M each (attention, norms, 64 + 2 experts, router).
+  EXPECT_EQ(count_parameters(full), 4594374656 + 19 * int64_t{584847872});
+  EXPECT_EQ(count_parameters(full), 15706484224);
 }
 
 TEST(BenchMath, RepTimes) {
