@@ -45,11 +45,15 @@ def main():
         m.get("cpu", "-"), m.get("cores", "-"), m.get("hwy_target", "-"), ref.get("threads", "-")))
     print("- PyTorch {} (OMP_WAIT_POLICY={})".format(
         (ts or tt).get("torch", "-"), (ts or tt).get("omp_wait_policy", "-")))
-    print("- read bandwidth {} GB/s; fp32 sgemm {} GFLOP/s; bf16 {} GFLOP/s; int8 {} GOP/s\n".format(
+    print("- read bandwidth {} GB/s; GEMMs: fp32 sgemm {} GFLOP/s, bf16 {} GFLOP/s, int8 {} GOP/s; "
+          "instruction peaks: fp32 FMA {}, bf16 dot {}, int8 dot {}\n".format(
         num(ref.get("read_bandwidth_bytes_per_s", 0) / 1e9 or None),
         num(ref.get("fp32_peak_flops_per_s", 0) / 1e9 or None),
         num(ref.get("bf16_peak_flops_per_s", 0) / 1e9 or None),
-        num(ref.get("int8_peak_ops_per_s", 0) / 1e9 or None)))
+        num(ref.get("int8_peak_ops_per_s", 0) / 1e9 or None),
+        num(ref.get("fp32_fma_peak_flops_per_s", 0) / 1e9 or None),
+        num(ref.get("bf16_dot_peak_flops_per_s", 0) / 1e9 or None),
+        num(ref.get("int8_dot_peak_ops_per_s", 0) / 1e9 or None)))
     pp, tg = "pp{}".format(ref.get("prompt", "-")), "tg{}".format(ref.get("decode_tokens", "-"))
     print("## infer-lite8 ({} / {}, median of the repetitions, tokens/s)\n".format(pp, tg))
     print("| weights | dsmoe {0} | dsmoe {1} | target {0} / {1} | llama.cpp {0} / {1} "

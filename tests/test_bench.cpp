@@ -58,15 +58,33 @@ void expect_positive(const nlohmann::json& j, const char* key) {
 
 TEST(BenchCli, JsonF32WithTraining) {
   const nlohmann::json j = run_json("--train --batch 2 --seq 16");
-  for (const char* key :
-       {"prefill_tokens_per_s", "prefill_tokens_per_s_best", "decode_tokens_per_s",
-        "decode_tokens_per_s_best", "train_tokens_per_s", "train_tokens_per_s_best",
-        "active_bytes_per_token", "weight_bytes", "read_bandwidth_bytes_per_s",
-        "peak_rss_bytes", "fp32_peak_flops_per_s", "bf16_peak_flops_per_s",
-        "int8_peak_ops_per_s", "decode_roofline_tokens_per_s", "decode_fraction_of_roofline",
-        "prefill_fraction_of_peak", "train_fraction_of_peak", "prefill_flops_per_token",
-        "train_flops_per_token", "threads"})
+  for (const char* key : {"prefill_tokens_per_s",
+                          "prefill_tokens_per_s_best",
+                          "decode_tokens_per_s",
+                          "decode_tokens_per_s_best",
+                          "train_tokens_per_s",
+                          "train_tokens_per_s_best",
+                          "active_bytes_per_token",
+                          "weight_bytes",
+                          "read_bandwidth_bytes_per_s",
+                          "peak_rss_bytes",
+                          "fp32_peak_flops_per_s",
+                          "bf16_peak_flops_per_s",
+                          "int8_peak_ops_per_s",
+                          "decode_roofline_tokens_per_s",
+                          "decode_fraction_of_roofline",
+                          "prefill_fraction_of_peak",
+                          "train_fraction_of_peak",
+                          "prefill_flops_per_token",
+                          "train_flops_per_token",
+                          "fp32_fma_peak_flops_per_s",
+                          "threads"})
     expect_positive(j, key);
+  // 0 where the CPU lacks AVX512-BF16 / VNNI, else positive.
+  for (const char* key : {"bf16_dot_peak_flops_per_s", "int8_dot_peak_ops_per_s"}) {
+    ASSERT_TRUE(j[key].is_number()) << key;
+    EXPECT_GE(j[key].get<double>(), 0.0) << key;
+  }
   EXPECT_EQ(j["weights"], "f32");
   EXPECT_EQ(j["threads"], 2);
   EXPECT_EQ(j["prefill_peak_kind"], "fp32");
@@ -107,9 +125,8 @@ TEST(BenchCli, HumanTable) {
 }
 
 TEST(BenchCli, ErrorsAreOneLine) {
-  for (const std::string& args :
-       {std::string("--train --weights bf16"), std::string("--weights q5_k"),
-        std::string("--peak-size huge")}) {
+  for (const std::string& args : {std::string("--train --weights bf16"),
+                                  std::string("--weights q5_k"), std::string("--peak-size huge")}) {
     const RunResult r = run("bench --model " + kModel + " " + args, true);
     EXPECT_EQ(r.exit_code, 1) << args;
     EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << args << ": " << r.output;

@@ -13,6 +13,7 @@
 #include "apps/cli/commands.h"
 #include "apps/cli/common.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/peak_probe.h"
 #include "model/transformer.h"
 #include "runtime/bench.h"
 #include "tensor/random.h"
@@ -156,6 +157,11 @@ int run_bench(const BenchArgs& a) {
     out["bf16_peak_method"] = fmt::format("quant_linear_forward bf16 M={} N=K={}", m, n);
     out["int8_peak_ops_per_s"] = int8;
     out["int8_peak_method"] = fmt::format("quant_linear_forward q8_0 M={} N=K={}", m, n);
+    // The instructions' own peaks (register-only loops): what the GEMMs above are measured by.
+    const int64_t loop_iterations = small ? (int64_t{1} << 16) : (int64_t{1} << 23);
+    out["fp32_fma_peak_flops_per_s"] = cpu::fp32_fma_peak(loop_iterations);
+    out["bf16_dot_peak_flops_per_s"] = cpu::bf16_dot_peak(loop_iterations);
+    out["int8_dot_peak_ops_per_s"] = cpu::int8_dot_peak(loop_iterations);
     const double roofline = bandwidth / static_cast<double>(active_bytes);
     out["decode_roofline_tokens_per_s"] = roofline;
     if (a.decode > 0) out["decode_fraction_of_roofline"] = decode_tps / roofline;
@@ -219,12 +225,16 @@ int run_bench(const BenchArgs& a) {
   if (roof) {
     fmt::print(
         "\nroofline: read {:.1f} GB/s -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
-        "(sgemm), bf16 {:.1f} GFLOP/s, int8 {:.1f} GOP/s\n",
+        "(sgemm), bf16 {:.1f} GFLOP/s, int8 {:.1f} GOP/s (GEMMs); instruction peaks: fp32 FMA "
+        "{:.1f}, bf16 dot {:.1f}, int8 dot {:.1f}\n",
         out["read_bandwidth_bytes_per_s"].get<double>() / 1e9,
         out["decode_roofline_tokens_per_s"].get<double>(),
         out["fp32_peak_flops_per_s"].get<double>() / 1e9,
         out["bf16_peak_flops_per_s"].get<double>() / 1e9,
-        out["int8_peak_ops_per_s"].get<double>() / 1e9);
+        out["int8_peak_ops_per_s"].get<double>() / 1e9,
+        out["fp32_fma_peak_flops_per_s"].get<double>() / 1e9,
+        out["bf16_dot_peak_flops_per_s"].get<double>() / 1e9,
+        out["int8_dot_peak_ops_per_s"].get<double>() / 1e9);
     fmt::print(
         "prefill vs the {} peak at {:.4g} GFLOP/token; decode vs bandwidth / active "
         "bytes\n",
