@@ -270,6 +270,20 @@ QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format) {
   return m;
 }
 
+namespace {
+
+// One row quantized to llama.cpp blocks, stored in a QuantMatrix row (split_blocks).
+template <class Block>
+void quantize_split_row(void (*quantize_row)(const float*, Block*, int64_t), const float* src,
+                        int64_t cols, void* dst) {
+  thread_local std::vector<Block> blocks;
+  blocks.resize(static_cast<size_t>(cols / kQuantBlock));
+  quantize_row(src, blocks.data(), cols);
+  split_row(blocks.data(), cols / kQuantBlock, static_cast<uint8_t*>(dst));
+}
+
+}  // namespace
+
 void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m) {
   DSMOE_CHECK(row_begin >= 0 && n_rows >= 0 && row_begin + n_rows <= m.rows,
               "quantize_rows: rows {}..{} outside a matrix of {}", row_begin, row_begin + n_rows,
@@ -291,20 +305,12 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
         case WeightFormat::kBF16:
           convert_row_f32_to_bf16(src, static_cast<uint16_t*>(dst), cols);
           break;
-        case WeightFormat::kQ8_0: {
-          thread_local std::vector<BlockQ8_0> blocks;
-          blocks.resize(static_cast<size_t>(cols / kQuantBlock));
-          quantize_row_q8_0(src, blocks.data(), cols);
-          split_blocks(format, blocks.data(), cols / kQuantBlock, dst);
+        case WeightFormat::kQ8_0:
+          quantize_split_row(quantize_row_q8_0, src, cols, dst);
           break;
-        }
-        case WeightFormat::kQ4_0: {
-          thread_local std::vector<BlockQ4_0> blocks;
-          blocks.resize(static_cast<size_t>(cols / kQuantBlock));
-          quantize_row_q4_0(src, blocks.data(), cols);
-          split_blocks(format, blocks.data(), cols / kQuantBlock, dst);
+        case WeightFormat::kQ4_0:
+          quantize_split_row(quantize_row_q4_0, src, cols, dst);
           break;
-        }
       }
     } catch (const Error& e) {
 #pragma omp critical(dsmoe_quantize_matrix_error)

@@ -82,22 +82,35 @@ void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* 
 // One decoded token with the per-head halves of kv_b_proj in the weight format
 // (AttentionWeights::absorbed_uk_t / absorbed_uv): both per-head products as one grouped product
 // each.
+// o_latent[t, h] = attention of q_latent[t, h] over the latent rows, which are keys (kv_lora_rank
+// + rope) and values (their first kv_lora_rank columns) of every head: one shared KV head.
+void attend_latent(const ModelConfig& c, const float* q_latent, const float* rows, int64_t n_q,
+                   int64_t n_kv, float* o_latent) {
+  const int64_t n_heads = c.num_attention_heads, rank = c.kv_lora_rank, row = c.kv_cache_row();
+  const AttentionShape shape =
+      attention_shape(n_q, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
+                      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
+  cpu::attention_forward(o_latent, q_latent, rows, rows, shape);
+}
+
+// One decoded token with the per-head halves of kv_b_proj in the weight format
+// (AttentionWeights::absorbed_uk_t / absorbed_uv): both per-head products as one grouped product
+// each. Buffers are kept per thread: this runs once per layer and decoded token.
 void attend_absorbed_compact(const ModelConfig& c, const AttentionWeights& w, const float* q,
                              const float* rows, int64_t n_kv, float* heads) {
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
   const int64_t qk = c.qk_head_dim(), rank = c.kv_lora_rank, row = c.kv_cache_row();
-  std::vector<float> q_latent(n_heads * row);  // (heads, rank + rope)
-  std::vector<cpu::QuantJob> jobs;
+  thread_local std::vector<float> q_latent, o_latent;  // (heads, rank + rope), (heads, rank)
+  thread_local std::vector<cpu::QuantJob> jobs;
+  q_latent.resize(n_heads * row);
+  o_latent.resize(n_heads * rank);
+  jobs.clear();
   for (int64_t h = 0; h < n_heads; h++) {
     jobs.push_back({q_latent.data() + h * row, q + h * qk, w.absorbed_uk_t[h].get(), 1});
     std::copy(q + h * qk + nope, q + (h + 1) * qk, q_latent.data() + h * row + rank);
   }
   cpu::quant_linear_forward_group(jobs.data(), n_heads);
-  const AttentionShape shape =
-      attention_shape(1, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
-                      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
-  std::vector<float> o_latent(n_heads * rank);  // (heads, rank)
-  cpu::attention_forward(o_latent.data(), q_latent.data(), rows, rows, shape);
+  attend_latent(c, q_latent.data(), rows, 1, n_kv, o_latent.data());
   jobs.clear();
   for (int64_t h = 0; h < n_heads; h++)
     jobs.push_back({heads + h * dv, o_latent.data() + h * rank, w.absorbed_uv[h].get(), 1});
@@ -128,11 +141,8 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
     cpu::gemm(false, false, 1, rank, nope, 1.0f, q_item, nope, w_uk, rank, 0.0f, dst, rank);
     std::copy(q_item + nope, q_item + qk, dst + rank);
   }
-  const AttentionShape shape =
-      attention_shape(n_q, n_kv, n_heads, 1, row, rank, c.softmax_scale(),
-                      {n_heads * row, row, row, 0, row, 0, n_heads * rank, rank});
   std::vector<float> o_latent(n_items * rank);  // (T, heads, rank)
-  cpu::attention_forward(o_latent.data(), q_latent.data(), rows, rows, shape);
+  attend_latent(c, q_latent.data(), rows, n_q, n_kv, o_latent.data());
   // heads[t, h] = W_UV[h] o_latent[t, h]
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t item = 0; item < n_items; item++) {

@@ -26,7 +26,8 @@ struct MlpJob {
 };
 
 void mlp_forward_grouped(const std::vector<MlpJob>& mlps) {
-  std::vector<cpu::QuantJob> jobs;
+  thread_local std::vector<cpu::QuantJob> jobs;  // (kept: this runs per layer and token)
+  jobs.clear();
   for (const MlpJob& j : mlps) {
     j.acts->gate.resize(j.M * j.width);
     j.acts->up.resize(j.M * j.width);

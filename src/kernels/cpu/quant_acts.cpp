@@ -44,21 +44,27 @@ void fill_vnni_groups(const BlockQ8_0* x, const float* x_scale, int64_t nb, Weig
 
 }  // namespace
 
+void split_bf16_hi_lo(const float* x, int64_t n, float* hi, float* lo) {
+  for (int64_t i = 0; i < n; i++) {
+    hi[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    lo[i] = x[i] - hi[i];
+  }
+}
+
 PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
                           ActsBuffer& buf) {
   PreparedActs acts;
   acts.M = M;
   if (format == WeightFormat::kBF16) {
-    // hi = bf16(a) and lo = bf16(a - hi), round to nearest even.
+    // The bf16 bits of hi and of lo = x - hi (hi is exact in bf16: converting it is exact).
     buf.bf16.resize(static_cast<size_t>(2 * M * K));
     buf.scratch.resize(static_cast<size_t>(2 * K));
     float* hi = buf.scratch.data();
-    float* residual = hi + K;
+    float* lo = hi + K;
     for (int64_t m = 0; m < M; m++) {
-      convert_row_f32_to_bf16(inp + m * K, &buf.bf16[m * K], K);
-      convert_row_bf16_to_f32(&buf.bf16[m * K], hi, K);
-      for (int64_t k = 0; k < K; k++) residual[k] = inp[m * K + k] - hi[k];
-      convert_row_f32_to_bf16(residual, &buf.bf16[(M + m) * K], K);
+      split_bf16_hi_lo(inp + m * K, K, hi, lo);
+      convert_row_f32_to_bf16(hi, &buf.bf16[m * K], K);
+      convert_row_f32_to_bf16(lo, &buf.bf16[(M + m) * K], K);
     }
     acts.bf16 = buf.bf16.data();
   } else if (format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0) {

@@ -43,6 +43,10 @@ struct ActsBuffer {
   std::vector<VnniGroup, CacheAlignedAllocator<VnniGroup>> groups;  // (M, ceil(nb / 4))
 };
 
+// x = hi + lo with hi = bf16(x) (nearest even) and lo = x - hi, both as float32; lo is exact,
+// and bf16(lo) carries the next 8 significant bits: 16 bits of x in two bf16 parts.
+void split_bf16_hi_lo(const float* x, int64_t n, float* hi, float* lo);
+
 // Rounds inp[M, K] once for `format` into buf (f32 needs nothing). A Q8_0 block that cannot be
 // quantized (inf/NaN, or beyond f16) gets a NaN scale, so its outputs are NaN as in float
 // arithmetic, instead of an exception inside a kernel.

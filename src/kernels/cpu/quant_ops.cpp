@@ -462,16 +462,12 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
       gemm_bf16_weights(out, inp, M, weights, N, K, stride);
       return;
     }
-    // x = hi + lo, both exact in bf16 (hi rounds x to nearest even, lo the remainder): two
-    // passes of the GEMM, summed.
+    // x = hi + lo (split_bf16_hi_lo): two passes of the GEMM, summed.
     thread_local std::vector<float> hi, lo, partial;
     hi.resize(M * K);
     lo.resize(M * K);
     partial.resize(M * N);
-    for (int64_t i = 0; i < M * K; i++) {
-      hi[i] = bf16_to_f32(f32_to_bf16(inp[i]));
-      lo[i] = inp[i] - hi[i];
-    }
+    split_bf16_hi_lo(inp, M * K, hi.data(), lo.data());
     gemm_bf16_weights(out, hi.data(), M, weights, N, K, stride);
     gemm_bf16_weights(partial.data(), lo.data(), M, weights, N, K, stride);
     for (int64_t i = 0; i < M * N; i++) out[i] += partial[i];
@@ -499,11 +495,19 @@ void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& 
 
 void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
   // Activations rounded once per distinct input (experts' gate and up share theirs).
+  // (thread_local, like the activation buffers: a decoded token allocates nothing here)
+  // The parallel region below reads these through the references: a thread_local named inside
+  // it would be the worker thread's own (empty) copy.
   thread_local std::vector<ActsBuffer> bufs;
-  std::vector<PreparedActs> acts(static_cast<size_t>(n_jobs));
+  thread_local std::vector<PreparedActs> acts_kept;
+  thread_local std::vector<int64_t> cost_begin_kept, row_cost_kept;
+  std::vector<PreparedActs>& acts = acts_kept;
   // Each job's share of the whole group's cost (bytes of weight rows read, times M).
-  std::vector<int64_t> cost_begin(static_cast<size_t>(n_jobs)),
-      row_cost(static_cast<size_t>(n_jobs));
+  std::vector<int64_t>& cost_begin = cost_begin_kept;
+  std::vector<int64_t>& row_cost = row_cost_kept;
+  acts.assign(static_cast<size_t>(n_jobs), PreparedActs{});
+  cost_begin.resize(static_cast<size_t>(n_jobs));
+  row_cost.resize(static_cast<size_t>(n_jobs));
   int64_t n_prepared = 0, total_cost = 0, work = 0;
   for (int64_t j = 0; j < n_jobs; j++) {
     const QuantJob& job = jobs[j];
