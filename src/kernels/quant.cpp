@@ -259,14 +259,20 @@ void join_blocks(WeightFormat format, const void* row, int64_t n_blocks, void* b
     join_row(static_cast<const uint8_t*>(row), n_blocks, static_cast<BlockQ4_0*>(blocks));
 }
 
-QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format) {
+QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, bool panels) {
   DSMOE_CHECK(rows >= 0, "quantize_matrix: negative row count {}", rows);
+  DSMOE_CHECK(!panels || format == WeightFormat::kBF16,
+              "quantize_matrix: the panel layout is for bf16 weights, not {}",
+              weight_format_name(format));
   QuantMatrix m;
   m.format = format;
   m.rows = rows;
   m.cols = cols;
   m.row_bytes = weight_row_bytes(format, cols);  // checks cols % 32 for the block formats
-  m.data.resize(static_cast<size_t>(rows) * m.row_bytes);
+  m.panels = panels;
+  const int64_t groups = (rows + kPanelGroupRows - 1) / kPanelGroupRows;
+  m.data.resize(panels ? static_cast<size_t>(groups * (cols + 1) / 2 * kPanelGroupRows) * 4
+                       : static_cast<size_t>(rows) * m.row_bytes);
   return m;
 }
 
@@ -282,6 +288,26 @@ void quantize_split_row(void (*quantize_row)(const float*, Block*, int64_t), con
   split_row(blocks.data(), cols / kQuantBlock, static_cast<uint8_t*>(dst));
 }
 
+// quantize_rows for a panel matrix: the 64-row groups the rows fall in, in parallel.
+void convert_rows_to_panels(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m) {
+  auto* dst = reinterpret_cast<uint16_t*>(m.data.data());
+  const int64_t row_end = row_begin + n_rows, cols = m.cols;
+  const int64_t first_group = row_begin / kPanelGroupRows;
+  const int64_t n_groups = n_rows == 0 ? 0 : (row_end - 1) / kPanelGroupRows - first_group + 1;
+#pragma omp parallel for schedule(static) if (n_rows * cols > (1 << 16))
+  for (int64_t g = first_group; g < first_group + n_groups; g++) {
+    const int64_t r0 = std::max(row_begin, g * kPanelGroupRows);
+    const int64_t r1 = std::min(row_end, (g + 1) * kPanelGroupRows);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* src = w + (r - row_begin) * cols;
+      uint16_t* row0 = dst + bf16_panel_index(m.rows, cols, r, 0);
+      const size_t pair_stride = 2 * kPanelLanes * panel_group_panels(m.rows, g * kPanelGroupRows);
+      for (int64_t k = 0; k < cols; k++)
+        row0[static_cast<size_t>(k / 2) * pair_stride + k % 2] = f32_to_bf16(src[k]);
+    }
+  }
+}
+
 }  // namespace
 
 void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m) {
@@ -290,6 +316,7 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
               m.rows);
   const int64_t cols = m.cols;
   const WeightFormat format = m.format;
+  if (m.panels) return convert_rows_to_panels(w, row_begin, n_rows, m);
   // Rows are independent; an Error (a non-finite element, an f16 scale overflow) is caught inside
   // the parallel region, since an exception must not leave an OpenMP structured block.
   std::string error;
@@ -321,10 +348,22 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
     fail(fmt::format("quantize_matrix ({}): {}", weight_format_name(format), error));
 }
 
-QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
-  QuantMatrix m = make_quant_matrix(rows, cols, format);
+QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format,
+                            bool panels) {
+  QuantMatrix m = make_quant_matrix(rows, cols, format, panels);
   quantize_rows(w, 0, rows, m);
   return m;
+}
+
+void dequantize_matrix_row(const QuantMatrix& m, int64_t r, float* y) {
+  DSMOE_ASSERT(r >= 0 && r < m.rows);
+  if (!m.panels) return dequantize_row(m.format, m.row(r), y, m.cols);
+  const auto* bits = reinterpret_cast<const uint16_t*>(m.data.data());
+  const size_t first = bf16_panel_index(m.rows, m.cols, r, 0);
+  const size_t pair_stride =
+      2 * kPanelLanes * panel_group_panels(m.rows, r / kPanelGroupRows * kPanelGroupRows);
+  for (int64_t k = 0; k < m.cols; k++)
+    y[k] = bf16_to_f32(bits[first + static_cast<size_t>(k / 2) * pair_stride + k % 2]);
 }
 
 }  // namespace dsmoe

@@ -63,6 +63,28 @@ size_t weight_row_bytes(WeightFormat format, int64_t cols);
 // Dequantizes one QuantMatrix row of `cols` elements stored in `format` to float32.
 void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols);
 
+// bf16 weights may instead be held in the panel layout of the bf16 GEMM (kernels/cpu/gemm_bf16.h),
+// which prefill reads as it is stored (no packing per call) and decode streams once: rows in
+// groups of kPanelGroupRows, group g at word g * ceil(cols / 2) * kPanelGroupRows; inside a group,
+// k pair after k pair, its panels of kPanelLanes rows (fewer panels in a short last group), each
+// a run of kPanelLanes 32-bit words, word i holding row (16 j + i)'s bf16 elements 2 kp (low
+// half) and 2 kp + 1 (high half). Rows past the end and the element past an odd `cols` are zero.
+constexpr int64_t kPanelLanes = 16;
+constexpr int64_t kPanelGroupRows = 64;
+// Panels in the group whose first row is row0, of a matrix of `rows` rows.
+inline int64_t panel_group_panels(int64_t rows, int64_t row0) {
+  const int64_t panels = (rows - row0 + kPanelLanes - 1) / kPanelLanes;
+  return panels < kPanelGroupRows / kPanelLanes ? panels : kPanelGroupRows / kPanelLanes;
+}
+// The bf16 element (r, k) of a [rows, cols] panel matrix, as an index of 16-bit units.
+inline size_t bf16_panel_index(int64_t rows, int64_t cols, int64_t r, int64_t k) {
+  const int64_t group = r / kPanelGroupRows, row0 = group * kPanelGroupRows;
+  const int64_t pairs = (cols + 1) / 2, panels = panel_group_panels(rows, row0);
+  const int64_t word =
+      group * pairs * kPanelGroupRows + (k / 2) * panels * kPanelLanes + (r - row0);
+  return static_cast<size_t>(2 * word + k % 2);
+}
+
 // A QuantMatrix row in a block format holds the bytes of its llama.cpp blocks reordered: the nb
 // f16 scales first, then the nb blocks' quants (32 int8 for Q8_0; 16 bytes of nibbles for Q4_0,
 // in the order of block_q4_0), so that a matrix-vector kernel loads 16 scales and 64 bytes of
@@ -97,22 +119,28 @@ struct CacheAlignedAllocator {
 
 // A weight matrix [rows, cols] (a Hugging Face Linear weight: rows = out features, cols = in
 // features) stored row after row in `format`; rows are weight_row_bytes(format, cols) apart
-// (block formats: scales first, see row_scales).
+// (block formats: scales first, see row_scales). bf16 matrices with `panels` set are in the
+// panel layout above instead, and row() does not apply to them.
 struct QuantMatrix {
   WeightFormat format = WeightFormat::kF32;
   int64_t rows = 0, cols = 0;
-  size_t row_bytes = 0;
-  std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> data;  // rows * row_bytes
+  size_t row_bytes = 0;  // bytes a row holds (in the panel layout too)
+  bool panels = false;
+  std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> data;  // rows * row_bytes, or the panels
 
   const void* row(int64_t r) const { return data.data() + static_cast<size_t>(r) * row_bytes; }
   size_t size_bytes() const { return data.size(); }
 };
 
-// Converts a float32 matrix w[rows, cols] to `format` (rows in parallel).
-QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format);
-// An uninitialized [rows, cols] matrix in `format`, and rows [row_begin, row_begin + n_rows) of
-// it converted from float32 w[n_rows, cols] (for converting a large tensor a slice at a time).
-QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format);
+// Converts a float32 matrix w[rows, cols] to `format` (rows in parallel); `panels` (bf16 only)
+// chooses the panel layout.
+QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format,
+                            bool panels = false);
+// A [rows, cols] matrix in `format` (zeros), and rows [row_begin, row_begin + n_rows) of it
+// converted from float32 w[n_rows, cols] (for converting a large tensor a slice at a time).
+QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, bool panels = false);
 void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m);
+// Row r of m (either layout) as float32 y[m.cols].
+void dequantize_matrix_row(const QuantMatrix& m, int64_t r, float* y);
 
 }  // namespace dsmoe

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/gemm_bf16.h"
+
 namespace dsmoe {
 namespace {
 
@@ -25,10 +27,14 @@ bool is_quantizable(const ModelConfig& config, const std::string& name, const Sh
          !(config.tie_word_embeddings && name == "lm_head.weight");
 }
 
+bool product_panels(WeightFormat format) {
+  return format == WeightFormat::kBF16 && cpu::gemm_bf16_native();
+}
+
 void quantize_tensor(Tensor& tensor, WeightFormat format) {
   if (format == WeightFormat::kF32 || tensor.quant != nullptr) return;
-  tensor.quant = std::make_shared<const QuantMatrix>(
-      quantize_matrix(tensor.data, tensor.shape[0], tensor.shape[1], format));
+  tensor.quant = std::make_shared<const QuantMatrix>(quantize_matrix(
+      tensor.data, tensor.shape[0], tensor.shape[1], format, product_panels(format)));
   tensor.data = nullptr;
   tensor.owner.reset();  // frees the float32 copy (or drops this tensor's hold on the mmap)
 }
@@ -63,10 +69,11 @@ void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
       const float* w_uk = a.kv_b_proj.data + h * (nope + dv) * rank;  // [nope, rank]
       for (int64_t i = 0; i < nope; i++)
         for (int64_t r = 0; r < rank; r++) uk_t[r * nope + i] = w_uk[i * rank + r];
-      a.absorbed_uk_t.push_back(
-          std::make_shared<const QuantMatrix>(quantize_matrix(uk_t.data(), rank, nope, format)));
+      const bool panels = product_panels(format);
+      a.absorbed_uk_t.push_back(std::make_shared<const QuantMatrix>(
+          quantize_matrix(uk_t.data(), rank, nope, format, panels)));
       a.absorbed_uv.push_back(std::make_shared<const QuantMatrix>(
-          quantize_matrix(w_uk + nope * rank, dv, rank, format)));  // [dv, rank]
+          quantize_matrix(w_uk + nope * rank, dv, rank, format, panels)));  // [dv, rank]
     }
   }
 }

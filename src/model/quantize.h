@@ -27,8 +27,12 @@ void derive_absorbed_weights(const ModelConfig& config, ModelWeights& weights, W
 // Whether quantize_weights re-stores this tensor (see above).
 bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,
                     TensorRole role);
-// Re-stores one float32 tensor in `format` and frees its float32 data.
+// Re-stores one float32 tensor (a linear layer's weight) in `format` and frees its float32 data.
 void quantize_tensor(Tensor& tensor, WeightFormat format);
+// Whether linear weights in `format` are stored in the bf16 GEMM's panel layout
+// (QuantMatrix::panels): bf16 where the CPU runs the fast bf16 GEMM, whose prefill then reads the
+// weights as stored and whose decode streams them once.
+bool product_panels(WeightFormat format);
 
 // Bytes of weights one decoded token reads: every layer's attention and norms, dense MLPs,
 // shared experts, the router, num_experts_per_tok / n_routed_experts of the routed experts,

@@ -45,7 +45,7 @@ void Model::embed(const int64_t* ids, int64_t n, float* x) const {
   const Tensor& table = weights_.embed_tokens;
   for (int64_t i = 0; i < n; i++) {
     if (table.quant != nullptr)  // bf16 rows (quantized inference weights)
-      dequantize_row(table.quant->format, table.quant->row(ids[i]), x + i * H, H);
+      dequantize_matrix_row(*table.quant, ids[i], x + i * H);
     else
       std::copy(table.data + ids[i] * H, table.data + (ids[i] + 1) * H, x + i * H);
   }

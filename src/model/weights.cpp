@@ -120,18 +120,22 @@ namespace {
 
 // Reads a 2-D weight straight into `format`, a slice of rows at a time, so that no float32 copy
 // of the whole tensor exists at once (V2-Lite's lm_head is 800 MB in float32). F8 weights (with
-// their block scales) and anything load_f32 would reject go through load_f32.
+// their block scales) and anything load_f32 would reject go through load_f32. `panels`: the bf16
+// panel layout (QuantMatrix::panels).
 Tensor load_quantized(const Checkpoint& checkpoint, const std::string& name, const Shape& shape,
-                      WeightFormat format) {
+                      WeightFormat format, bool panels) {
   const TensorInfo& info = checkpoint.get(name);
   if (info.shape != shape || info.dtype == DType::kF8_E4M3 || !dtype_is_float(info.dtype)) {
     Tensor tensor = checkpoint.load_f32(name, shape);  // (throws on a bad shape or dtype)
-    quantize_tensor(tensor, format);
-    return tensor;
+    Tensor converted;
+    converted.shape = shape;
+    converted.quant = std::make_shared<const QuantMatrix>(
+        quantize_matrix(tensor.data, shape[0], shape[1], format, panels));
+    return converted;
   }
   const int64_t rows = shape[0], cols = shape[1];
   const size_t element = dtype_size(info.dtype);
-  QuantMatrix matrix = make_quant_matrix(rows, cols, format);
+  QuantMatrix matrix = make_quant_matrix(rows, cols, format, panels);
   const int64_t slice = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(cols, 1));
   std::vector<float> rows_f32(static_cast<size_t>(std::min(slice, rows) * cols));  // (slice, cols)
   for (int64_t begin = 0; begin < rows; begin += slice) {
@@ -165,9 +169,9 @@ ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoin
             format != WeightFormat::kF32 && role == TensorRole::kEmbedding &&
             checkpoint.get(name).dtype == DType::kBF16 && !config.tie_word_embeddings;
         if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
-          tensor = load_quantized(checkpoint, name, shape, format);
+          tensor = load_quantized(checkpoint, name, shape, format, product_panels(format));
         else if (bf16_embedding)
-          tensor = load_quantized(checkpoint, name, shape, WeightFormat::kBF16);
+          tensor = load_quantized(checkpoint, name, shape, WeightFormat::kBF16, false);
         else
           tensor = checkpoint.load_f32(name, shape);
         const bool views_file = static_cast<const void*>(tensor.data) ==

@@ -33,6 +33,7 @@
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "kernels/quant.h"
 #include "tensor/dtype.h"
 
 // Definitions shared by all targets (this file is compiled once per target).
@@ -47,8 +48,8 @@ constexpr int64_t kBlockK = 256;
 // Enough multiply-adds to be worth waking the OpenMP team.
 constexpr int64_t kMinParallelWork = int64_t{1} << 18;
 
-// One product, as the public functions describe it. B is float32 (gemm_bf16) or bf16 rows
-// [N, K] (gemm_bf16_weights: b_bf16 set, trans_b).
+// One product, as the public functions describe it. B is float32 (gemm_bf16), bf16 rows [N, K]
+// (gemm_bf16_weights: b_bf16 set, trans_b) or bf16 panels (gemm_bf16_panels: b_panels set).
 struct GemmArgs {
   bool trans_a, trans_b;
   int64_t M, N, K;
@@ -57,6 +58,7 @@ struct GemmArgs {
   int64_t lda;
   const float* B;
   const uint16_t* b_bf16;
+  const uint32_t* b_panels;
   int64_t ldb;
   float* C;
   int64_t ldc;
@@ -101,6 +103,8 @@ constexpr int kGroupCols = kLanes * kGroupPanels;
 // Groups packed together: each row of a [K, N] B is then read in runs of kChunkGroups * 256
 // bytes, and the chunk (256 KiB for kBlockK = 256) stays in L2 while it is used.
 constexpr int64_t kChunkGroups = 8;
+// Weights stored in the panel layout (kernels/quant.h) are what PackBFromRowsN makes of them.
+static_assert(kGroupCols == kPanelGroupRows && kLanes == kPanelLanes);
 
 bool CpuHasAvx512Bf16() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
@@ -381,16 +385,19 @@ DSMOE_BF16 void ComputeShare(const detail::GemmArgs& p, const uint32_t* a_packed
     const float beta = k0 == 0 ? p.beta : 1.0f;
     for (int64_t c0 = share.group_begin; c0 < share.group_end; c0 += kChunkGroups) {
       const int64_t c1 = std::min(c0 + kChunkGroups, share.group_end);
-      PackBChunk(p, c0, c1, k0, kc, b_packed);
+      if (p.b_panels == nullptr) PackBChunk(p, c0, c1, k0, kc, b_packed);
       for (int64_t g = c0; g < c1; g++) {
         const int64_t n0 = g * kGroupCols;
         const int panels = GroupPanels(p.N, n0);
         const __mmask16 last_mask = LaneMask(p.N - n0 - kLanes * (panels - 1));
+        const uint32_t* b_block = p.b_panels != nullptr ? p.b_panels + g * kp_total * kGroupCols +
+                                                              k0 / 2 * panels * kLanes
+                                                        : b_packed + (g - c0) * kGroupStride;
         for (int64_t blk = share.block_begin; blk < share.block_end; blk++) {
           const int64_t m0 = blk * kBlockRows;
           PickKernel(std::min<int64_t>(kBlockRows, p.M - m0), panels)(
-              a_packed + (blk * kp_total + k0 / 2) * kBlockRows, b_packed + (g - c0) * kGroupStride,
-              (kc + 1) / 2, p.C + m0 * p.ldc + n0, p.ldc, last_mask, p.alpha, beta);
+              a_packed + (blk * kp_total + k0 / 2) * kBlockRows, b_block, (kc + 1) / 2,
+              p.C + m0 * p.ldc + n0, p.ldc, last_mask, p.alpha, beta);
         }
       }
     }
@@ -497,9 +504,11 @@ void GemmPortable(const detail::GemmArgs& p) {
       a[m * K + k] = RoundToBf16(p.trans_a ? p.A[k * p.lda + m] : p.A[m * p.lda + k]);
   for (int64_t n = 0; n < N; n++)
     for (int64_t k = 0; k < K; k++)
-      b[n * K + k] = p.b_bf16 != nullptr ? Bf16Weight(p.b_bf16[n * p.ldb + k])
-                     : p.trans_b         ? RoundToBf16(p.B[n * p.ldb + k])
-                                         : RoundToBf16(p.B[k * p.ldb + n]);
+      b[n * K + k] = p.b_panels != nullptr ? Bf16Weight(reinterpret_cast<const uint16_t*>(
+                                                 p.b_panels)[bf16_panel_index(N, K, n, k)])
+                     : p.b_bf16 != nullptr ? Bf16Weight(p.b_bf16[n * p.ldb + k])
+                     : p.trans_b           ? RoundToBf16(p.B[n * p.ldb + k])
+                                           : RoundToBf16(p.B[k * p.ldb + n]);
 #pragma omp parallel for schedule(static) if (M * N * K >= detail::kMinParallelWork)
   for (int64_t m = 0; m < M; m++) {
     for (int64_t n = 0; n < N; n++) {
@@ -539,12 +548,18 @@ void gemm_bf16_force_portable(bool on) { g_force_portable.store(on); }
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                int64_t ldc) {
-  Gemm({trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, nullptr, ldb, C, ldc});
+  Gemm({trans_a, trans_b, M, N, K, alpha, beta, A, lda, B, nullptr, nullptr, ldb, C, ldc});
 }
 
 void gemm_bf16_weights(float* out, const float* x, int64_t M, const uint16_t* w, int64_t N,
                        int64_t K, int64_t w_stride) {
-  Gemm({false, true, M, N, K, 1.0f, 0.0f, x, K, nullptr, w, w_stride, out, N});
+  Gemm({false, true, M, N, K, 1.0f, 0.0f, x, K, nullptr, w, nullptr, w_stride, out, N});
+}
+
+void gemm_bf16_panels(float* out, const float* x, int64_t M, const uint16_t* panels, int64_t N,
+                      int64_t K) {
+  Gemm({false, true, M, N, K, 1.0f, 0.0f, x, K, nullptr, nullptr,
+        reinterpret_cast<const uint32_t*>(panels), 0, out, N});
 }
 
 }  // namespace dsmoe::cpu

@@ -34,4 +34,10 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 void gemm_bf16_weights(float* out, const float* x, int64_t M, const uint16_t* w, int64_t N,
                        int64_t K, int64_t w_stride);
 
+// The same product, with the same results, for a weight matrix [N, K] held in the panel layout
+// (kernels/quant.h: QuantMatrix::panels), which is the packed form this GEMM computes on: nothing
+// is packed per call.
+void gemm_bf16_panels(float* out, const float* x, int64_t M, const uint16_t* panels, int64_t N,
+                      int64_t K);
+
 }  // namespace dsmoe::cpu

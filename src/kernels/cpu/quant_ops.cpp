@@ -29,6 +29,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/bf16_panels.h"
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_quant.h"
 #include "kernels/cpu/ops.h"
@@ -177,6 +178,11 @@ void RowsBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
               float* HWY_RESTRICT out, int64_t n_begin, int64_t n_end) {
   const int64_t N = w.rows, K = w.cols;
   const uint16_t* x_lo = x + M * K;
+  if (w.panels) {
+    const auto* panels = reinterpret_cast<const uint16_t*>(w.data.data());
+    bf16_panel_rows(x, x_lo, M, panels, N, K, out, n_begin, n_end);
+    return;
+  }
 #if HWY_TARGET == HWY_AVX3_DL
   if (CpuHasAvx512Bf16()) {
     int64_t n = n_begin;
@@ -456,10 +462,16 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
   if (!use_gemm(w, M)) {
     quant_linear_forward_rows(out, inp, w, M);
   } else if (w.format == WeightFormat::kBF16) {
-    const auto* weights = static_cast<const uint16_t*>(w.row(0));
+    const auto* weights = reinterpret_cast<const uint16_t*>(w.data.data());
     const int64_t N = w.rows, K = w.cols, stride = w.row_bytes / sizeof(uint16_t);
+    auto gemm = [&](float* y, const float* x) {
+      if (w.panels)
+        gemm_bf16_panels(y, x, M, weights, N, K);
+      else
+        gemm_bf16_weights(y, x, M, weights, N, K, stride);
+    };
     if (M >= kGemmSinglePassMinRowsBF16) {
-      gemm_bf16_weights(out, inp, M, weights, N, K, stride);
+      gemm(out, inp);
       return;
     }
     // x = hi + lo (split_bf16_hi_lo): two passes of the GEMM, summed.
@@ -468,8 +480,8 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
     lo.resize(M * K);
     partial.resize(M * N);
     split_bf16_hi_lo(inp, M * K, hi.data(), lo.data());
-    gemm_bf16_weights(out, hi.data(), M, weights, N, K, stride);
-    gemm_bf16_weights(partial.data(), lo.data(), M, weights, N, K, stride);
+    gemm(out, hi.data());
+    gemm(partial.data(), lo.data());
     for (int64_t i = 0; i < M * N; i++) out[i] += partial[i];
   } else {
     gemm_quant(out, inp, M, w);
@@ -485,11 +497,13 @@ void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& 
   }
   thread_local ActsBuffer buf;
   const PreparedActs acts = prepare_acts(inp, M, K, w.format, buf);
-  // Each thread takes one contiguous range of weight rows.
+  // Each thread takes one contiguous range of weight rows (whole groups of panels).
 #pragma omp parallel if (M * N * K >= kMinParallelWork)
   {
     const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    HWY_DYNAMIC_DISPATCH(Rows)(acts, w, out, N * t / n_threads, N * (t + 1) / n_threads);
+    int64_t begin = N * t / n_threads, end = N * (t + 1) / n_threads;
+    if (w.panels) begin = bf16_panel_boundary(begin, N), end = bf16_panel_boundary(end, N);
+    if (begin < end) HWY_DYNAMIC_DISPATCH(Rows)(acts, w, out, begin, end);
   }
 }
 
@@ -546,7 +560,8 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
       const int64_t rows = jobs[j].w->rows;
       auto first_row_at = [&](int64_t cost) {  // first row starting at or after `cost`
         const int64_t offset = cost - cost_begin[j];
-        return std::clamp<int64_t>((offset + row_cost[j] - 1) / row_cost[j], 0, rows);
+        const int64_t row = std::clamp<int64_t>((offset + row_cost[j] - 1) / row_cost[j], 0, rows);
+        return jobs[j].w->panels ? bf16_panel_boundary(row, rows) : row;  // (whole groups)
       };
       const int64_t lo = first_row_at(begin);  // (offsets below 0 clamp to row 0)
       const int64_t hi = first_row_at(end);

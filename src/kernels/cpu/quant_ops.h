@@ -16,6 +16,8 @@ namespace dsmoe::cpu {
 //  * bf16: row kernels split each activation row once into bf16 hi + lo parts (16 significant
 //          bits) and sum the bf16 x bf16 products of both parts with the weights in float32;
 //          the GEMM (M >= 8) rounds the activations to bf16 once (bf16 dot-product units).
+//          Weights in the panel layout (QuantMatrix::panels) go to cpu::gemm_bf16_panels and
+//          cpu::bf16_panel_rows, with the same arithmetic.
 //  * Q8_0, Q4_0: each activation row is quantized to Q8_0 blocks once (as llama.cpp's
 //          vec_dot_q8_0_q8_0 / vec_dot_q4_0_q8_0), the 32 int8 x int8 products of a block are
 //          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32 (the

@@ -15,7 +15,7 @@ inline void quant_linear_forward(float* out, const float* inp, const QuantMatrix
   const int64_t N = w.rows, K = w.cols;
   std::vector<float> weight_row(K);  // (K,)
   for (int64_t n = 0; n < N; n++) {
-    dequantize_row(w.format, w.row(n), weight_row.data(), K);
+    dequantize_matrix_row(w, n, weight_row.data());
     for (int64_t m = 0; m < M; m++) {
       double sum = 0;
       for (int64_t k = 0; k < K; k++) sum += static_cast<double>(inp[m * K + k]) * weight_row[k];

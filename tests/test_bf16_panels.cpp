@@ -1,0 +1,158 @@
+// Tests for bf16 weights in the panel layout (QuantMatrix::panels, kernels/quant.h): the layout
+// holds the same bf16 elements as the rows, cpu::gemm_bf16_panels gives the bits of
+// cpu::gemm_bf16_weights on the rows, and the matrix-vector kernel (cpu::bf16_panel_rows, behind
+// quant_linear_forward and the grouped products) follows the row kernels to float32 rounding.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/bf16_panels.h"
+#include "kernels/cpu/gemm_bf16.h"
+#include "kernels/cpu/quant_acts.h"
+#include "kernels/cpu/quant_ops.h"
+#include "kernels/quant.h"
+#include "util/check.h"
+
+namespace dsmoe {
+namespace {
+
+struct Dims {
+  int64_t rows, cols;
+};
+// Short last groups and panels, odd and tiny K, several groups.
+constexpr Dims kDims[] = {{1, 2},   {5, 7},    {16, 32},   {17, 33},  {64, 64},
+                          {70, 48}, {130, 96}, {200, 301}, {256, 512}};
+
+std::vector<float> random_vector(std::mt19937& rng, int64_t n) {
+  std::normal_distribution<float> dist;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// The bf16 weight rows of w (either layout), as float32.
+std::vector<float> weight_rows(const QuantMatrix& w) {
+  std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
+  for (int64_t r = 0; r < w.rows; r++) dequantize_matrix_row(w, r, out.data() + r * w.cols);
+  return out;
+}
+
+TEST(Bf16Panels, LayoutHoldsTheRowsElements) {
+  std::mt19937 rng(1);
+  for (const Dims d : kDims) {
+    const std::vector<float> w = random_vector(rng, d.rows * d.cols);
+    const QuantMatrix rows = quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16);
+    const QuantMatrix panels =
+        quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16, /*panels=*/true);
+    EXPECT_TRUE(panels.panels);
+    EXPECT_EQ(weight_rows(panels), weight_rows(rows)) << d.rows << " x " << d.cols;
+    // Converted a slice of rows at a time (as the loader does), the same bytes.
+    QuantMatrix sliced = make_quant_matrix(d.rows, d.cols, WeightFormat::kBF16, true);
+    for (int64_t begin = 0; begin < d.rows; begin += 37)
+      quantize_rows(w.data() + begin * d.cols, begin, std::min<int64_t>(37, d.rows - begin),
+                    sliced);
+    EXPECT_EQ(sliced.data, panels.data) << d.rows << " x " << d.cols;
+  }
+  EXPECT_THROW(make_quant_matrix(4, 32, WeightFormat::kQ8_0, true), Error);
+}
+
+TEST(Bf16Panels, GemmGivesTheBitsOfTheRowGemm) {
+  std::mt19937 rng(2);
+  for (const bool portable : {false, true}) {
+    cpu::gemm_bf16_force_portable(portable);
+    for (const Dims d : kDims) {
+      for (const int64_t M : {1, 3, 8, 13, 40}) {
+        const std::vector<float> w = random_vector(rng, d.rows * d.cols);
+        const std::vector<float> x = random_vector(rng, M * d.cols);
+        const QuantMatrix rows = quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16);
+        const QuantMatrix panels =
+            quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16, true);
+        std::vector<float> expected(M * d.rows), got(M * d.rows);
+        cpu::gemm_bf16_weights(expected.data(), x.data(), M,
+                               reinterpret_cast<const uint16_t*>(rows.data.data()), d.rows, d.cols,
+                               d.cols);
+        cpu::gemm_bf16_panels(got.data(), x.data(), M,
+                              reinterpret_cast<const uint16_t*>(panels.data.data()), d.rows,
+                              d.cols);
+        EXPECT_EQ(got, expected) << M << " x " << d.rows << " x " << d.cols << " portable "
+                                 << portable;
+      }
+    }
+  }
+  cpu::gemm_bf16_force_portable(false);
+}
+
+// quant_linear_forward (row kernels below 8 rows, the GEMMs from 8) on panels against the same
+// on rows: the products are the same exact bf16 products, summed in another order.
+TEST(Bf16Panels, ProductsFollowTheRowLayout) {
+  std::mt19937 rng(3);
+  for (const bool portable : {false, true}) {
+    cpu::gemm_bf16_force_portable(portable);
+    for (const Dims d : kDims) {
+      for (const int64_t M : {1, 2, 5, 9, 33}) {
+        const std::vector<float> w = random_vector(rng, d.rows * d.cols);
+        const std::vector<float> x = random_vector(rng, M * d.cols);
+        const QuantMatrix rows = quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16);
+        const QuantMatrix panels =
+            quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16, true);
+        std::vector<float> expected(M * d.rows), got(M * d.rows);
+        std::vector<float> expected_rows(M * d.rows), got_rows(M * d.rows);
+        cpu::quant_linear_forward(expected.data(), x.data(), rows, M);
+        cpu::quant_linear_forward(got.data(), x.data(), panels, M);
+        cpu::quant_linear_forward_rows(expected_rows.data(), x.data(), rows, M);
+        cpu::quant_linear_forward_rows(got_rows.data(), x.data(), panels, M);
+        for (int64_t i = 0; i < M * d.rows; i++) {
+          // sum |x w| bounds both float32 sums' rounding: K u |x| |w|, generously.
+          double magnitude = 0;
+          const int64_t m = i / d.rows, n = i % d.rows;
+          for (int64_t k = 0; k < d.cols; k++)
+            magnitude += std::fabs(x[m * d.cols + k] * w[n * d.cols + k]);
+          const double bound = 1e-6 * (d.cols + 2) * magnitude + 1e-30;
+          ASSERT_NEAR(got[i], expected[i], bound)
+              << i << " M " << M << " " << d.rows << " x " << d.cols << " portable " << portable;
+          ASSERT_NEAR(got_rows[i], expected_rows[i], bound) << i;
+        }
+      }
+    }
+  }
+  cpu::gemm_bf16_force_portable(false);
+}
+
+// The grouped products (decode) on panels: each job's result is that of its own product.
+TEST(Bf16Panels, GroupedProductsMatchSingleProducts) {
+  std::mt19937 rng(4);
+  std::vector<QuantMatrix> matrices;
+  std::vector<std::vector<float>> inputs, outputs;
+  const Dims dims[] = {{64, 128}, {17, 64}, {300, 128}, {130, 96}, {512, 16}};
+  for (const Dims d : dims) {
+    const std::vector<float> w = random_vector(rng, d.rows * d.cols);
+    matrices.push_back(quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16, true));
+    inputs.push_back(random_vector(rng, d.cols));
+    outputs.emplace_back(d.rows);
+  }
+  std::vector<cpu::QuantJob> jobs;
+  for (size_t j = 0; j < matrices.size(); j++)
+    jobs.push_back({outputs[j].data(), inputs[j].data(), &matrices[j], 1});
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+  for (size_t j = 0; j < matrices.size(); j++) {
+    std::vector<float> expected(matrices[j].rows);
+    cpu::quant_linear_forward(expected.data(), inputs[j].data(), matrices[j], 1);
+    EXPECT_EQ(outputs[j], expected) << "job " << j;
+  }
+}
+
+TEST(Bf16Panels, BoundariesAreGroupStarts) {
+  EXPECT_EQ(cpu::bf16_panel_boundary(0, 100), 0);
+  EXPECT_EQ(cpu::bf16_panel_boundary(31, 100), 0);
+  EXPECT_EQ(cpu::bf16_panel_boundary(32, 100), 64);
+  EXPECT_EQ(cpu::bf16_panel_boundary(95, 100), 64);
+  EXPECT_EQ(cpu::bf16_panel_boundary(96, 100), 100);
+  EXPECT_EQ(cpu::bf16_panel_boundary(1, 1), 1);
+  EXPECT_EQ(cpu::bf16_panel_boundary(100, 100), 100);
+}
+
+}  // namespace
+}  // namespace dsmoe
