@@ -33,6 +33,28 @@ std::vector<float> random_vector(std::mt19937& rng, int64_t n) {
   return v;
 }
 
+// One product's inputs: w[rows, cols] in both layouts and x[M, cols].
+struct Case {
+  std::vector<float> w, x;
+  QuantMatrix rows, panels;
+};
+Case make_case(std::mt19937& rng, Dims d, int64_t M) {
+  Case c{random_vector(rng, d.rows * d.cols), random_vector(rng, M * d.cols), {}, {}};
+  c.rows = quantize_matrix(c.w.data(), d.rows, d.cols, WeightFormat::kBF16);
+  c.panels = quantize_matrix(c.w.data(), d.rows, d.cols, WeightFormat::kBF16, /*panels=*/true);
+  return c;
+}
+
+// Runs body(portable) with the bf16 kernels' fast path on, then forced off.
+template <class Body>
+void for_both_paths(Body body) {
+  for (const bool portable : {false, true}) {
+    cpu::gemm_bf16_force_portable(portable);
+    body(portable);
+  }
+  cpu::gemm_bf16_force_portable(false);
+}
+
 // The bf16 weight rows of w (either layout), as float32.
 std::vector<float> weight_rows(const QuantMatrix& w) {
   std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
@@ -61,55 +83,44 @@ TEST(Bf16Panels, LayoutHoldsTheRowsElements) {
 
 TEST(Bf16Panels, GemmGivesTheBitsOfTheRowGemm) {
   std::mt19937 rng(2);
-  for (const bool portable : {false, true}) {
-    cpu::gemm_bf16_force_portable(portable);
+  for_both_paths([&](bool portable) {
     for (const Dims d : kDims) {
       for (const int64_t M : {1, 3, 8, 13, 40}) {
-        const std::vector<float> w = random_vector(rng, d.rows * d.cols);
-        const std::vector<float> x = random_vector(rng, M * d.cols);
-        const QuantMatrix rows = quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16);
-        const QuantMatrix panels =
-            quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16, true);
+        const Case c = make_case(rng, d, M);
         std::vector<float> expected(M * d.rows), got(M * d.rows);
-        cpu::gemm_bf16_weights(expected.data(), x.data(), M,
-                               reinterpret_cast<const uint16_t*>(rows.data.data()), d.rows, d.cols,
-                               d.cols);
-        cpu::gemm_bf16_panels(got.data(), x.data(), M,
-                              reinterpret_cast<const uint16_t*>(panels.data.data()), d.rows,
+        cpu::gemm_bf16_weights(expected.data(), c.x.data(), M,
+                               reinterpret_cast<const uint16_t*>(c.rows.data.data()), d.rows,
+                               d.cols, d.cols);
+        cpu::gemm_bf16_panels(got.data(), c.x.data(), M,
+                              reinterpret_cast<const uint16_t*>(c.panels.data.data()), d.rows,
                               d.cols);
         EXPECT_EQ(got, expected) << M << " x " << d.rows << " x " << d.cols << " portable "
                                  << portable;
       }
     }
-  }
-  cpu::gemm_bf16_force_portable(false);
+  });
 }
 
 // quant_linear_forward (row kernels below 8 rows, the GEMMs from 8) on panels against the same
 // on rows: the products are the same exact bf16 products, summed in another order.
 TEST(Bf16Panels, ProductsFollowTheRowLayout) {
   std::mt19937 rng(3);
-  for (const bool portable : {false, true}) {
-    cpu::gemm_bf16_force_portable(portable);
+  for_both_paths([&](bool portable) {
     for (const Dims d : kDims) {
       for (const int64_t M : {1, 2, 5, 9, 33}) {
-        const std::vector<float> w = random_vector(rng, d.rows * d.cols);
-        const std::vector<float> x = random_vector(rng, M * d.cols);
-        const QuantMatrix rows = quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16);
-        const QuantMatrix panels =
-            quantize_matrix(w.data(), d.rows, d.cols, WeightFormat::kBF16, true);
+        const Case c = make_case(rng, d, M);
         std::vector<float> expected(M * d.rows), got(M * d.rows);
         std::vector<float> expected_rows(M * d.rows), got_rows(M * d.rows);
-        cpu::quant_linear_forward(expected.data(), x.data(), rows, M);
-        cpu::quant_linear_forward(got.data(), x.data(), panels, M);
-        cpu::quant_linear_forward_rows(expected_rows.data(), x.data(), rows, M);
-        cpu::quant_linear_forward_rows(got_rows.data(), x.data(), panels, M);
+        cpu::quant_linear_forward(expected.data(), c.x.data(), c.rows, M);
+        cpu::quant_linear_forward(got.data(), c.x.data(), c.panels, M);
+        cpu::quant_linear_forward_rows(expected_rows.data(), c.x.data(), c.rows, M);
+        cpu::quant_linear_forward_rows(got_rows.data(), c.x.data(), c.panels, M);
         for (int64_t i = 0; i < M * d.rows; i++) {
           // sum |x w| bounds both float32 sums' rounding: K u |x| |w|, generously.
           double magnitude = 0;
           const int64_t m = i / d.rows, n = i % d.rows;
           for (int64_t k = 0; k < d.cols; k++)
-            magnitude += std::fabs(x[m * d.cols + k] * w[n * d.cols + k]);
+            magnitude += std::fabs(c.x[m * d.cols + k] * c.w[n * d.cols + k]);
           const double bound = 1e-6 * (d.cols + 2) * magnitude + 1e-30;
           ASSERT_NEAR(got[i], expected[i], bound)
               << i << " M " << M << " " << d.rows << " x " << d.cols << " portable " << portable;
@@ -117,8 +128,7 @@ TEST(Bf16Panels, ProductsFollowTheRowLayout) {
         }
       }
     }
-  }
-  cpu::gemm_bf16_force_portable(false);
+  });
 }
 
 // The grouped products (decode) on panels: each job's result is that of its own product.
