@@ -1,5 +1,7 @@
 #include "model/moe.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -118,6 +120,7 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
     if (kept(i)) a.assignment[fill[expert[i]]++] = i;
   a.x_sorted.resize(n_assigned * H);
   a.y_sorted.resize(n_assigned * H);
+#pragma omp parallel for schedule(static) if (n_assigned * H > (1 << 18))
   for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t token = a.assignment[i] / K;
     std::copy(x + token * H, x + (token + 1) * H, a.x_sorted.data() + i * H);
@@ -158,12 +161,18 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
                   count, H, I, a.experts[e]);
     }
   }
-  for (int64_t i = 0; i < n_assigned; i++) {
-    const int64_t flat = a.assignment[i];
-    const float w = a.routing.weight[flat];
-    float* dst = out + (flat / K) * H;
-    const float* src = a.y_sorted.data() + i * H;
-    for (int64_t h = 0; h < H; h++) dst[h] += w * src[h];
+  // Scatter back with the gate weights, in assignment order; threads split the hidden columns.
+#pragma omp parallel if (n_assigned * H > (1 << 18))
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t h0 = H * t / n_threads, h1 = H * (t + 1) / n_threads;
+    for (int64_t i = 0; i < n_assigned; i++) {
+      const int64_t flat = a.assignment[i];
+      const float w = a.routing.weight[flat];
+      float* dst = out + (flat / K) * H;
+      const float* src = a.y_sorted.data() + i * H;
+      for (int64_t h = h0; h < h1; h++) dst[h] += w * src[h];
+    }
   }
 }
 
