@@ -90,6 +90,58 @@ TEST(MixedPrecision, LossCurveFollowsFloat32) {
   }
 }
 
+std::vector<float> values(const Tensor& t) {
+  return std::vector<float>(t.data, t.data + t.numel());
+}
+
+// DeepSeek-V3's low-precision training keeps the MoE gating at higher precision: under kBF16 the
+// router's products (gate and noise projections, forward and backward) give float32's very bits.
+TEST(MixedPrecision, RouterProductsStayFloat32) {
+  const ModelConfig c = parse(with(tiny_v3_json(), {{"noisy_gating", true}}));
+  const ModelWeights w = test_weights(c, 3);
+  const MoeWeights& moe = w.layers[1].moe;
+  const int64_t n = 24, H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const std::vector<float> x = random_normal(n * H, 1.0f, 5);
+  const std::vector<float> dweight = random_normal(n * K, 1.0f, 6);
+  const std::vector<float> dscores = random_normal(n * E, 0.1f, 7);
+  struct Result {
+    Routing routing;
+    ModelWeights grads;
+    std::vector<float> dx;
+  };
+  auto route = [&](cpu::MatmulPrecision precision) {
+    const cpu::MatmulPrecisionScope scope(precision);
+    Result out;
+    Rng rng(9);
+    RouterTraining training;
+    training.noise_rng = &rng;
+    route_tokens(c, moe, x.data(), n, out.routing, &training);
+    out.grads = zeros_like_weights(c, 0);
+    out.dx.assign(n * H, 0.0f);
+    route_backward(c, moe, out.grads.layers[1].moe, x.data(), out.routing, dweight.data(),
+                   dscores.data(), out.dx.data(), n);
+    EXPECT_EQ(cpu::matmul_precision(), precision);  // the router restored the caller's setting
+    return out;
+  };
+  const Result f32 = route(cpu::MatmulPrecision::kF32), bf16 = route(cpu::MatmulPrecision::kBF16);
+  EXPECT_EQ(bf16.routing.scores, f32.routing.scores);
+  EXPECT_EQ(bf16.routing.noise_pre, f32.routing.noise_pre);
+  EXPECT_EQ(bf16.routing.expert, f32.routing.expert);
+  EXPECT_EQ(bf16.routing.weight, f32.routing.weight);
+  EXPECT_EQ(values(bf16.grads.layers[1].moe.gate), values(f32.grads.layers[1].moe.gate));
+  EXPECT_EQ(values(bf16.grads.layers[1].moe.noise_weight),
+            values(f32.grads.layers[1].moe.noise_weight));
+  EXPECT_EQ(bf16.dx, f32.dx);
+  // The same product outside the router does change under kBF16 (so the test can fail).
+  std::vector<float> logits_f32(n * E), logits_bf16(n * E);
+  cpu::linear_forward(logits_f32.data(), x.data(), moe.gate.data, n, H, E);
+  {
+    const cpu::MatmulPrecisionScope scope(cpu::MatmulPrecision::kBF16);
+    cpu::linear_forward(logits_bf16.data(), x.data(), moe.gate.data, n, H, E);
+  }
+  EXPECT_NE(logits_bf16, logits_f32);
+}
+
 TEST(MixedPrecision, UnknownPrecisionIsAnError) {
   TrainConfig tc;
   tc.out_dir = "unused";

@@ -11,6 +11,12 @@
 namespace dsmoe {
 namespace {
 
+// The gating products run in float32 whatever the matmul precision: DeepSeek-V3's low-precision
+// training keeps the MoE gating (with embedding, output head, norms and attention) at higher
+// precision, since expert selection turns small score errors into different experts. Routing
+// runs outside parallel regions, so no other product sees the process-wide precision change.
+constexpr cpu::MatmulPrecision kGatingPrecision = cpu::MatmulPrecision::kF32;
+
 // Indices of the k largest values (ties: lower index first), best first.
 void top_k_indices(const float* values, int64_t n, int64_t k, int32_t* out) {
   std::vector<int32_t> order(n);
@@ -115,6 +121,7 @@ void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, 
       for (int64_t e = 0; e < n_experts; e++) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
     }
   }
+  const cpu::MatmulPrecisionScope precision(kGatingPrecision);
   if (!r.noise.empty()) {  // logits = clean + noise * softplus(pre): d pre = d * noise * sigma(pre)
     std::vector<float> dpre(n_tokens * n_experts);
     for (int64_t i = 0; i < n_tokens * n_experts; i++)
@@ -122,8 +129,8 @@ void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, 
     cpu::linear_backward(dx, g.noise_weight.data, dpre.data(), x, moe.noise_weight.data, n_tokens,
                          c.hidden_size, n_experts);
   }
-  cpu::linear_backward(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens,
-                       c.hidden_size, n_experts);
+  cpu::linear_backward(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens, c.hidden_size,
+                       n_experts);
 }
 
 namespace {
@@ -158,6 +165,7 @@ void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, i
   r.weight.resize(n_tokens * k);
   r.dropped.clear();
   r.n_dropped = 0;
+  const cpu::MatmulPrecisionScope precision(kGatingPrecision);
   cpu::linear_forward(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
   const bool noisy = training != nullptr && c.noisy_gating;
   r.noise.clear();

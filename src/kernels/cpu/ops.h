@@ -21,7 +21,8 @@ void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64
 // (OpenBLAS); kBF16, A and B rounded to bf16 and their exact products summed in float32
 // (cpu::gemm_bf16 on the bf16 dot-product units): bf16 mixed-precision training, where master
 // weights, gradients and optimizer state stay float32. Process-wide, like PyTorch's autocast;
-// attention's score and value products stay float32. MatmulPrecisionScope sets it for a scope.
+// attention's score and value products and the MoE router's (model/router.cpp) stay float32.
+// MatmulPrecisionScope sets it for a scope; set it outside parallel regions only.
 enum class MatmulPrecision { kF32, kBF16 };
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
