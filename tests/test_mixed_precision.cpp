@@ -51,8 +51,10 @@ TEST(MixedPrecision, GradientsStayWithinBf16Rounding) {
 }
 
 // Same seed and data: the bf16 run's loss follows the float32 run. Single steps of a tiny model
-// at a high learning rate wander apart by a few percent (the trajectories diverge), so the curve
-// is compared in windows of 10 steps.
+// wander apart by a few percent (the trajectories diverge), so the curve is compared in windows
+// of 10 steps. The learning rate is 5e-3: at 1e-2 the tiny model is chaotic (with seeds 1-8 the
+// worst window of the two runs differs by 0.2% to 8.7%, and a small change of rounding, such as
+// float32 exps in the softmax, moved seed 1 from 1.4% to 3.3%); at 5e-3 all stay within 0.7%.
 TEST(MixedPrecision, LossCurveFollowsFloat32) {
   TempDir dir;
   write_text(dir / "config.json", tiny_v3_json(2, 256).dump(2));
@@ -67,7 +69,7 @@ TEST(MixedPrecision, LossCurveFollowsFloat32) {
     tc.steps = 30;
     tc.batch_size = 4;
     tc.seq_len = 32;
-    tc.schedule.max_lr = 1e-2f;
+    tc.schedule.max_lr = 5e-3f;
     tc.schedule.warmup_steps = 2;
     tc.seed = 1;
     tc.quiet = true;

@@ -105,6 +105,37 @@ __attribute__((target_clones("default", "arch=x86-64-v4"))) void silu_mul_backwa
   }
 }
 
+// In place: softmax over row[0, n_visible), zeros after (the causal mask). The max and the sum
+// are kept in kLanes partial results (so the loops vectorize at any width and the order of the
+// sum is fixed).
+__attribute__((target_clones("default", "arch=x86-64-v4"))) void masked_softmax_row(
+    float* row, int64_t n_visible, int64_t S) {
+  constexpr int64_t kLanes = 16;
+  const int64_t n_blocked = n_visible / kLanes * kLanes;
+  float lane[kLanes];
+  std::fill_n(lane, kLanes, -INFINITY);
+  for (int64_t j = 0; j < n_blocked; j += kLanes)
+    for (int64_t l = 0; l < kLanes; l++) lane[l] = std::max(lane[l], row[j + l]);
+  float max_score = -INFINITY;
+  for (int64_t j = n_blocked; j < n_visible; j++) max_score = std::max(max_score, row[j]);
+  for (int64_t l = 0; l < kLanes; l++) max_score = std::max(max_score, lane[l]);
+  std::fill_n(lane, kLanes, 0.0f);
+  for (int64_t j = 0; j < n_blocked; j += kLanes)
+    for (int64_t l = 0; l < kLanes; l++) {
+      row[j + l] = exp_vectorizable(row[j + l] - max_score);
+      lane[l] += row[j + l];
+    }
+  float sum = 0.0f;
+  for (int64_t j = n_blocked; j < n_visible; j++) {
+    row[j] = exp_vectorizable(row[j] - max_score);
+    sum += row[j];
+  }
+  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
+  const float inv_sum = 1.0f / sum;
+  for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
+  std::fill(row + n_visible, row + S, 0.0f);
+}
+
 }  // namespace
 
 void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n) {
@@ -115,6 +146,39 @@ void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n)
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
     silu_mul_forward_chunk(out + begin, gate + begin, up + begin, len);
   }
+}
+
+__attribute__((target_clones("default", "arch=x86-64-v4"))) double cross_entropy_row(
+    const float* logits, int64_t n, int64_t target, float scale, float* dlogits) {
+  float max_value = logits[0];
+  for (int64_t v = 1; v < n; v++) max_value = std::max(max_value, logits[v]);
+  // The exponentials in float32, summed in kLanes double partial sums (a fixed order).
+  constexpr int64_t kLanes = 16;
+  const int64_t n_blocked = n / kLanes * kLanes;
+  double lane[kLanes] = {};
+  double sum = 0.0;
+  if (dlogits != nullptr) {
+    for (int64_t v = 0; v < n_blocked; v += kLanes)
+      for (int64_t l = 0; l < kLanes; l++) {
+        dlogits[v + l] = exp_vectorizable(logits[v + l] - max_value);
+        lane[l] += dlogits[v + l];
+      }
+    for (int64_t v = n_blocked; v < n; v++) {
+      dlogits[v] = exp_vectorizable(logits[v] - max_value);
+      sum += dlogits[v];
+    }
+  } else {
+    for (int64_t v = 0; v < n_blocked; v += kLanes)
+      for (int64_t l = 0; l < kLanes; l++) lane[l] += exp_vectorizable(logits[v + l] - max_value);
+    for (int64_t v = n_blocked; v < n; v++) sum += exp_vectorizable(logits[v] - max_value);
+  }
+  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
+  if (dlogits != nullptr) {
+    const float softmax_scale = static_cast<float>(scale / sum);
+    for (int64_t v = 0; v < n; v++) dlogits[v] *= softmax_scale;
+    dlogits[target] -= scale;
+  }
+  return std::log(sum) + max_value - logits[target];
 }
 
 void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
@@ -167,20 +231,6 @@ void attention_forward_rows(float* out, const float* q, const float* k, const fl
       }
     }
   }
-}
-
-// In place: softmax over row[0, n_visible), zeros after (the causal mask).
-void masked_softmax_row(float* row, int64_t n_visible, int64_t S) {
-  float max_score = -INFINITY;
-  for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
-  float sum = 0.0f;
-  for (int64_t j = 0; j < n_visible; j++) {
-    row[j] = std::exp(row[j] - max_score);
-    sum += row[j];
-  }
-  const float inv_sum = 1.0f / sum;
-  for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
-  std::fill(row + n_visible, row + S, 0.0f);
 }
 
 // The probabilities of one head: p[T, S] = softmax(scale * q_h . k_h^T) with the causal mask.

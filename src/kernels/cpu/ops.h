@@ -51,6 +51,12 @@ void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t 
 // out[n] = silu(gate[n]) * up[n]
 void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n);
 
+// Cross-entropy of one row of logits[n] against `target`: returns log(sum_v exp(logits_v)) -
+// logits[target]; with dlogits, writes d loss / d logits times scale: scale * (softmax(logits) -
+// onehot(target)). See ref::cross_entropy_row.
+double cross_entropy_row(const float* logits, int64_t n, int64_t target, float scale,
+                         float* dlogits);
+
 // RoPE in place, see ref::rope_forward.
 void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
                   int64_t head_stride, int64_t rope_dim, const float* cos, const float* sin,
