@@ -62,10 +62,54 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               C, static_cast<int>(ldc));
 }
 
+namespace {
+
+// The rmsnorm rows: sums in double as ref::rmsnorm_forward / backward, kept in kLanes partial
+// sums so that the loops vectorize (a serial double sum waits on every add).
+constexpr int64_t kNormLanes = 8;
+
+__attribute__((target_clones("default", "arch=x86-64-v4"))) float row_rstd(const float* x,
+                                                                           int64_t C, float eps) {
+  const int64_t n_blocked = C / kNormLanes * kNormLanes;
+  double lane[kNormLanes] = {};
+  for (int64_t c = 0; c < n_blocked; c += kNormLanes)
+    for (int64_t l = 0; l < kNormLanes; l++)
+      lane[l] += static_cast<double>(x[c + l]) * static_cast<double>(x[c + l]);
+  double sum_sq = 0.0;
+  for (int64_t c = n_blocked; c < C; c++) sum_sq += static_cast<double>(x[c]) * x[c];
+  for (int64_t l = 0; l < kNormLanes; l++) sum_sq += lane[l];
+  return static_cast<float>(1.0 / std::sqrt(sum_sq / C + eps));
+}
+
+// dinp[C] += rstd * (dy * weight - xhat * mean(dy * weight * xhat)), xhat = x * rstd.
+__attribute__((target_clones("default", "arch=x86-64-v4"))) void rmsnorm_backward_row(
+    float* dinp, const float* dy, const float* x, const float* weight, float rstd, int64_t C) {
+  const int64_t n_blocked = C / kNormLanes * kNormLanes;
+  double lane[kNormLanes] = {};
+  for (int64_t c = 0; c < n_blocked; c += kNormLanes)
+    for (int64_t l = 0; l < kNormLanes; l++)
+      lane[l] += static_cast<double>(dy[c + l]) * weight[c + l] * x[c + l] * rstd;
+  double dot = 0.0;
+  for (int64_t c = n_blocked; c < C; c++)
+    dot += static_cast<double>(dy[c]) * weight[c] * x[c] * rstd;
+  for (int64_t l = 0; l < kNormLanes; l++) dot += lane[l];
+  const float mean_dot = static_cast<float>(dot / C);
+  for (int64_t c = 0; c < C; c++) {
+    const float xhat = x[c] * rstd;
+    dinp[c] += rstd * (dy[c] * weight[c] - xhat * mean_dot);
+  }
+}
+
+}  // namespace
+
 void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,
                      float eps) {
 #pragma omp parallel for schedule(static) if (M * C > 16384)
-  for (int64_t m = 0; m < M; m++) ref::rmsnorm_forward(out + m * C, inp + m * C, weight, 1, C, eps);
+  for (int64_t m = 0; m < M; m++) {
+    const float* x = inp + m * C;
+    const float rstd = row_rstd(x, C, eps);
+    for (int64_t c = 0; c < C; c++) out[m * C + c] = x[c] * rstd * weight[c];
+  }
 }
 
 namespace {
@@ -324,14 +368,28 @@ void linear_backward(float* dinp, float* dweight, const float* dout, const float
 
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
                       const float* weight, int64_t M, int64_t C, float eps) {
-  if (dinp != nullptr) {
-#pragma omp parallel for schedule(static) if (M * C > 16384)
-    for (int64_t m = 0; m < M; m++)
-      ref::rmsnorm_backward(dinp + m * C, static_cast<float*>(nullptr), dout + m * C, inp + m * C,
-                            weight, 1, C, eps);
+  std::vector<float> rstd(M);  // (M)
+  const bool parallel = M * C > 16384;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t m = 0; m < M; m++) {
+    rstd[m] = row_rstd(inp + m * C, C, eps);
+    if (dinp != nullptr)
+      rmsnorm_backward_row(dinp + m * C, dout + m * C, inp + m * C, weight, rstd[m], C);
   }
-  if (dweight != nullptr)  // a reduction over rows: kept serial for a deterministic sum
-    ref::rmsnorm_backward(static_cast<float*>(nullptr), dweight, dout, inp, weight, M, C, eps);
+  if (dweight == nullptr) return;
+  // dweight[c] += sum over rows, in row order: threads own columns, so the sums are the serial
+  // ones whatever the thread count.
+  constexpr int64_t kColumns = 64;
+  const int64_t n_blocks = (C + kColumns - 1) / kColumns;
+#pragma omp parallel for schedule(static) if (parallel && n_blocks > 1)
+  for (int64_t b = 0; b < n_blocks; b++) {
+    const int64_t begin = b * kColumns, end = std::min(C, begin + kColumns);
+    for (int64_t m = 0; m < M; m++) {
+      const float* x = inp + m * C;
+      const float* dy = dout + m * C;
+      for (int64_t c = begin; c < end; c++) dweight[c] += dy[c] * (x[c] * rstd[m]);
+    }
+  }
 }
 
 void silu_mul_backward(float* dgate, float* dup, const float* dout, const float* gate,
