@@ -193,28 +193,31 @@ void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n)
 }
 
 __attribute__((target_clones("default", "arch=x86-64-v4"))) double cross_entropy_row(
-    const float* logits, int64_t n, int64_t target, float scale, float* dlogits) {
-  float max_value = logits[0];
-  for (int64_t v = 1; v < n; v++) max_value = std::max(max_value, logits[v]);
-  // The exponentials in float32, summed in kLanes double partial sums (a fixed order).
+    const float* __restrict__ logits, int64_t n, int64_t target, float scale,
+    float* __restrict__ dlogits) {
+  // Max, then the exponentials in float32 summed in double: kLanes partial results each, so that
+  // the loops vectorize and the order of the sum is fixed.
   constexpr int64_t kLanes = 16;
   const int64_t n_blocked = n / kLanes * kLanes;
+  float lane_max[kLanes];
+  std::fill_n(lane_max, kLanes, -INFINITY);
+  for (int64_t v = 0; v < n_blocked; v += kLanes)
+    for (int64_t l = 0; l < kLanes; l++) lane_max[l] = std::max(lane_max[l], logits[v + l]);
+  float max_value = -INFINITY;
+  for (int64_t v = n_blocked; v < n; v++) max_value = std::max(max_value, logits[v]);
+  for (int64_t l = 0; l < kLanes; l++) max_value = std::max(max_value, lane_max[l]);
   double lane[kLanes] = {};
+  for (int64_t v = 0; v < n_blocked; v += kLanes) {
+    float e[kLanes];
+    for (int64_t l = 0; l < kLanes; l++) e[l] = exp_vectorizable(logits[v + l] - max_value);
+    for (int64_t l = 0; l < kLanes; l++) lane[l] += e[l];
+    if (dlogits != nullptr) std::copy_n(e, kLanes, dlogits + v);
+  }
   double sum = 0.0;
-  if (dlogits != nullptr) {
-    for (int64_t v = 0; v < n_blocked; v += kLanes)
-      for (int64_t l = 0; l < kLanes; l++) {
-        dlogits[v + l] = exp_vectorizable(logits[v + l] - max_value);
-        lane[l] += dlogits[v + l];
-      }
-    for (int64_t v = n_blocked; v < n; v++) {
-      dlogits[v] = exp_vectorizable(logits[v] - max_value);
-      sum += dlogits[v];
-    }
-  } else {
-    for (int64_t v = 0; v < n_blocked; v += kLanes)
-      for (int64_t l = 0; l < kLanes; l++) lane[l] += exp_vectorizable(logits[v + l] - max_value);
-    for (int64_t v = n_blocked; v < n; v++) sum += exp_vectorizable(logits[v] - max_value);
+  for (int64_t v = n_blocked; v < n; v++) {
+    const float e = exp_vectorizable(logits[v] - max_value);
+    sum += e;
+    if (dlogits != nullptr) dlogits[v] = e;
   }
   for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
   if (dlogits != nullptr) {
