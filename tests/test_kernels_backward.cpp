@@ -75,7 +75,9 @@ void check_forward(const AttentionShape& s, Buffers& b, const float* k, const fl
 }
 
 TEST(AttentionGemmPath, ForwardMatchesReferenceForGqaAndPrefix) {
-  for (const auto& [n_q, n_kv] : {std::pair<int64_t, int64_t>{12, 12}, {9, 20}, {32, 32}}) {
+  // 130 and 150 queries: several blocks of query rows, the last one partial.
+  for (const auto& [n_q, n_kv] :
+       {std::pair<int64_t, int64_t>{12, 12}, {9, 20}, {32, 32}, {130, 130}, {150, 170}}) {
     const AttentionShape s = gqa_shape(n_q, n_kv, 4, 2, 16);
     Buffers b = make_buffers(s, 7);
     check_forward(s, b, b.k.data(), b.v.data());
@@ -101,7 +103,7 @@ TEST(AttentionGemmPath, ForwardMatchesReferenceForAbsorbedMlaLayout) {
 
 // cpu::attention_backward (GEMM path for >= 8 queries, rows path below) against the reference.
 TEST(AttentionBackward, MatchesReferenceOnBothPaths) {
-  for (int64_t n : {5, 12, 24}) {
+  for (int64_t n : {5, 12, 24, 150}) {
     const AttentionShape s = gqa_shape(n, n, 6, 2, 8);
     Buffers b = make_buffers(s, 11 + static_cast<uint32_t>(n));
     std::vector<double> out_d(b.out.size(), 0.0);

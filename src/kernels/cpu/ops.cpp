@@ -280,12 +280,25 @@ void attention_forward_rows(float* out, const float* q, const float* k, const fl
   }
 }
 
+// Query rows go through the products in blocks: the block of rows [t0, t1) sees only keys
+// [0, visible_keys(s, t1)) (the causal mask), so the products skip most of the masked triangle.
+constexpr int64_t kRowBlock = 64;
+
+int64_t visible_keys(const AttentionShape& s, int64_t t_end) {
+  return std::min(s.n_kv_tokens, s.q_pos0 + t_end);
+}
+
+int blas_int(int64_t x) { return static_cast<int>(x); }
+
 // The probabilities of one head: p[T, S] = softmax(scale * q_h . k_h^T) with the causal mask.
 void head_probabilities(const float* q, const float* k, const AttentionShape& s, float* p) {
   const int64_t T = s.n_q_tokens, S = s.n_kv_tokens;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(S),
-              static_cast<int>(s.qk_dim), s.scale, q, static_cast<int>(s.q_token_stride), k,
-              static_cast<int>(s.k_token_stride), 0.0f, p, static_cast<int>(S));
+  for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, T - t0), keys = visible_keys(s, t0 + rows);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blas_int(rows), blas_int(keys),
+                blas_int(s.qk_dim), s.scale, q + t0 * s.q_token_stride, blas_int(s.q_token_stride),
+                k, blas_int(s.k_token_stride), 0.0f, p + t0 * S, blas_int(S));
+  }
   for (int64_t t = 0; t < T; t++) {
     float* row = p + t * S;
     const int64_t n_visible = s.q_pos0 + t + 1;
@@ -312,11 +325,14 @@ void attention_forward_gemm(float* out, const float* q, const float* k, const fl
     for (int64_t h = 0; h < s.n_heads; h++) {
       const int64_t kv_head = h / group;
       head_probabilities(q + h * s.q_head_stride, k + kv_head * s.k_head_stride, s, p.data());
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
-                  static_cast<int>(s.v_dim), static_cast<int>(S), 1.0f, p.data(),
-                  static_cast<int>(S), v + kv_head * s.v_head_stride,
-                  static_cast<int>(s.v_token_stride), 0.0f, out + h * s.out_head_stride,
-                  static_cast<int>(s.out_token_stride));
+      for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, T - t0), keys = visible_keys(s, t0 + rows);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blas_int(rows), blas_int(s.v_dim),
+                    blas_int(keys), 1.0f, p.data() + t0 * S, blas_int(S),
+                    v + kv_head * s.v_head_stride, blas_int(s.v_token_stride), 0.0f,
+                    out + h * s.out_head_stride + t0 * s.out_token_stride,
+                    blas_int(s.out_token_stride));
+      }
     }
   }
 }
@@ -453,22 +469,31 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* do_h = dout + h * s.out_head_stride;
         const float* o_h = out + h * s.out_head_stride;
         head_probabilities(q_h, k_h, s, p.data());
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.v_dim), i(T), 1.0f, p.data(),
-                    i(S), do_h, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(T), i(S), i(s.v_dim), 1.0f, do_h,
-                    i(s.out_token_stride), v_h, i(s.v_token_stride), 0.0f, dp.data(), i(S));
-        for (int64_t t = 0; t < T; t++) {
-          float do_dot_o = 0.0f;
-          for (int64_t d = 0; d < s.v_dim; d++)
-            do_dot_o += do_h[t * s.out_token_stride + d] * o_h[t * s.out_token_stride + d];
-          for (int64_t j = 0; j < S; j++)
-            dp[t * S + j] = p[t * S + j] * (dp[t * S + j] - do_dot_o) * s.scale;
+        // Row blocks: block [t0, t0 + rows) reads and writes key columns [0, keys) only.
+        for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+          const int64_t rows = std::min(kRowBlock, T - t0), keys = visible_keys(s, t0 + rows);
+          float* p_b = p.data() + t0 * S;
+          float* dp_b = dp.data() + t0 * S;
+          const float* do_b = do_h + t0 * s.out_token_stride;
+          const float* o_b = o_h + t0 * s.out_token_stride;
+          const float* q_b = q_h + t0 * s.q_token_stride;
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(keys), i(s.v_dim), i(rows), 1.0f,
+                      p_b, i(S), do_b, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(rows), i(keys), i(s.v_dim), 1.0f,
+                      do_b, i(s.out_token_stride), v_h, i(s.v_token_stride), 0.0f, dp_b, i(S));
+          for (int64_t t = 0; t < rows; t++) {
+            float do_dot_o = 0.0f;
+            for (int64_t d = 0; d < s.v_dim; d++)
+              do_dot_o += do_b[t * s.out_token_stride + d] * o_b[t * s.out_token_stride + d];
+            for (int64_t j = 0; j < keys; j++)
+              dp_b[t * S + j] = p_b[t * S + j] * (dp_b[t * S + j] - do_dot_o) * s.scale;
+          }
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(rows), i(s.qk_dim), i(keys),
+                      1.0f, dp_b, i(S), k_h, i(s.k_token_stride), 1.0f,
+                      dq + h * s.q_head_stride + t0 * s.q_token_stride, i(s.q_token_stride));
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(keys), i(s.qk_dim), i(rows), 1.0f,
+                      dp_b, i(S), q_b, i(s.q_token_stride), 1.0f, dk_h, i(s.k_token_stride));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(T), i(s.qk_dim), i(S), 1.0f,
-                    dp.data(), i(S), k_h, i(s.k_token_stride), 1.0f, dq + h * s.q_head_stride,
-                    i(s.q_token_stride));
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.qk_dim), i(T), 1.0f,
-                    dp.data(), i(S), q_h, i(s.q_token_stride), 1.0f, dk_h, i(s.k_token_stride));
       }
     }
   }
