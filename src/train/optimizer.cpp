@@ -142,7 +142,11 @@ double global_grad_norm(const ModelConfig& config, ModelWeights& grads) {
 
 void scale_grads(const ModelConfig& config, ModelWeights& grads, float factor) {
   for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole, Tensor& g) {
-    for (int64_t i = 0; i < g.numel(); i++) g.data[i] *= factor;
+    const int64_t n = g.numel();
+    float* data = g.data;
+    const float f = factor;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) data[i] *= f;
   });
 }
 
