@@ -11,11 +11,10 @@
 namespace dsmoe {
 namespace {
 
-// The gating products run in float32 whatever the matmul precision: DeepSeek-V3's low-precision
-// training keeps the MoE gating (with embedding, output head, norms and attention) at higher
-// precision, since expert selection turns small score errors into different experts. Routing
-// runs outside parallel regions, so no other product sees the process-wide precision change.
-constexpr cpu::MatmulPrecision kGatingPrecision = cpu::MatmulPrecision::kF32;
+// The gating products run in float32 whatever the matmul precision (cpu::linear_forward_f32):
+// DeepSeek-V3's low-precision training keeps the MoE gating (with embedding, output head, norms
+// and attention) at higher precision, since expert selection turns small score errors into
+// different experts.
 
 // Indices of the k largest values (ties: lower index first), best first.
 void top_k_indices(const float* values, int64_t n, int64_t k, int32_t* out) {
@@ -121,16 +120,15 @@ void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, 
       for (int64_t e = 0; e < n_experts; e++) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
     }
   }
-  const cpu::MatmulPrecisionScope precision(kGatingPrecision);
   if (!r.noise.empty()) {  // logits = clean + noise * softplus(pre): d pre = d * noise * sigma(pre)
     std::vector<float> dpre(n_tokens * n_experts);
     for (int64_t i = 0; i < n_tokens * n_experts; i++)
       dpre[i] = dlogits[i] * r.noise[i] / (1.0f + std::exp(-r.noise_pre[i]));
-    cpu::linear_backward(dx, g.noise_weight.data, dpre.data(), x, moe.noise_weight.data, n_tokens,
-                         c.hidden_size, n_experts);
+    cpu::linear_backward_f32(dx, g.noise_weight.data, dpre.data(), x, moe.noise_weight.data,
+                             n_tokens, c.hidden_size, n_experts);
   }
-  cpu::linear_backward(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens, c.hidden_size,
-                       n_experts);
+  cpu::linear_backward_f32(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens,
+                           c.hidden_size, n_experts);
 }
 
 namespace {
@@ -165,16 +163,15 @@ void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, i
   r.weight.resize(n_tokens * k);
   r.dropped.clear();
   r.n_dropped = 0;
-  const cpu::MatmulPrecisionScope precision(kGatingPrecision);
-  cpu::linear_forward(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
+  cpu::linear_forward_f32(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
   const bool noisy = training != nullptr && c.noisy_gating;
   r.noise.clear();
   r.noise_pre.clear();
   if (noisy) {  // KeepTopK: logits += N(0, 1) * softplus(x . W_noise^T)
     r.noise.resize(n_tokens * n_experts);
     r.noise_pre.resize(n_tokens * n_experts);
-    cpu::linear_forward(r.noise_pre.data(), x, moe.noise_weight.data, n_tokens, c.hidden_size,
-                        n_experts);
+    cpu::linear_forward_f32(r.noise_pre.data(), x, moe.noise_weight.data, n_tokens, c.hidden_size,
+                            n_experts);
     for (int64_t i = 0; i < n_tokens * n_experts; i++) {
       r.noise[i] = training->noise_rng->normal();
       r.scores[i] += r.noise[i] * softplus(r.noise_pre[i]);

@@ -102,6 +102,49 @@ __attribute__((target_clones("default", "arch=x86-64-v4"))) void rmsnorm_backwar
 
 }  // namespace
 
+namespace {
+
+// gemm in float32 over fixed tiles of C, each one single-threaded BLAS call (OpenBLAS runs on the
+// calling thread inside a parallel region) with the whole K: the same bits for any thread count.
+void gemm_f32_fixed_tiles(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                          float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // as gemm: K == 0 scales C
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+    return;
+  }
+  constexpr int64_t kTile = 256;
+  const int64_t tiles_m = (M + kTile - 1) / kTile, tiles_n = (N + kTile - 1) / kTile;
+#pragma omp parallel for schedule(dynamic, 1) if (tiles_m * tiles_n > 1)
+  for (int64_t tile = 0; tile < tiles_m * tiles_n; tile++) {
+    const int64_t m0 = tile / tiles_n * kTile, n0 = tile % tiles_n * kTile;
+    const int64_t rows = std::min(kTile, M - m0), cols = std::min(kTile, N - n0);
+    const float* a = trans_a ? A + m0 : A + m0 * lda;  // rows m0.. of op(A)
+    const float* b = trans_b ? B + n0 * ldb : B + n0;  // columns n0.. of op(B)
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
+                static_cast<int>(K), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb),
+                beta, C + m0 * ldc + n0, static_cast<int>(ldc));
+  }
+}
+
+}  // namespace
+
+void linear_forward_f32(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
+                        int64_t N) {
+  gemm_f32_fixed_tiles(false, true, M, N, K, 1.0f, inp, K, weight, K, 0.0f, out, N);
+}
+
+void linear_backward_f32(float* dinp, float* dweight, const float* dout, const float* inp,
+                         const float* weight, int64_t M, int64_t K, int64_t N) {
+  if (dinp != nullptr)
+    gemm_f32_fixed_tiles(false, false, M, K, N, 1.0f, dout, N, weight, K, 1.0f, dinp, K);
+  if (dweight != nullptr)
+    gemm_f32_fixed_tiles(true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dweight, K);
+}
+
 void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,
                      float eps) {
 #pragma omp parallel for schedule(static) if (M * C > 16384)

@@ -39,6 +39,14 @@ class MatmulPrecisionScope {
   MatmulPrecision previous_;
 };
 
+// Float32 products whatever matmul_precision(), with bits that do not depend on the thread
+// count (OpenBLAS's threaded sgemm splits differently per thread count): the MoE router's,
+// which stay float32 under kBF16 while bf16 training stays identical across thread counts.
+void linear_forward_f32(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
+                        int64_t N);
+void linear_backward_f32(float* dinp, float* dweight, const float* dout, const float* inp,
+                         const float* weight, int64_t M, int64_t K, int64_t N);
+
 // General row-major product C[M, N] = alpha * op(A) . op(B) + beta * C, op = transpose or not,
 // in the current matmul_precision().
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
