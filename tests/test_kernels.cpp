@@ -203,6 +203,35 @@ TEST(KernelsSiluMul, InPlaceOverGate) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// cross_entropy_row: the loss within a few roundings of log(sum) plus the max and target logits;
+// each gradient within a few roundings of itself plus the target's -scale.
+
+void check_cross_entropy(int64_t n, float spread) {
+  SCOPED_TRACE(testing::Message() << "n=" << n << " spread=" << spread);
+  std::mt19937 rng(23 + n);
+  const auto logits = random_vector(rng, n, -spread, spread);
+  const auto logits_d = to_double(logits);
+  const float scale = 0.125f;
+  for (int64_t target : {int64_t{0}, n / 2, n - 1}) {
+    std::vector<double> expected(n);
+    const double loss_ref =
+        ref::cross_entropy_row(logits_d.data(), n, target, double{scale}, expected.data());
+    std::vector<float> grad(n, kSentinel);
+    const double loss = cpu::cross_entropy_row(logits.data(), n, target, scale, grad.data());
+    const double max_logit = *std::max_element(logits_d.begin(), logits_d.end());
+    ASSERT_NEAR(loss, loss_ref, 8 * kEps * (1 + std::abs(max_logit) + std::abs(logits_d[target])));
+    EXPECT_EQ(cpu::cross_entropy_row(logits.data(), n, target, scale, nullptr), loss);
+    for (int64_t v = 0; v < n; v++)
+      ASSERT_NEAR(grad[v], expected[v], 8 * kEps * (std::abs(expected[v]) + scale)) << "v=" << v;
+  }
+}
+
+TEST(KernelsCrossEntropy, MatchesReference) {
+  for (int64_t n : {1, 7, 16, 100, 8192 + 5}) check_cross_entropy(n, 4.0f);
+  check_cross_entropy(1000, 60.0f);  // terms far below the max underflow
+}
+
+// ---------------------------------------------------------------------------------------------
 // rope_forward
 
 // Angle table [n_tokens, rope_dim / 2] for positions pos0 .. pos0 + n_tokens - 1.

@@ -11,6 +11,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/ref/ops.h"
+#include "util/threads.h"
 
 namespace dsmoe {
 namespace {
@@ -25,7 +26,8 @@ std::vector<float> random_vector(size_t n, uint32_t seed) {
 
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
-void expect_close(const std::vector<float>& got, const std::vector<double>& want, const char* what) {
+void expect_close(const std::vector<float>& got, const std::vector<double>& want,
+                  const char* what) {
   ASSERT_EQ(got.size(), want.size());
   double scale = 0;
   for (double w : want) scale = std::max(scale, std::fabs(w));
@@ -73,7 +75,9 @@ void check_forward(const AttentionShape& s, Buffers& b, const float* k, const fl
 }
 
 TEST(AttentionGemmPath, ForwardMatchesReferenceForGqaAndPrefix) {
-  for (const auto& [n_q, n_kv] : {std::pair<int64_t, int64_t>{12, 12}, {9, 20}, {32, 32}}) {
+  // 130 and 150 queries: several blocks of query rows, the last one partial.
+  for (const auto& [n_q, n_kv] :
+       {std::pair<int64_t, int64_t>{12, 12}, {9, 20}, {32, 32}, {130, 130}, {150, 170}}) {
     const AttentionShape s = gqa_shape(n_q, n_kv, 4, 2, 16);
     Buffers b = make_buffers(s, 7);
     check_forward(s, b, b.k.data(), b.v.data());
@@ -99,7 +103,7 @@ TEST(AttentionGemmPath, ForwardMatchesReferenceForAbsorbedMlaLayout) {
 
 // cpu::attention_backward (GEMM path for >= 8 queries, rows path below) against the reference.
 TEST(AttentionBackward, MatchesReferenceOnBothPaths) {
-  for (int64_t n : {5, 12, 24}) {
+  for (int64_t n : {5, 12, 24, 150}) {
     const AttentionShape s = gqa_shape(n, n, 6, 2, 8);
     Buffers b = make_buffers(s, 11 + static_cast<uint32_t>(n));
     std::vector<double> out_d(b.out.size(), 0.0);
@@ -111,8 +115,8 @@ TEST(AttentionBackward, MatchesReferenceOnBothPaths) {
     ref::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
                             v.data(), out_d.data(), s);
     std::vector<float> gq(q.size(), 0.0f), gk(k.size(), 0.0f), gv(v.size(), 0.0f);
-    cpu::attention_backward(gq.data(), gk.data(), gv.data(), b.dout.data(), b.q.data(),
-                            b.k.data(), b.v.data(), out.data(), s);
+    cpu::attention_backward(gq.data(), gk.data(), gv.data(), b.dout.data(), b.q.data(), b.k.data(),
+                            b.v.data(), out.data(), s);
     expect_close(gq, dq, "dq");
     expect_close(gk, dk, "dk");
     expect_close(gv, dv, "dv");
@@ -154,12 +158,40 @@ TEST(Backward, LinearRmsnormSiluMatchReference) {
   expect_close(du, du_want, "silu dup");
 }
 
+// Enough rows for the parallel path, a width that is no multiple of the lanes or column blocks;
+// each gradient alone; the same bits with 1 and 2 threads.
+TEST(Backward, RmsnormParallelPathMatchesReferenceAndThreadCounts) {
+  const int64_t M = 40, C = 521;
+  const std::vector<float> x = random_vector(M * C, 11), g = random_vector(C, 12);
+  const std::vector<float> dz = random_vector(M * C, 13);
+  const std::vector<double> xd = to_double(x), gd = to_double(g), dzd = to_double(dz);
+  std::vector<double> rx_want(M * C, 0.0), rg_want(C, 0.0);
+  ref::rmsnorm_backward(rx_want.data(), rg_want.data(), dzd.data(), xd.data(), gd.data(), M, C,
+                        1e-6f);
+  std::vector<std::vector<float>> runs;
+  const int default_threads = num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    std::vector<float> rx(M * C, 0.0f), rg(C, 0.0f);
+    cpu::rmsnorm_backward(rx.data(), nullptr, dz.data(), x.data(), g.data(), M, C, 1e-6f);
+    cpu::rmsnorm_backward(nullptr, rg.data(), dz.data(), x.data(), g.data(), M, C, 1e-6f);
+    expect_close(rx, rx_want, "rmsnorm dx");
+    expect_close(rg, rg_want, "rmsnorm dweight");
+    runs.push_back(rx);
+    runs.push_back(rg);
+  }
+  set_num_threads(default_threads);
+  EXPECT_EQ(runs[0], runs[2]);
+  EXPECT_EQ(runs[1], runs[3]);
+}
+
 TEST(Backward, RopeBackwardUndoesRopeForward) {
   for (bool interleaved : {true, false}) {
     const int64_t T = 5, heads = 3, dim = 8, stride = heads * dim + 2;
     std::vector<float> x = random_vector(T * stride, 9), original = x;
     std::vector<float> cos(T * dim / 2), sin(T * dim / 2);
-    for (size_t i = 0; i < cos.size(); i++) cos[i] = std::cos(0.37f * i), sin[i] = std::sin(0.37f * i);
+    for (size_t i = 0; i < cos.size(); i++)
+      cos[i] = std::cos(0.37f * i), sin[i] = std::sin(0.37f * i);
     cpu::rope_forward(x.data(), T, heads, stride, dim, dim, cos.data(), sin.data(), interleaved);
     cpu::rope_backward(x.data(), T, heads, stride, dim, dim, cos.data(), sin.data(), interleaved);
     for (size_t i = 0; i < x.size(); i++) ASSERT_NEAR(x[i], original[i], 1e-5) << i;

@@ -21,12 +21,12 @@
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "tensor/random.h"
+#include "tiny_models.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #include "util/check.h"
 #include "util/threads.h"
-#include "tiny_models.h"
 
 namespace dsmoe {
 namespace {
@@ -36,7 +36,6 @@ using json = nlohmann::json;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
 
 // Sets the thread count for a scope.
 class Threads {
@@ -48,9 +47,6 @@ class Threads {
   int saved_;
 };
 
-
-
-
 // Every file under `dir` (relative path -> bytes).
 std::map<std::string, std::string> snapshot(const std::string& dir) {
   std::map<std::string, std::string> files;
@@ -59,7 +55,6 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
       files[fs::relative(entry.path(), dir).string()] = read_bytes(entry.path().string());
   return files;
 }
-
 
 // A few KB of sentences of several kinds, repeated.
 std::string training_text() {
@@ -594,6 +589,32 @@ TEST(AdamW, StepEqualsTheFormula) {
         });
   }
   for (int64_t e = 0; e < bias.numel(); e++) EXPECT_EQ(bias.data[e], 0.1f * static_cast<float>(e));
+}
+
+// adamw_step(..., grad_scale) is scale_grads then adamw_step, to the bit; either way the
+// gradients are left zero for the next accumulation.
+TEST(AdamW, GradScaleIsScaleGradsAndGradientsAreConsumed) {
+  const ModelConfig c = parse_model_config(tiny_train_json(), "test");
+  ModelWeights fused = random_weights(c, 5), separate = random_weights(c, 5);
+  ModelWeights g_fused = zeros_like_weights(c), g_separate = zeros_like_weights(c);
+  for (ModelWeights* g : {&g_fused, &g_separate}) {
+    Rng rng(3);
+    for_each_tensor(c, *g, [&](const std::string&, const Shape&, TensorRole, Tensor& t) {
+      for (int64_t i = 0; i < t.numel(); i++) t.data[i] = rng.normal();
+    });
+  }
+  AdamWState s_fused = make_adamw_state(c, 0), s_separate = make_adamw_state(c, 0);
+  adamw_step(c, fused, g_fused, s_fused, 0.01f, AdamWConfig{}, 0.37f);
+  scale_grads(c, g_separate, 0.37f);
+  adamw_step(c, separate, g_separate, s_separate, 0.01f, AdamWConfig{});
+  std::map<std::string, Tensor> expected = by_name(c, separate);
+  for_each_tensor(c, fused, [&](const std::string& name, const Shape&, TensorRole, Tensor& t) {
+    for (int64_t i = 0; i < t.numel(); i++) ASSERT_EQ(t.data[i], expected[name].data[i]) << name;
+  });
+  for (ModelWeights* g : {&g_fused, &g_separate})
+    for_each_tensor(c, *g, [&](const std::string& name, const Shape&, TensorRole, Tensor& t) {
+      for (int64_t i = 0; i < t.numel(); i++) ASSERT_EQ(t.data[i], 0.0f) << name;
+    });
 }
 
 // The same rule on numbers small enough to follow by hand: p = 1, g = 0.5, lr = 0.1, wd = 0.1:

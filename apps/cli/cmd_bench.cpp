@@ -40,8 +40,9 @@ struct BenchArgs {
   bool no_roofline = false;
 };
 
-// One training step as `dsmoe train` takes it: zero_grads, forward_backward on a B x T batch of
-// random ids, adamw_step; one warm-up step, then R timed steps.
+// One training step as `dsmoe train` takes it: forward_backward on a B x T batch of random ids,
+// adamw_step (which leaves the gradients zero for the next step); one warm-up step, then R timed
+// steps.
 RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps,
                        cpu::MatmulPrecision precision) {
   const ModelConfig& c = model.config();
@@ -57,7 +58,6 @@ RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps,
   auto step = [&] {
     const cpu::MatmulPrecisionScope scope(precision);
     for (int64_t& id : ids) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
-    zero_grads(c, grads);
     model.forward_backward(ids.data(), batch, seq, grads, acts, options);
     adamw_step(c, model.mutable_weights(), grads, adam, 1e-4f, AdamWConfig{});
   };

@@ -11,6 +11,11 @@
 namespace dsmoe {
 namespace {
 
+// The gating products run in float32 whatever the matmul precision (cpu::linear_forward_f32):
+// DeepSeek-V3's low-precision training keeps the MoE gating (with embedding, output head, norms
+// and attention) at higher precision, since expert selection turns small score errors into
+// different experts.
+
 // Indices of the k largest values (ties: lower index first), best first.
 void top_k_indices(const float* values, int64_t n, int64_t k, int32_t* out) {
   std::vector<int32_t> order(n);
@@ -119,11 +124,11 @@ void route_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, 
     std::vector<float> dpre(n_tokens * n_experts);
     for (int64_t i = 0; i < n_tokens * n_experts; i++)
       dpre[i] = dlogits[i] * r.noise[i] / (1.0f + std::exp(-r.noise_pre[i]));
-    cpu::linear_backward(dx, g.noise_weight.data, dpre.data(), x, moe.noise_weight.data, n_tokens,
-                         c.hidden_size, n_experts);
+    cpu::linear_backward_f32(dx, g.noise_weight.data, dpre.data(), x, moe.noise_weight.data,
+                             n_tokens, c.hidden_size, n_experts);
   }
-  cpu::linear_backward(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens,
-                       c.hidden_size, n_experts);
+  cpu::linear_backward_f32(dx, g.gate.data, dlogits.data(), x, moe.gate.data, n_tokens,
+                           c.hidden_size, n_experts);
 }
 
 namespace {
@@ -158,15 +163,15 @@ void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, i
   r.weight.resize(n_tokens * k);
   r.dropped.clear();
   r.n_dropped = 0;
-  cpu::linear_forward(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
+  cpu::linear_forward_f32(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
   const bool noisy = training != nullptr && c.noisy_gating;
   r.noise.clear();
   r.noise_pre.clear();
   if (noisy) {  // KeepTopK: logits += N(0, 1) * softplus(x . W_noise^T)
     r.noise.resize(n_tokens * n_experts);
     r.noise_pre.resize(n_tokens * n_experts);
-    cpu::linear_forward(r.noise_pre.data(), x, moe.noise_weight.data, n_tokens, c.hidden_size,
-                        n_experts);
+    cpu::linear_forward_f32(r.noise_pre.data(), x, moe.noise_weight.data, n_tokens, c.hidden_size,
+                            n_experts);
     for (int64_t i = 0; i < n_tokens * n_experts; i++) {
       r.noise[i] = training->noise_rng->normal();
       r.scores[i] += r.noise[i] * softplus(r.noise_pre[i]);

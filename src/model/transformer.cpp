@@ -126,9 +126,15 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
 
 double next_token_loss_backward(const float* logits, const int64_t* ids, int64_t n_seqs,
                                 int64_t n_tokens, int64_t vocab_size, float* dlogits) {
-  if (dlogits != nullptr) std::fill(dlogits, dlogits + n_seqs * n_tokens * vocab_size, 0.0f);
+  if (dlogits != nullptr)  // the last position of each sequence predicts nothing
+    for (int64_t b = 0; b < n_seqs; b++) {
+      float* last = dlogits + (b * n_tokens + n_tokens - 1) * vocab_size;
+      std::fill(last, last + vocab_size, 0.0f);
+    }
   if (n_tokens < 2) return 0.0;
   const int64_t n_predictions = n_seqs * (n_tokens - 1);
+  // d/d logit_v of the mean = (softmax_v - [v == target]) / n_predictions
+  const float scale = 1.0f / static_cast<float>(n_predictions);
   // Positions in parallel, each loss kept apart and summed in order afterwards, so that the
   // loss does not depend on the thread count.
   std::vector<double> losses(n_predictions);
@@ -136,23 +142,9 @@ double next_token_loss_backward(const float* logits, const int64_t* ids, int64_t
   for (int64_t i = 0; i < n_predictions; i++) {
     const int64_t b = i / (n_tokens - 1), t = i % (n_tokens - 1);
     const int64_t position = b * n_tokens + t;
-    const float* row = logits + position * vocab_size;
-    const int64_t target = ids[position + 1];
-    double max_value = row[0];
-    for (int64_t v = 1; v < vocab_size; v++) max_value = std::max<double>(max_value, row[v]);
-    double sum = 0.0;
-    float* drow = dlogits != nullptr ? dlogits + position * vocab_size : nullptr;
-    for (int64_t v = 0; v < vocab_size; v++) {
-      const double e = std::exp(row[v] - max_value);
-      sum += e;
-      if (drow != nullptr) drow[v] = static_cast<float>(e);  // scaled below
-    }
-    losses[i] = std::log(sum) + max_value - row[target];
-    if (drow == nullptr) continue;
-    // d/d logit_v of the mean = (softmax_v - [v == target]) / n_predictions
-    const float scale = static_cast<float>(1.0 / (sum * static_cast<double>(n_predictions)));
-    for (int64_t v = 0; v < vocab_size; v++) drow[v] *= scale;
-    drow[target] -= 1.0f / static_cast<float>(n_predictions);
+    losses[i] =
+        cpu::cross_entropy_row(logits + position * vocab_size, vocab_size, ids[position + 1], scale,
+                               dlogits != nullptr ? dlogits + position * vocab_size : nullptr);
   }
   double total = 0.0;
   for (double loss : losses) total += loss;

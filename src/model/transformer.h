@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "model/attention.h"
-#include "model/layer.h"
 #include "model/config.h"
+#include "model/layer.h"
 #include "model/moe.h"
-#include "model/quantize.h"
 #include "model/mtp.h"
+#include "model/quantize.h"
 #include "model/router.h"
 #include "model/weights.h"
 
@@ -40,6 +40,7 @@ struct TrainActs {
   std::vector<float> x_final;  // (N, H) output of the last layer, before the final norm
   std::vector<float> normed;   // (N, H) after the final norm
   std::vector<float> logits;   // (N, V)
+  std::vector<float> dlogits;  // (N, V) backward scratch, kept so that steps reuse its pages
   std::vector<MtpActs> mtp;    // per MTP module (empty when MTP is off)
 };
 
@@ -55,8 +56,8 @@ struct TrainOptions {
 
 // What one training forward/backward measured.
 struct StepStats {
-  double loss = 0.0;      // mean next-token cross-entropy
-  double aux_loss = 0.0;  // sum over MoE layers of their balance losses (in the objective)
+  double loss = 0.0;             // mean next-token cross-entropy
+  double aux_loss = 0.0;         // sum over MoE layers of their balance losses (in the objective)
   std::vector<double> mtp_loss;  // L_k per MTP depth k = 1..D (empty: MTP off)
   double mtp_scale = 0.0;        // lambda / D: the objective adds mtp_scale * sum_k L_k
   // What is differentiated: loss + aux_loss + mtp_scale * sum_k mtp_loss[k] (without the two
@@ -65,7 +66,7 @@ struct StepStats {
   // Per MoE layer; MTP module k's block is layer num_hidden_layers + k - 1 (its checkpoint name).
   std::map<int64_t, BalanceLosses> aux;
   std::map<int64_t, std::vector<int64_t>> expert_load;  // per MoE layer: tokens per expert
-  int64_t n_dropped = 0;  // assignments over capacity
+  int64_t n_dropped = 0;                                // assignments over capacity
 };
 
 // Gradients (or optimizer moments): zero tensors shaped like the model's weights.

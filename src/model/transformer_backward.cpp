@@ -39,14 +39,14 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
   moe_training.router.noise_rng = options.noise_rng;
   moe_training.n_seqs = n_seqs;
   moe_training.balance_losses = options.balance_losses;
-  run_layers(acts.x_final.data(), n_seqs, n_tokens, nullptr, nullptr, &acts.layers,
-             &moe_training);
+  run_layers(acts.x_final.data(), n_seqs, n_tokens, nullptr, nullptr, &acts.layers, &moe_training);
   acts.normed.resize(N * H);
   acts.logits.resize(N * V);
   cpu::rmsnorm_forward(acts.normed.data(), acts.x_final.data(), weights_.norm.data, N, H,
                        c.rms_norm_eps);
   cpu::linear_forward(acts.logits.data(), acts.normed.data(), weights_.lm_head.data, N, H, V);
-  std::vector<float> dlogits(N * V);  // (N, V)
+  std::vector<float>& dlogits = acts.dlogits;  // (N, V)
+  dlogits.resize(N * V);
   StepStats stats;
   stats.loss =
       next_token_loss_backward(acts.logits.data(), ids, n_seqs, n_tokens, V, dlogits.data());
@@ -60,8 +60,8 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
               grads.mtp.size(), n_mtp);
   double mtp_sum = 0.0;
   if (use_mtp) {
-    stats.mtp_loss = mtp_forward(c, weights_, ids, n_seqs, n_tokens, acts.x_final.data(),
-                                 acts.mtp, &moe_training);
+    stats.mtp_loss = mtp_forward(c, weights_, ids, n_seqs, n_tokens, acts.x_final.data(), acts.mtp,
+                                 &moe_training);
     stats.mtp_scale = c.mtp_loss_scaling_factor / static_cast<double>(n_mtp);  // eq. 25
     for (double l : stats.mtp_loss) mtp_sum += l;
   } else {
@@ -69,7 +69,7 @@ StepStats Model::forward_backward(const int64_t* ids, int64_t n_seqs, int64_t n_
   }
   for (int64_t L = 0; L < c.num_hidden_layers + (use_mtp ? n_mtp : 0); L++) {
     if (!c.is_moe_layer(L)) continue;
-    const int64_t k = L - c.num_hidden_layers + 1;  // MTP depth when > 0
+    const int64_t k = L - c.num_hidden_layers + 1;         // MTP depth when > 0
     if (k > 0 && acts.mtp[k - 1].n_tokens == 0) continue;  // sequences too short for depth k
     const MoeActs& moe = k > 0 ? acts.mtp[k - 1].block.moe : acts.layers[L].moe;
     stats.aux[L] = moe.aux;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace dsmoe {
 namespace {
@@ -26,6 +27,35 @@ void for_each_pair(const ModelConfig& c, ModelWeights& a, ModelWeights& b, Fn&& 
   });
 }
 
+// sum x_i^2 in double over one chunk, in kLanes partial sums so that the loop vectorizes.
+__attribute__((target_clones("default", "arch=x86-64-v4"))) double chunk_sum_of_squares(
+    const float* x, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  const int64_t n_blocked = n / kLanes * kLanes;
+  double lane[kLanes] = {};
+  for (int64_t i = 0; i < n_blocked; i += kLanes)
+    for (int64_t l = 0; l < kLanes; l++)
+      lane[l] += static_cast<double>(x[i + l]) * static_cast<double>(x[i + l]);
+  double sum = 0.0;
+  for (int64_t i = n_blocked; i < n; i++) sum += static_cast<double>(x[i]) * x[i];
+  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
+  return sum;
+}
+
+// sum x_i^2 over fixed chunks in parallel, the chunks' sums added in order: the same bits for
+// any number of threads.
+double sum_of_squares(const float* x, int64_t n) {
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(n_chunks);
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+  for (int64_t c = 0; c < n_chunks; c++)
+    partial[c] = chunk_sum_of_squares(x + c * kChunk, std::min(kChunk, n - c * kChunk));
+  double sum = 0.0;
+  for (double p : partial) sum += p;
+  return sum;
+}
+
 }  // namespace
 
 AdamWState make_adamw_state(const ModelConfig& config, int64_t n_mtp) {
@@ -41,7 +71,7 @@ AdamWState make_adamw_state(const ModelConfig& config, int64_t n_mtp) {
 }
 
 void adamw_step(const ModelConfig& config, ModelWeights& params, ModelWeights& grads,
-                AdamWState& state, float lr, const AdamWConfig& adamw) {
+                AdamWState& state, float lr, const AdamWConfig& adamw, float grad_scale) {
   state.step++;
   const double bias1 = 1.0 - std::pow(static_cast<double>(adamw.beta1), state.step);
   const double bias2 = 1.0 - std::pow(static_cast<double>(adamw.beta2), state.step);
@@ -64,19 +94,23 @@ void adamw_step(const ModelConfig& config, ModelWeights& params, ModelWeights& g
     Tensor& m = *m_list[index];
     Tensor& v = *v_list[index];
     index++;
-    if (!is_trained(role)) return;
+    if (!is_trained(role)) {
+      std::fill(g.data, g.data + g.numel(), 0.0f);
+      return;
+    }
     // Locals, not the lambda's captures: the loop then keeps them in registers and vectorizes.
     const float decay = is_decayed(role) ? adamw.weight_decay : 0.0f, step_lr = lr;
     const float b1 = beta1, b2 = beta2, c1 = one_minus_beta1, c2 = one_minus_beta2;
-    const float ib1 = inv_bias1, isb2 = inv_sqrt_bias2, e = eps;
+    const float ib1 = inv_bias1, isb2 = inv_sqrt_bias2, e = eps, gs = grad_scale;
     const int64_t n = p.numel();
     float* __restrict__ pd = p.data;
     float* __restrict__ md = m.data;
     float* __restrict__ vd = v.data;
-    const float* __restrict__ gd = g.data;
+    float* __restrict__ gd = g.data;
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
-      const float grad = gd[i];
+      const float grad = gd[i] * gs;
+      gd[i] = 0.0f;  // consumed: the next step accumulates from zero
       const float m_i = b1 * md[i] + c1 * grad;
       const float v_i = b2 * vd[i] + c2 * grad * grad;
       md[i] = m_i;
@@ -100,17 +134,19 @@ float learning_rate(const LrSchedule& s, int64_t step) {
 
 double global_grad_norm(const ModelConfig& config, ModelWeights& grads) {
   double sum_sq = 0.0;
-  for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole role,
-                                     Tensor& g) {
-    if (!is_trained(role)) return;
-    for (int64_t i = 0; i < g.numel(); i++) sum_sq += static_cast<double>(g.data[i]) * g.data[i];
+  for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole role, Tensor& g) {
+    if (is_trained(role)) sum_sq += sum_of_squares(g.data, g.numel());
   });
   return std::sqrt(sum_sq);
 }
 
 void scale_grads(const ModelConfig& config, ModelWeights& grads, float factor) {
   for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole, Tensor& g) {
-    for (int64_t i = 0; i < g.numel(); i++) g.data[i] *= factor;
+    const int64_t n = g.numel();
+    float* data = g.data;
+    const float f = factor;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) data[i] *= f;
   });
 }
 
@@ -121,12 +157,12 @@ void zero_grads(const ModelConfig& config, ModelWeights& grads) {
 }
 
 void make_weights_owned(const ModelConfig& config, ModelWeights& weights) {
-  for_each_tensor(config, weights, [](const std::string&, const Shape& shape, TensorRole,
-                                      Tensor& tensor) {
-    Tensor owned = Tensor::zeros(shape);
-    std::copy(tensor.data, tensor.data + tensor.numel(), owned.data);
-    tensor = std::move(owned);
-  });
+  for_each_tensor(config, weights,
+                  [](const std::string&, const Shape& shape, TensorRole, Tensor& tensor) {
+                    Tensor owned = Tensor::zeros(shape);
+                    std::copy(tensor.data, tensor.data + tensor.numel(), owned.data);
+                    tensor = std::move(owned);
+                  });
   if (config.tie_word_embeddings) weights.lm_head = weights.embed_tokens;
 }
 

@@ -23,10 +23,12 @@ struct AdamWState {
 
 AdamWState make_adamw_state(const ModelConfig& config, int64_t n_mtp);
 
-// params -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * params), moments updated from grads.
-// Router bias buffers (TensorRole::kRouterBias) are not touched.
+// params -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * params), moments updated from
+// grad_scale * grads (clipping by the global norm folded into the same pass). Router bias buffers
+// (TensorRole::kRouterBias) are not touched. The gradients are consumed: every one is left zero,
+// ready for the next step's accumulation, so that they are streamed once per step.
 void adamw_step(const ModelConfig& config, ModelWeights& params, ModelWeights& grads,
-                AdamWState& state, float lr, const AdamWConfig& adamw);
+                AdamWState& state, float lr, const AdamWConfig& adamw, float grad_scale = 1.0f);
 
 struct LrSchedule {
   float max_lr = 3e-3f;

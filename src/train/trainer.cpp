@@ -173,8 +173,7 @@ double train(const TrainConfig& tc) {
       tc.grad_accum, tc.batch_size, tc.seq_len, num_threads());
   double last_loss = 0.0;
   for (; state.step < tc.steps; state.step++) {
-    Timer timer;
-    zero_grads(config, grads);
+    Timer timer;  // grads are zero here: made so, then left so by adamw_step or zero_grads
     StepStats total;
     std::map<int64_t, std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < tc.grad_accum; micro++) {
@@ -195,12 +194,14 @@ double train(const TrainConfig& tc) {
     const float lr = learning_rate(schedule, state.step);
     const bool finite = std::isfinite(total.loss + total.aux_loss) && std::isfinite(grad_norm);
     if (finite) {
-      if (tc.grad_clip > 0 && grad_norm > tc.grad_clip)
-        scale_grads(config, grads, static_cast<float>(tc.grad_clip / grad_norm));
-      adamw_step(config, model.mutable_weights(), grads, adam, lr, tc.adamw);
+      const float clip = tc.grad_clip > 0 && grad_norm > tc.grad_clip
+                             ? static_cast<float>(tc.grad_clip / grad_norm)
+                             : 1.0f;
+      adamw_step(config, model.mutable_weights(), grads, adam, lr, tc.adamw, clip);
       if (config.expert_bias_update) update_expert_bias(config, model.mutable_weights(), loads);
       last_loss = total.loss;
     } else {
+      zero_grads(config, grads);
       state.skipped_steps++;
       log_info("\nwarning: step {}: non-finite loss {} or gradient norm {}; step skipped",
                state.step + 1, total.loss, grad_norm);

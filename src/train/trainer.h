@@ -27,7 +27,8 @@ struct TrainConfig {
   bool resume = false;
   bool quiet = false;  // no progress bar
   // "f32", or "bf16": mixed precision, the matrix products' inputs rounded to bf16 with float32
-  // sums (cpu::MatmulPrecision::kBF16); weights, gradients and AdamW state stay float32.
+  // sums (cpu::MatmulPrecision::kBF16); weights, gradients and AdamW state stay float32, and so
+  // do the MoE router's and attention's products.
   std::string precision = "f32";
 };
 

@@ -62,10 +62,97 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               C, static_cast<int>(ldc));
 }
 
+namespace {
+
+// The rmsnorm rows: sums in double as ref::rmsnorm_forward / backward, kept in kLanes partial
+// sums so that the loops vectorize (a serial double sum waits on every add).
+constexpr int64_t kNormLanes = 8;
+
+__attribute__((target_clones("default", "arch=x86-64-v4"))) float row_rstd(const float* x,
+                                                                           int64_t C, float eps) {
+  const int64_t n_blocked = C / kNormLanes * kNormLanes;
+  double lane[kNormLanes] = {};
+  for (int64_t c = 0; c < n_blocked; c += kNormLanes)
+    for (int64_t l = 0; l < kNormLanes; l++)
+      lane[l] += static_cast<double>(x[c + l]) * static_cast<double>(x[c + l]);
+  double sum_sq = 0.0;
+  for (int64_t c = n_blocked; c < C; c++) sum_sq += static_cast<double>(x[c]) * x[c];
+  for (int64_t l = 0; l < kNormLanes; l++) sum_sq += lane[l];
+  return static_cast<float>(1.0 / std::sqrt(sum_sq / C + eps));
+}
+
+// dinp[C] += rstd * (dy * weight - xhat * mean(dy * weight * xhat)), xhat = x * rstd.
+__attribute__((target_clones("default", "arch=x86-64-v4"))) void rmsnorm_backward_row(
+    float* dinp, const float* dy, const float* x, const float* weight, float rstd, int64_t C) {
+  const int64_t n_blocked = C / kNormLanes * kNormLanes;
+  double lane[kNormLanes] = {};
+  for (int64_t c = 0; c < n_blocked; c += kNormLanes)
+    for (int64_t l = 0; l < kNormLanes; l++)
+      lane[l] += static_cast<double>(dy[c + l]) * weight[c + l] * x[c + l] * rstd;
+  double dot = 0.0;
+  for (int64_t c = n_blocked; c < C; c++)
+    dot += static_cast<double>(dy[c]) * weight[c] * x[c] * rstd;
+  for (int64_t l = 0; l < kNormLanes; l++) dot += lane[l];
+  const float mean_dot = static_cast<float>(dot / C);
+  for (int64_t c = 0; c < C; c++) {
+    const float xhat = x[c] * rstd;
+    dinp[c] += rstd * (dy[c] * weight[c] - xhat * mean_dot);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// gemm in float32 over fixed tiles of C, each one single-threaded BLAS call (OpenBLAS runs on the
+// calling thread inside a parallel region) with the whole K: the same bits for any thread count.
+void gemm_f32_fixed_tiles(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                          float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // as gemm: K == 0 scales C
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+    return;
+  }
+  constexpr int64_t kTile = 256;
+  const int64_t tiles_m = (M + kTile - 1) / kTile, tiles_n = (N + kTile - 1) / kTile;
+#pragma omp parallel for schedule(dynamic, 1) if (tiles_m * tiles_n > 1)
+  for (int64_t tile = 0; tile < tiles_m * tiles_n; tile++) {
+    const int64_t m0 = tile / tiles_n * kTile, n0 = tile % tiles_n * kTile;
+    const int64_t rows = std::min(kTile, M - m0), cols = std::min(kTile, N - n0);
+    const float* a = trans_a ? A + m0 : A + m0 * lda;  // rows m0.. of op(A)
+    const float* b = trans_b ? B + n0 * ldb : B + n0;  // columns n0.. of op(B)
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
+                static_cast<int>(K), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb),
+                beta, C + m0 * ldc + n0, static_cast<int>(ldc));
+  }
+}
+
+}  // namespace
+
+void linear_forward_f32(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
+                        int64_t N) {
+  gemm_f32_fixed_tiles(false, true, M, N, K, 1.0f, inp, K, weight, K, 0.0f, out, N);
+}
+
+void linear_backward_f32(float* dinp, float* dweight, const float* dout, const float* inp,
+                         const float* weight, int64_t M, int64_t K, int64_t N) {
+  if (dinp != nullptr)
+    gemm_f32_fixed_tiles(false, false, M, K, N, 1.0f, dout, N, weight, K, 1.0f, dinp, K);
+  if (dweight != nullptr)
+    gemm_f32_fixed_tiles(true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dweight, K);
+}
+
 void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t M, int64_t C,
                      float eps) {
 #pragma omp parallel for schedule(static) if (M * C > 16384)
-  for (int64_t m = 0; m < M; m++) ref::rmsnorm_forward(out + m * C, inp + m * C, weight, 1, C, eps);
+  for (int64_t m = 0; m < M; m++) {
+    const float* x = inp + m * C;
+    const float rstd = row_rstd(x, C, eps);
+    for (int64_t c = 0; c < C; c++) out[m * C + c] = x[c] * rstd * weight[c];
+  }
 }
 
 namespace {
@@ -105,6 +192,37 @@ __attribute__((target_clones("default", "arch=x86-64-v4"))) void silu_mul_backwa
   }
 }
 
+// In place: softmax over row[0, n_visible), zeros after (the causal mask). The max and the sum
+// are kept in kLanes partial results (so the loops vectorize at any width and the order of the
+// sum is fixed).
+__attribute__((target_clones("default", "arch=x86-64-v4"))) void masked_softmax_row(
+    float* row, int64_t n_visible, int64_t S) {
+  constexpr int64_t kLanes = 16;
+  const int64_t n_blocked = n_visible / kLanes * kLanes;
+  float lane[kLanes];
+  std::fill_n(lane, kLanes, -INFINITY);
+  for (int64_t j = 0; j < n_blocked; j += kLanes)
+    for (int64_t l = 0; l < kLanes; l++) lane[l] = std::max(lane[l], row[j + l]);
+  float max_score = -INFINITY;
+  for (int64_t j = n_blocked; j < n_visible; j++) max_score = std::max(max_score, row[j]);
+  for (int64_t l = 0; l < kLanes; l++) max_score = std::max(max_score, lane[l]);
+  std::fill_n(lane, kLanes, 0.0f);
+  for (int64_t j = 0; j < n_blocked; j += kLanes)
+    for (int64_t l = 0; l < kLanes; l++) {
+      row[j + l] = exp_vectorizable(row[j + l] - max_score);
+      lane[l] += row[j + l];
+    }
+  float sum = 0.0f;
+  for (int64_t j = n_blocked; j < n_visible; j++) {
+    row[j] = exp_vectorizable(row[j] - max_score);
+    sum += row[j];
+  }
+  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
+  const float inv_sum = 1.0f / sum;
+  for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
+  std::fill(row + n_visible, row + S, 0.0f);
+}
+
 }  // namespace
 
 void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n) {
@@ -115,6 +233,42 @@ void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n)
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
     silu_mul_forward_chunk(out + begin, gate + begin, up + begin, len);
   }
+}
+
+__attribute__((target_clones("default", "arch=x86-64-v4"))) double cross_entropy_row(
+    const float* __restrict__ logits, int64_t n, int64_t target, float scale,
+    float* __restrict__ dlogits) {
+  // Max, then the exponentials in float32 summed in double: kLanes partial results each, so that
+  // the loops vectorize and the order of the sum is fixed.
+  constexpr int64_t kLanes = 16;
+  const int64_t n_blocked = n / kLanes * kLanes;
+  float lane_max[kLanes];
+  std::fill_n(lane_max, kLanes, -INFINITY);
+  for (int64_t v = 0; v < n_blocked; v += kLanes)
+    for (int64_t l = 0; l < kLanes; l++) lane_max[l] = std::max(lane_max[l], logits[v + l]);
+  float max_value = -INFINITY;
+  for (int64_t v = n_blocked; v < n; v++) max_value = std::max(max_value, logits[v]);
+  for (int64_t l = 0; l < kLanes; l++) max_value = std::max(max_value, lane_max[l]);
+  double lane[kLanes] = {};
+  for (int64_t v = 0; v < n_blocked; v += kLanes) {
+    float e[kLanes];
+    for (int64_t l = 0; l < kLanes; l++) e[l] = exp_vectorizable(logits[v + l] - max_value);
+    for (int64_t l = 0; l < kLanes; l++) lane[l] += e[l];
+    if (dlogits != nullptr) std::copy_n(e, kLanes, dlogits + v);
+  }
+  double sum = 0.0;
+  for (int64_t v = n_blocked; v < n; v++) {
+    const float e = exp_vectorizable(logits[v] - max_value);
+    sum += e;
+    if (dlogits != nullptr) dlogits[v] = e;
+  }
+  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
+  if (dlogits != nullptr) {
+    const float softmax_scale = static_cast<float>(scale / sum);
+    for (int64_t v = 0; v < n; v++) dlogits[v] *= softmax_scale;
+    dlogits[target] -= scale;
+  }
+  return std::log(sum) + max_value - logits[target];
 }
 
 void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
@@ -169,26 +323,25 @@ void attention_forward_rows(float* out, const float* q, const float* k, const fl
   }
 }
 
-// In place: softmax over row[0, n_visible), zeros after (the causal mask).
-void masked_softmax_row(float* row, int64_t n_visible, int64_t S) {
-  float max_score = -INFINITY;
-  for (int64_t j = 0; j < n_visible; j++) max_score = std::max(max_score, row[j]);
-  float sum = 0.0f;
-  for (int64_t j = 0; j < n_visible; j++) {
-    row[j] = std::exp(row[j] - max_score);
-    sum += row[j];
-  }
-  const float inv_sum = 1.0f / sum;
-  for (int64_t j = 0; j < n_visible; j++) row[j] *= inv_sum;
-  std::fill(row + n_visible, row + S, 0.0f);
+// Query rows go through the products in blocks: the block of rows [t0, t1) sees only keys
+// [0, visible_keys(s, t1)) (the causal mask), so the products skip most of the masked triangle.
+constexpr int64_t kRowBlock = 64;
+
+int64_t visible_keys(const AttentionShape& s, int64_t t_end) {
+  return std::min(s.n_kv_tokens, s.q_pos0 + t_end);
 }
+
+int blas_int(int64_t x) { return static_cast<int>(x); }
 
 // The probabilities of one head: p[T, S] = softmax(scale * q_h . k_h^T) with the causal mask.
 void head_probabilities(const float* q, const float* k, const AttentionShape& s, float* p) {
   const int64_t T = s.n_q_tokens, S = s.n_kv_tokens;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(S),
-              static_cast<int>(s.qk_dim), s.scale, q, static_cast<int>(s.q_token_stride), k,
-              static_cast<int>(s.k_token_stride), 0.0f, p, static_cast<int>(S));
+  for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, T - t0), keys = visible_keys(s, t0 + rows);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blas_int(rows), blas_int(keys),
+                blas_int(s.qk_dim), s.scale, q + t0 * s.q_token_stride, blas_int(s.q_token_stride),
+                k, blas_int(s.k_token_stride), 0.0f, p + t0 * S, blas_int(S));
+  }
   for (int64_t t = 0; t < T; t++) {
     float* row = p + t * S;
     const int64_t n_visible = s.q_pos0 + t + 1;
@@ -215,11 +368,14 @@ void attention_forward_gemm(float* out, const float* q, const float* k, const fl
     for (int64_t h = 0; h < s.n_heads; h++) {
       const int64_t kv_head = h / group;
       head_probabilities(q + h * s.q_head_stride, k + kv_head * s.k_head_stride, s, p.data());
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
-                  static_cast<int>(s.v_dim), static_cast<int>(S), 1.0f, p.data(),
-                  static_cast<int>(S), v + kv_head * s.v_head_stride,
-                  static_cast<int>(s.v_token_stride), 0.0f, out + h * s.out_head_stride,
-                  static_cast<int>(s.out_token_stride));
+      for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, T - t0), keys = visible_keys(s, t0 + rows);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blas_int(rows), blas_int(s.v_dim),
+                    blas_int(keys), 1.0f, p.data() + t0 * S, blas_int(S),
+                    v + kv_head * s.v_head_stride, blas_int(s.v_token_stride), 0.0f,
+                    out + h * s.out_head_stride + t0 * s.out_token_stride,
+                    blas_int(s.out_token_stride));
+      }
     }
   }
 }
@@ -274,14 +430,28 @@ void linear_backward(float* dinp, float* dweight, const float* dout, const float
 
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp,
                       const float* weight, int64_t M, int64_t C, float eps) {
-  if (dinp != nullptr) {
-#pragma omp parallel for schedule(static) if (M * C > 16384)
-    for (int64_t m = 0; m < M; m++)
-      ref::rmsnorm_backward(dinp + m * C, static_cast<float*>(nullptr), dout + m * C, inp + m * C,
-                            weight, 1, C, eps);
+  std::vector<float> rstd(M);  // (M)
+  const bool parallel = M * C > 16384;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t m = 0; m < M; m++) {
+    rstd[m] = row_rstd(inp + m * C, C, eps);
+    if (dinp != nullptr)
+      rmsnorm_backward_row(dinp + m * C, dout + m * C, inp + m * C, weight, rstd[m], C);
   }
-  if (dweight != nullptr)  // a reduction over rows: kept serial for a deterministic sum
-    ref::rmsnorm_backward(static_cast<float*>(nullptr), dweight, dout, inp, weight, M, C, eps);
+  if (dweight == nullptr) return;
+  // dweight[c] += sum over rows, in row order: threads own columns, so the sums are the serial
+  // ones whatever the thread count.
+  constexpr int64_t kColumns = 64;
+  const int64_t n_blocks = (C + kColumns - 1) / kColumns;
+#pragma omp parallel for schedule(static) if (parallel && n_blocks > 1)
+  for (int64_t b = 0; b < n_blocks; b++) {
+    const int64_t begin = b * kColumns, end = std::min(C, begin + kColumns);
+    for (int64_t m = 0; m < M; m++) {
+      const float* x = inp + m * C;
+      const float* dy = dout + m * C;
+      for (int64_t c = begin; c < end; c++) dweight[c] += dy[c] * (x[c] * rstd[m]);
+    }
+  }
 }
 
 void silu_mul_backward(float* dgate, float* dup, const float* dout, const float* gate,
@@ -342,22 +512,31 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const float* do_h = dout + h * s.out_head_stride;
         const float* o_h = out + h * s.out_head_stride;
         head_probabilities(q_h, k_h, s, p.data());
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.v_dim), i(T), 1.0f, p.data(),
-                    i(S), do_h, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(T), i(S), i(s.v_dim), 1.0f, do_h,
-                    i(s.out_token_stride), v_h, i(s.v_token_stride), 0.0f, dp.data(), i(S));
-        for (int64_t t = 0; t < T; t++) {
-          float do_dot_o = 0.0f;
-          for (int64_t d = 0; d < s.v_dim; d++)
-            do_dot_o += do_h[t * s.out_token_stride + d] * o_h[t * s.out_token_stride + d];
-          for (int64_t j = 0; j < S; j++)
-            dp[t * S + j] = p[t * S + j] * (dp[t * S + j] - do_dot_o) * s.scale;
+        // Row blocks: block [t0, t0 + rows) reads and writes key columns [0, keys) only.
+        for (int64_t t0 = 0; t0 < T; t0 += kRowBlock) {
+          const int64_t rows = std::min(kRowBlock, T - t0), keys = visible_keys(s, t0 + rows);
+          float* p_b = p.data() + t0 * S;
+          float* dp_b = dp.data() + t0 * S;
+          const float* do_b = do_h + t0 * s.out_token_stride;
+          const float* o_b = o_h + t0 * s.out_token_stride;
+          const float* q_b = q_h + t0 * s.q_token_stride;
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(keys), i(s.v_dim), i(rows), 1.0f,
+                      p_b, i(S), do_b, i(s.out_token_stride), 1.0f, dv_h, i(s.v_token_stride));
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(rows), i(keys), i(s.v_dim), 1.0f,
+                      do_b, i(s.out_token_stride), v_h, i(s.v_token_stride), 0.0f, dp_b, i(S));
+          for (int64_t t = 0; t < rows; t++) {
+            float do_dot_o = 0.0f;
+            for (int64_t d = 0; d < s.v_dim; d++)
+              do_dot_o += do_b[t * s.out_token_stride + d] * o_b[t * s.out_token_stride + d];
+            for (int64_t j = 0; j < keys; j++)
+              dp_b[t * S + j] = p_b[t * S + j] * (dp_b[t * S + j] - do_dot_o) * s.scale;
+          }
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(rows), i(s.qk_dim), i(keys),
+                      1.0f, dp_b, i(S), k_h, i(s.k_token_stride), 1.0f,
+                      dq + h * s.q_head_stride + t0 * s.q_token_stride, i(s.q_token_stride));
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(keys), i(s.qk_dim), i(rows), 1.0f,
+                      dp_b, i(S), q_b, i(s.q_token_stride), 1.0f, dk_h, i(s.k_token_stride));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(T), i(s.qk_dim), i(S), 1.0f,
-                    dp.data(), i(S), k_h, i(s.k_token_stride), 1.0f, dq + h * s.q_head_stride,
-                    i(s.q_token_stride));
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i(S), i(s.qk_dim), i(T), 1.0f,
-                    dp.data(), i(S), q_h, i(s.q_token_stride), 1.0f, dk_h, i(s.k_token_stride));
       }
     }
   }

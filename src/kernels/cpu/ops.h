@@ -21,7 +21,8 @@ void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64
 // (OpenBLAS); kBF16, A and B rounded to bf16 and their exact products summed in float32
 // (cpu::gemm_bf16 on the bf16 dot-product units): bf16 mixed-precision training, where master
 // weights, gradients and optimizer state stay float32. Process-wide, like PyTorch's autocast;
-// attention's score and value products stay float32. MatmulPrecisionScope sets it for a scope.
+// attention's score and value products and the MoE router's (model/router.cpp) stay float32.
+// MatmulPrecisionScope sets it for a scope; set it outside parallel regions only.
 enum class MatmulPrecision { kF32, kBF16 };
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
@@ -38,6 +39,14 @@ class MatmulPrecisionScope {
   MatmulPrecision previous_;
 };
 
+// Float32 products whatever matmul_precision(), with bits that do not depend on the thread
+// count (OpenBLAS's threaded sgemm splits differently per thread count): the MoE router's,
+// which stay float32 under kBF16 while bf16 training stays identical across thread counts.
+void linear_forward_f32(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
+                        int64_t N);
+void linear_backward_f32(float* dinp, float* dweight, const float* dout, const float* inp,
+                         const float* weight, int64_t M, int64_t K, int64_t N);
+
 // General row-major product C[M, N] = alpha * op(A) . op(B) + beta * C, op = transpose or not,
 // in the current matmul_precision().
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -49,6 +58,12 @@ void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t 
 
 // out[n] = silu(gate[n]) * up[n]
 void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n);
+
+// Cross-entropy of one row of logits[n] against `target`: returns log(sum_v exp(logits_v)) -
+// logits[target]; with dlogits, writes d loss / d logits times scale: scale * (softmax(logits) -
+// onehot(target)). See ref::cross_entropy_row.
+double cross_entropy_row(const float* logits, int64_t n, int64_t target, float scale,
+                         float* dlogits);
 
 // RoPE in place, see ref::rope_forward.
 void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,

@@ -51,6 +51,21 @@ void softmax_inplace(T* x, int64_t n) {
   for (int64_t i = 0; i < n; i++) x[i] /= sum;
 }
 
+// Cross-entropy of one row against `target`: log sum_v exp(x_v) - x[target]; with dlogits,
+// scale * (softmax(x) - onehot(target)).
+template <typename T>
+T cross_entropy_row(const T* logits, int64_t n, int64_t target, T scale, T* dlogits) {
+  T max_value = logits[0];
+  for (int64_t v = 1; v < n; v++) max_value = logits[v] > max_value ? logits[v] : max_value;
+  T sum = 0;
+  for (int64_t v = 0; v < n; v++) sum += std::exp(logits[v] - max_value);
+  if (dlogits != nullptr) {
+    for (int64_t v = 0; v < n; v++) dlogits[v] = scale * std::exp(logits[v] - max_value) / sum;
+    dlogits[target] -= scale;
+  }
+  return std::log(sum) + max_value - logits[target];
+}
+
 // RoPE on x[t, h, 0:rope_dim] (addressed by strides), angle table cos/sin [n_tokens, rope_dim/2].
 // interleaved: pairs (2i, 2i+1) (DeepSeek-V2/V3); otherwise rotate-half: pairs (i, i + d/2)
 // (DeepSeek V1, Llama).
@@ -76,8 +91,8 @@ void rope_forward(T* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,
 // p[0, n_visible) = softmax(scale * q_row . k_j) over the visible keys j of one head (k points
 // at that head's first key; keys advance by k_token_stride).
 template <typename T>
-void attention_probabilities(const T* q_row, const T* k, int64_t n_visible,
-                             const AttentionShape& s, T* p) {
+void attention_probabilities(const T* q_row, const T* k, int64_t n_visible, const AttentionShape& s,
+                             T* p) {
   for (int64_t j = 0; j < n_visible; j++) {
     const T* krow = k + j * s.k_token_stride;
     T dot = 0;
@@ -114,8 +129,8 @@ void attention_forward(T* out, const T* q, const T* k, const T* v, const Attenti
 
 // Of linear_forward: dinp[M, K] += dout[M, N] . weight[N, K]; dweight[N, K] += dout^T . inp.
 template <typename T>
-void linear_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
-                     int64_t M, int64_t K, int64_t N) {
+void linear_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight, int64_t M,
+                     int64_t K, int64_t N) {
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) {
       const T d = dout[m * N + n];
@@ -129,8 +144,8 @@ void linear_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* 
 // Of rmsnorm_forward: with xhat = x * rstd and g = dout * weight,
 // dx = rstd * (g - xhat * mean(g * xhat)), dweight += dout * xhat.
 template <typename T>
-void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
-                      int64_t M, int64_t C, float eps) {
+void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight, int64_t M,
+                      int64_t C, float eps) {
   for (int64_t m = 0; m < M; m++) {
     const T* x = inp + m * C;
     const T* dy = dout + m * C;
