@@ -3,8 +3,9 @@
 // Compiled for every x86 target through hwy/foreach_target.h like quant_ops.cpp; only the
 // AVX3_DL copy has the fast path, behind a run-time check for AVX512-BF16 (Ice Lake is AVX3_DL
 // too but lacks it). The fast path is the BLIS structure:
-//  * op(A) is packed once per call into row blocks of kBlockRows rows: per k pair, kBlockRows
-//    32-bit words (bf16 k in the low half, k + 1 in the high half), broadcast by the kernel.
+//  * op(A) is packed once per call into row blocks of kBlockRows rows: per k pair, kAStride
+//    32-bit words (bf16 k in the low half, k + 1 in the high half; the last two zero),
+//    broadcast by the kernel.
 //  * op(B) is packed per K block and chunk of groups (a group: kGroupPanels panels of 16
 //    columns) by the thread that uses it: per k pair, one 64-byte vector per panel, 16 columns
 //    x (k, k + 1).
@@ -98,6 +99,7 @@ namespace detail = gemm_bf16_detail;
 
 constexpr int kLanes = 16;       // float32 lanes per zmm = columns per B panel
 constexpr int kBlockRows = 6;    // rows of a micro-tile (Mr)
+constexpr int kAStride = 8;      // words per k pair of a packed row block (rows, then zeros)
 constexpr int kGroupPanels = 4;  // panels of a micro-tile (Np): 6 x 4 = 24 zmm sums
 constexpr int kGroupCols = kLanes * kGroupPanels;
 // Groups packed together: each row of a [K, N] B is then read in runs of kChunkGroups * 256
@@ -224,8 +226,8 @@ DSMOE_BF16 void PackBFromRowsN(const T* B, int64_t ldb, int64_t N, int64_t n0, i
 }
 
 // ---------------------------------------------------------------------------------------------
-// Packing A: rows [m0, m0 + kBlockRows) and all of K into dst[kp][kBlockRows words]; rows past
-// M and k past K are zeros.
+// Packing A: rows [m0, m0 + kBlockRows) and all of K into dst[kp][kAStride words]; rows past
+// M (and the words past kBlockRows) and k past K are zeros.
 
 // A stored [K, M] (trans_a): two rows of A give the pair words of up to 16 rows of op(A).
 DSMOE_BF16 void PackAFromRowsK(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m0,
@@ -236,33 +238,33 @@ DSMOE_BF16 void PackAFromRowsK(const float* A, int64_t lda, int64_t M, int64_t K
     const __m512 lo = _mm512_maskz_loadu_ps(mask, A + k * lda + m0);
     const __m512 hi =
         k + 1 < K ? _mm512_maskz_loadu_ps(mask, A + (k + 1) * lda + m0) : _mm512_setzero_ps();
-    _mm512_mask_storeu_epi32(dst + kp * kBlockRows, LaneMask(kBlockRows), InterleavePair(lo, hi));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kp * kAStride),
+                        _mm512_castsi512_si256(InterleavePair(lo, hi)));
   }
 }
 
-// A stored [M, K]: each row's pair words are already consecutive; they are spread to a stride
-// of kBlockRows words.
+// A stored [M, K]: each row's pair words are already consecutive; per 16 k pairs the block's
+// rows (and zeros to 16) are transposed, so that each k pair's words are one run.
 DSMOE_BF16 void PackAFromRowsM(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m0,
                                uint32_t* dst) {
   const int64_t kp_count = (K + 1) / 2;
-  for (int r = 0; r < kBlockRows; r++) {
-    if (m0 + r >= M) {
-      for (int64_t kp = 0; kp < kp_count; kp++) dst[kp * kBlockRows + r] = 0;
-      continue;
-    }
-    const float* row = A + (m0 + r) * lda;
-    for (int64_t k = 0; k < K; k += 32) {
-      alignas(64) uint32_t words[kLanes];
-      _mm512_store_si512(words, LoadPairRow(row + k, std::min<int64_t>(32, K - k)));
-      const int64_t n_words = std::min<int64_t>(kLanes, (K - k + 1) / 2);
-      for (int64_t w = 0; w < n_words; w++) dst[(k / 2 + w) * kBlockRows + r] = words[w];
-    }
+  const int64_t rows = std::min<int64_t>(kBlockRows, M - m0);
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512i words[kLanes];  // words[r]: row r's pairs k / 2 .. k / 2 + 15
+    for (int r = 0; r < kLanes; r++)
+      words[r] = r < rows ? LoadPairRow(A + (m0 + r) * lda + k, std::min<int64_t>(32, K - k))
+                          : _mm512_setzero_si512();
+    Transpose16x16(words);  // words[w]: pair k / 2 + w of rows 0..15
+    const int64_t n_words = std::min<int64_t>(kLanes, kp_count - k / 2);
+    for (int64_t w = 0; w < n_words; w++)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (k / 2 + w) * kAStride),
+                          _mm512_castsi512_si256(words[w]));
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Micro-kernel: c[rows, 16 * panels] = alpha * a . b + beta * c over kp_count k pairs (beta == 0:
-// c is not read); a: kBlockRows words per k pair, b: panels vectors per k pair. Columns of the
+// c is not read); a: kAStride words per k pair, b: panels vectors per k pair. Columns of the
 // last panel outside last_mask are left alone.
 template <int kRows, int kPanels>
 DSMOE_BF16 void MicroKernel(const uint32_t* HWY_RESTRICT a, const uint32_t* HWY_RESTRICT b,
@@ -275,7 +277,7 @@ DSMOE_BF16 void MicroKernel(const uint32_t* HWY_RESTRICT a, const uint32_t* HWY_
   __m512 acc[kRows][kPanels];
   for (int r = 0; r < kRows; r++)
     for (int j = 0; j < kPanels; j++) acc[r][j] = _mm512_setzero_ps();
-  for (int64_t kp = 0; kp < kp_count; kp++, a += kBlockRows, b += kPanels * kLanes) {
+  for (int64_t kp = 0; kp < kp_count; kp++, a += kAStride, b += kPanels * kLanes) {
     __m512bh b_pairs[kPanels];
     for (int j = 0; j < kPanels; j++) b_pairs[j] = (__m512bh)_mm512_load_si512(b + j * kLanes);
     for (int r = 0; r < kRows; r++) {
@@ -396,7 +398,7 @@ DSMOE_BF16 void ComputeShare(const detail::GemmArgs& p, const uint32_t* a_packed
         for (int64_t blk = share.block_begin; blk < share.block_end; blk++) {
           const int64_t m0 = blk * kBlockRows;
           PickKernel(std::min<int64_t>(kBlockRows, p.M - m0), panels)(
-              a_packed + (blk * kp_total + k0 / 2) * kBlockRows, b_block, (kc + 1) / 2,
+              a_packed + (blk * kp_total + k0 / 2) * kAStride, b_block, (kc + 1) / 2,
               p.C + m0 * p.ldc + n0, p.ldc, last_mask, p.alpha, beta);
         }
       }
@@ -408,7 +410,7 @@ DSMOE_BF16 void PackABlocks(const detail::GemmArgs& p, uint32_t* a_packed, int64
                             int64_t block_end) {
   const int64_t kp_total = (p.K + 1) / 2;
   for (int64_t blk = block_begin; blk < block_end; blk++) {
-    uint32_t* dst = a_packed + blk * kp_total * kBlockRows;
+    uint32_t* dst = a_packed + blk * kp_total * kAStride;
     if (p.trans_a)
       PackAFromRowsK(p.A, p.lda, p.M, p.K, blk * kBlockRows, dst);
     else
@@ -419,8 +421,7 @@ DSMOE_BF16 void PackABlocks(const detail::GemmArgs& p, uint32_t* a_packed, int64
 DSMOE_BF16 void GemmNative(const detail::GemmArgs& p) {
   const int64_t n_blocks = (p.M + kBlockRows - 1) / kBlockRows;
   thread_local detail::AlignedWords a_buffer;
-  uint32_t* a_packed =
-      a_buffer.reserve(static_cast<size_t>(n_blocks * kBlockRows * ((p.K + 1) / 2)));
+  uint32_t* a_packed = a_buffer.reserve(static_cast<size_t>(n_blocks * kAStride * ((p.K + 1) / 2)));
   const bool parallel = p.M * p.N * p.K >= detail::kMinParallelWork;
 #pragma omp parallel if (parallel)
   {
