@@ -61,20 +61,6 @@ bool parallel_experts(const std::vector<int64_t>& active, int64_t n_assigned, in
   return active.size() > 1 && n_assigned * hidden * width >= (int64_t{1} << 20);
 }
 
-// sum a_i b_i in double, in kLanes partial sums so that the loop does not wait on every add.
-double dot_in_double(const float* a, const float* b, int64_t n) {
-  constexpr int64_t kLanes = 8;
-  const int64_t n_blocked = n / kLanes * kLanes;
-  double lane[kLanes] = {};
-  for (int64_t i = 0; i < n_blocked; i += kLanes)
-    for (int64_t l = 0; l < kLanes; l++)
-      lane[l] += static_cast<double>(a[i + l]) * static_cast<double>(b[i + l]);
-  double sum = 0.0;
-  for (int64_t i = n_blocked; i < n; i++) sum += static_cast<double>(a[i]) * b[i];
-  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
-  return sum;
-}
-
 }  // namespace
 
 void mlp_forward(const MlpWeights& mlp, const float* x, float* out, int64_t n_tokens,
@@ -207,7 +193,7 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
     const float* d = dout + (flat / K) * H;
     const float* y = a.y_sorted.data() + i * H;
     for (int64_t h = 0; h < H; h++) dy_sorted[i * H + h] = w * d[h];
-    dweight[flat] = static_cast<float>(dot_in_double(d, y, H));
+    dweight[flat] = static_cast<float>(cpu::dot_f64(d, y, H));
   }
   const std::vector<int64_t> active = active_experts(a.offsets);
   // Experts in parallel: each writes only its own gradients and its own rows of dx_sorted.

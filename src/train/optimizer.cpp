@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/ops.h"
+
 namespace dsmoe {
 namespace {
 
@@ -27,21 +29,6 @@ void for_each_pair(const ModelConfig& c, ModelWeights& a, ModelWeights& b, Fn&& 
   });
 }
 
-// sum x_i^2 in double over one chunk, in kLanes partial sums so that the loop vectorizes.
-__attribute__((target_clones("default", "arch=x86-64-v4"))) double chunk_sum_of_squares(
-    const float* x, int64_t n) {
-  constexpr int64_t kLanes = 8;
-  const int64_t n_blocked = n / kLanes * kLanes;
-  double lane[kLanes] = {};
-  for (int64_t i = 0; i < n_blocked; i += kLanes)
-    for (int64_t l = 0; l < kLanes; l++)
-      lane[l] += static_cast<double>(x[i + l]) * static_cast<double>(x[i + l]);
-  double sum = 0.0;
-  for (int64_t i = n_blocked; i < n; i++) sum += static_cast<double>(x[i]) * x[i];
-  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
-  return sum;
-}
-
 // sum x_i^2 over fixed chunks in parallel, the chunks' sums added in order: the same bits for
 // any number of threads.
 double sum_of_squares(const float* x, int64_t n) {
@@ -50,7 +37,7 @@ double sum_of_squares(const float* x, int64_t n) {
   std::vector<double> partial(n_chunks);
 #pragma omp parallel for schedule(static) if (n_chunks > 1)
   for (int64_t c = 0; c < n_chunks; c++)
-    partial[c] = chunk_sum_of_squares(x + c * kChunk, std::min(kChunk, n - c * kChunk));
+    partial[c] = cpu::dot_f64(x + c * kChunk, x + c * kChunk, std::min(kChunk, n - c * kChunk));
   double sum = 0.0;
   for (double p : partial) sum += p;
   return sum;

@@ -62,23 +62,29 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               C, static_cast<int>(ldc));
 }
 
+__attribute__((target_clones("default", "arch=x86-64-v4"))) double dot_f64(const float* a,
+                                                                           const float* b,
+                                                                           int64_t n) {
+  constexpr int64_t kLanes = 8;
+  const int64_t n_blocked = n / kLanes * kLanes;
+  double lane[kLanes] = {};
+  for (int64_t i = 0; i < n_blocked; i += kLanes)
+    for (int64_t l = 0; l < kLanes; l++)
+      lane[l] += static_cast<double>(a[i + l]) * static_cast<double>(b[i + l]);
+  double sum = 0.0;
+  for (int64_t i = n_blocked; i < n; i++) sum += static_cast<double>(a[i]) * b[i];
+  for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
+  return sum;
+}
+
 namespace {
 
 // The rmsnorm rows: sums in double as ref::rmsnorm_forward / backward, kept in kLanes partial
 // sums so that the loops vectorize (a serial double sum waits on every add).
 constexpr int64_t kNormLanes = 8;
 
-__attribute__((target_clones("default", "arch=x86-64-v4"))) float row_rstd(const float* x,
-                                                                           int64_t C, float eps) {
-  const int64_t n_blocked = C / kNormLanes * kNormLanes;
-  double lane[kNormLanes] = {};
-  for (int64_t c = 0; c < n_blocked; c += kNormLanes)
-    for (int64_t l = 0; l < kNormLanes; l++)
-      lane[l] += static_cast<double>(x[c + l]) * static_cast<double>(x[c + l]);
-  double sum_sq = 0.0;
-  for (int64_t c = n_blocked; c < C; c++) sum_sq += static_cast<double>(x[c]) * x[c];
-  for (int64_t l = 0; l < kNormLanes; l++) sum_sq += lane[l];
-  return static_cast<float>(1.0 / std::sqrt(sum_sq / C + eps));
+float row_rstd(const float* x, int64_t C, float eps) {
+  return static_cast<float>(1.0 / std::sqrt(dot_f64(x, x, C) / C + eps));
 }
 
 // dinp[C] += rstd * (dy * weight - xhat * mean(dy * weight * xhat)), xhat = x * rstd.
@@ -192,20 +198,32 @@ __attribute__((target_clones("default", "arch=x86-64-v4"))) void silu_mul_backwa
   }
 }
 
+// Partial results of the row loops below (softmax, cross-entropy): they vectorize at any width,
+// and the order of their sums is fixed.
+constexpr int64_t kRowLanes = 16;
+
+// max of x[0, n), kept in kRowLanes partial maxima.
+inline float max_in_lanes(const float* x, int64_t n) {
+  const int64_t n_blocked = n / kRowLanes * kRowLanes;
+  float lane[kRowLanes];
+  std::fill_n(lane, kRowLanes, -INFINITY);
+  for (int64_t j = 0; j < n_blocked; j += kRowLanes)
+    for (int64_t l = 0; l < kRowLanes; l++) lane[l] = std::max(lane[l], x[j + l]);
+  float max_value = -INFINITY;
+  for (int64_t j = n_blocked; j < n; j++) max_value = std::max(max_value, x[j]);
+  for (int64_t l = 0; l < kRowLanes; l++) max_value = std::max(max_value, lane[l]);
+  return max_value;
+}
+
 // In place: softmax over row[0, n_visible), zeros after (the causal mask). The max and the sum
 // are kept in kLanes partial results (so the loops vectorize at any width and the order of the
 // sum is fixed).
 __attribute__((target_clones("default", "arch=x86-64-v4"))) void masked_softmax_row(
     float* row, int64_t n_visible, int64_t S) {
-  constexpr int64_t kLanes = 16;
+  constexpr int64_t kLanes = kRowLanes;
   const int64_t n_blocked = n_visible / kLanes * kLanes;
+  const float max_score = max_in_lanes(row, n_visible);
   float lane[kLanes];
-  std::fill_n(lane, kLanes, -INFINITY);
-  for (int64_t j = 0; j < n_blocked; j += kLanes)
-    for (int64_t l = 0; l < kLanes; l++) lane[l] = std::max(lane[l], row[j + l]);
-  float max_score = -INFINITY;
-  for (int64_t j = n_blocked; j < n_visible; j++) max_score = std::max(max_score, row[j]);
-  for (int64_t l = 0; l < kLanes; l++) max_score = std::max(max_score, lane[l]);
   std::fill_n(lane, kLanes, 0.0f);
   for (int64_t j = 0; j < n_blocked; j += kLanes)
     for (int64_t l = 0; l < kLanes; l++) {
@@ -240,15 +258,9 @@ __attribute__((target_clones("default", "arch=x86-64-v4"))) double cross_entropy
     float* __restrict__ dlogits) {
   // Max, then the exponentials in float32 summed in double: kLanes partial results each, so that
   // the loops vectorize and the order of the sum is fixed.
-  constexpr int64_t kLanes = 16;
+  constexpr int64_t kLanes = kRowLanes;
   const int64_t n_blocked = n / kLanes * kLanes;
-  float lane_max[kLanes];
-  std::fill_n(lane_max, kLanes, -INFINITY);
-  for (int64_t v = 0; v < n_blocked; v += kLanes)
-    for (int64_t l = 0; l < kLanes; l++) lane_max[l] = std::max(lane_max[l], logits[v + l]);
-  float max_value = -INFINITY;
-  for (int64_t v = n_blocked; v < n; v++) max_value = std::max(max_value, logits[v]);
-  for (int64_t l = 0; l < kLanes; l++) max_value = std::max(max_value, lane_max[l]);
+  const float max_value = max_in_lanes(logits, n);
   double lane[kLanes] = {};
   for (int64_t v = 0; v < n_blocked; v += kLanes) {
     float e[kLanes];

@@ -59,6 +59,10 @@ void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t 
 // out[n] = silu(gate[n]) * up[n]
 void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n);
 
+// sum a[i] * b[i] in double, kept in 8 partial sums (a fixed order at any vector width) so that
+// the loop vectorizes; dot_f64(x, x, n) is the sum of squares.
+double dot_f64(const float* a, const float* b, int64_t n);
+
 // Cross-entropy of one row of logits[n] against `target`: returns log(sum_v exp(logits_v)) -
 // logits[target]; with dlogits, writes d loss / d logits times scale: scale * (softmax(logits) -
 // onehot(target)). See ref::cross_entropy_row.
