@@ -154,29 +154,32 @@ TEST(MixedPrecision, RouterProductsStayFloat32) {
 // The router's float32 products: the same bits with 1 and 2 threads, and under either precision,
 // at a size where OpenBLAS's own threading splits the work (several tiles each way).
 TEST(MixedPrecision, Float32LinearIsThreadCountInvariant) {
-  const int64_t M = 600, K = 512, N = 300;
-  const std::vector<float> x = random_normal(M * K, 1.0f, 1), w = random_normal(N * K, 1.0f, 2);
-  const std::vector<float> dy = random_normal(M * N, 1.0f, 3);
-  const int default_threads = num_threads();
-  std::vector<std::vector<float>> runs;
-  for (int threads : {1, 2})
-    for (cpu::MatmulPrecision precision :
-         {cpu::MatmulPrecision::kF32, cpu::MatmulPrecision::kBF16}) {
-      set_num_threads(threads);
-      const cpu::MatmulPrecisionScope scope(precision);
-      std::vector<float> out(M * N), dx(M * K, 0.0f), dw(N * K, 0.0f);
-      cpu::linear_forward_f32(out.data(), x.data(), w.data(), M, K, N);
-      cpu::linear_backward_f32(dx.data(), dw.data(), dy.data(), x.data(), w.data(), M, K, N);
-      out.insert(out.end(), dx.begin(), dx.end());
-      out.insert(out.end(), dw.begin(), dw.end());
-      runs.push_back(out);
-    }
-  set_num_threads(default_threads);
-  for (size_t i = 1; i < runs.size(); i++) EXPECT_EQ(runs[i], runs[0]) << "run " << i;
-  // and float32 products: within float32 rounding of the plain product
-  std::vector<float> plain(M * N);
-  cpu::linear_forward(plain.data(), x.data(), w.data(), M, K, N);
-  for (int64_t i = 0; i < M * N; i++) ASSERT_NEAR(runs[0][i], plain[i], 1e-4f) << i;
+  const int64_t K = 512, N = 300;
+  for (const int64_t M : {600, 1, 3}) {  // (few rows: narrow column tiles)
+    SCOPED_TRACE(testing::Message() << "M " << M);
+    const std::vector<float> x = random_normal(M * K, 1.0f, 1), w = random_normal(N * K, 1.0f, 2);
+    const std::vector<float> dy = random_normal(M * N, 1.0f, 3);
+    const int default_threads = num_threads();
+    std::vector<std::vector<float>> runs;
+    for (int threads : {1, 2})
+      for (cpu::MatmulPrecision precision :
+           {cpu::MatmulPrecision::kF32, cpu::MatmulPrecision::kBF16}) {
+        set_num_threads(threads);
+        const cpu::MatmulPrecisionScope scope(precision);
+        std::vector<float> out(M * N), dx(M * K, 0.0f), dw(N * K, 0.0f);
+        cpu::linear_forward_f32(out.data(), x.data(), w.data(), M, K, N);
+        cpu::linear_backward_f32(dx.data(), dw.data(), dy.data(), x.data(), w.data(), M, K, N);
+        out.insert(out.end(), dx.begin(), dx.end());
+        out.insert(out.end(), dw.begin(), dw.end());
+        runs.push_back(out);
+      }
+    set_num_threads(default_threads);
+    for (size_t i = 1; i < runs.size(); i++) EXPECT_EQ(runs[i], runs[0]) << "run " << i;
+    // and float32 products: within float32 rounding of the plain product
+    std::vector<float> plain(M * N);
+    cpu::linear_forward(plain.data(), x.data(), w.data(), M, K, N);
+    for (int64_t i = 0; i < M * N; i++) ASSERT_NEAR(runs[0][i], plain[i], 1e-4f) << i;
+  }
 }
 
 TEST(MixedPrecision, UnknownPrecisionIsAnError) {
