@@ -77,11 +77,6 @@ void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* 
   cpu::attention_forward(heads, q, keys, kv + nope, naive_shape(c, n_q, n_kv));
 }
 
-// Absorbed MLA for one sequence: attention over the latent rows themselves (one shared "kv
-// head" of width kv_lora_rank + rope, values = the latent), with q_nope . W_UK as the query.
-// One decoded token with the per-head halves of kv_b_proj in the weight format
-// (AttentionWeights::absorbed_uk_t / absorbed_uv): both per-head products as one grouped product
-// each.
 // o_latent[t, h] = attention of q_latent[t, h] over the latent rows, which are keys (kv_lora_rank
 // + rope) and values (their first kv_lora_rank columns) of every head: one shared KV head.
 void attend_latent(const ModelConfig& c, const float* q_latent, const float* rows, int64_t n_q,
@@ -117,6 +112,8 @@ void attend_absorbed_compact(const ModelConfig& c, const AttentionWeights& w, co
   cpu::quant_linear_forward_group(jobs.data(), n_heads);
 }
 
+// Absorbed MLA for one sequence: attention over the latent rows themselves (one shared "kv
+// head" of width kv_lora_rank + rope, values = the latent), with q_nope . W_UK as the query.
 void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const float* q,
                      const float* rows, int64_t n_q, int64_t n_kv, float* heads) {
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;

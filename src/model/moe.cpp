@@ -47,12 +47,11 @@ void mlp_forward_grouped(const std::vector<MlpJob>& mlps) {
   cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
 }
 
-// The experts that received tokens, in order.
-std::vector<int64_t> active_experts(const std::vector<int64_t>& offsets) {
-  std::vector<int64_t> active;
+// The experts that received tokens, in order (into `active`, kept across calls).
+void find_active_experts(const std::vector<int64_t>& offsets, std::vector<int64_t>& active) {
+  active.clear();
   for (size_t e = 0; e + 1 < offsets.size(); e++)
     if (offsets[e + 1] > offsets[e]) active.push_back(static_cast<int64_t>(e));
-  return active;
 }
 
 // Whether running whole experts on different threads pays: several experts and enough work.
@@ -140,7 +139,8 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
   } else {
     std::fill(out, out + n_tokens * H, 0.0f);
   }
-  const std::vector<int64_t> active = active_experts(a.offsets);
+  find_active_experts(a.offsets, a.active);
+  const std::vector<int64_t>& active = a.active;
   if (group) {
     for (int64_t e : active) {
       const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
@@ -195,7 +195,7 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
     for (int64_t h = 0; h < H; h++) dy_sorted[i * H + h] = w * d[h];
     dweight[flat] = static_cast<float>(cpu::dot_f64(d, y, H));
   }
-  const std::vector<int64_t> active = active_experts(a.offsets);
+  const std::vector<int64_t>& active = a.active;  // (the forward's)
   // Experts in parallel: each writes only its own gradients and its own rows of dx_sorted.
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_experts(active, n_assigned, H, I))
   for (size_t i = 0; i < active.size(); i++) {

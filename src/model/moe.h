@@ -27,10 +27,11 @@ void mlp_backward(const MlpWeights& mlp, MlpWeights& grads, const float* x, cons
 
 struct MoeActs {
   Routing routing;
-  BalanceLosses aux;              // training: this layer's balance losses
-  std::vector<float> aux_dscores;  // training: d aux / d scores [n, E]
+  BalanceLosses aux;                // training: this layer's balance losses
+  std::vector<float> aux_dscores;   // training: d aux / d scores [n, E]
   std::vector<int64_t> offsets;     // [E + 1] first assignment of each expert
   std::vector<int64_t> assignment;  // [n * K] flat index t * K + j, grouped by expert
+  std::vector<int64_t> active;      // experts that received tokens, in order
   std::vector<float> x_sorted;      // (n * K, H) inputs in assignment order
   std::vector<float> y_sorted;      // (n * K, H) expert outputs before the gate weight
   std::vector<MlpActs> experts;     // per routed expert, over its gathered tokens

@@ -31,10 +31,10 @@ bool product_panels(WeightFormat format) {
   return format == WeightFormat::kBF16 && cpu::gemm_bf16_native();
 }
 
-void quantize_tensor(Tensor& tensor, WeightFormat format) {
+void quantize_tensor(Tensor& tensor, WeightFormat format, bool panels) {
   if (format == WeightFormat::kF32 || tensor.quant != nullptr) return;
-  tensor.quant = std::make_shared<const QuantMatrix>(quantize_matrix(
-      tensor.data, tensor.shape[0], tensor.shape[1], format, product_panels(format)));
+  tensor.quant = std::make_shared<const QuantMatrix>(
+      quantize_matrix(tensor.data, tensor.shape[0], tensor.shape[1], format, panels));
   tensor.data = nullptr;
   tensor.owner.reset();  // frees the float32 copy (or drops this tensor's hold on the mmap)
 }
@@ -44,7 +44,8 @@ void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFo
   for_each_tensor(
       config, weights,
       [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
-        if (is_quantizable(config, name, shape, role)) quantize_tensor(tensor, format);
+        if (is_quantizable(config, name, shape, role))
+          quantize_tensor(tensor, format, product_panels(format));
       });
 }
 
@@ -59,6 +60,7 @@ void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
   if (format == WeightFormat::kF32 || !c.use_mla() ||
       (blocked && (nope % kQuantBlock != 0 || rank % kQuantBlock != 0)))
     return;
+  const bool panels = product_panels(format);
   std::vector<float> uk_t(rank * nope);  // (rank, nope)
   for (LayerWeights& layer : weights.layers) {
     AttentionWeights& a = layer.attn;
@@ -69,7 +71,6 @@ void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
       const float* w_uk = a.kv_b_proj.data + h * (nope + dv) * rank;  // [nope, rank]
       for (int64_t i = 0; i < nope; i++)
         for (int64_t r = 0; r < rank; r++) uk_t[r * nope + i] = w_uk[i * rank + r];
-      const bool panels = product_panels(format);
       a.absorbed_uk_t.push_back(std::make_shared<const QuantMatrix>(
           quantize_matrix(uk_t.data(), rank, nope, format, panels)));
       a.absorbed_uv.push_back(std::make_shared<const QuantMatrix>(

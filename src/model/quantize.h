@@ -27,8 +27,10 @@ void derive_absorbed_weights(const ModelConfig& config, ModelWeights& weights, W
 // Whether quantize_weights re-stores this tensor (see above).
 bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,
                     TensorRole role);
-// Re-stores one float32 tensor (a linear layer's weight) in `format` and frees its float32 data.
-void quantize_tensor(Tensor& tensor, WeightFormat format);
+// Re-stores one float32 tensor (a linear layer's weight) in `format` and frees its float32 data;
+// `panels`: the bf16 panel layout (QuantMatrix::panels), as product_panels(format) says for
+// linear weights.
+void quantize_tensor(Tensor& tensor, WeightFormat format, bool panels);
 // Whether linear weights in `format` are stored in the bf16 GEMM's panel layout
 // (QuantMatrix::panels): bf16 where the CPU runs the fast bf16 GEMM, whose prefill then reads the
 // weights as stored and whose decode streams them once.

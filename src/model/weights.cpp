@@ -127,11 +127,8 @@ Tensor load_quantized(const Checkpoint& checkpoint, const std::string& name, con
   const TensorInfo& info = checkpoint.get(name);
   if (info.shape != shape || info.dtype == DType::kF8_E4M3 || !dtype_is_float(info.dtype)) {
     Tensor tensor = checkpoint.load_f32(name, shape);  // (throws on a bad shape or dtype)
-    Tensor converted;
-    converted.shape = shape;
-    converted.quant = std::make_shared<const QuantMatrix>(
-        quantize_matrix(tensor.data, shape[0], shape[1], format, panels));
-    return converted;
+    quantize_tensor(tensor, format, panels);
+    return tensor;
   }
   const int64_t rows = shape[0], cols = shape[1];
   const size_t element = dtype_size(info.dtype);

@@ -91,11 +91,6 @@ DSMOE_PANELS_TARGET void GroupRowsNative(const uint16_t* x_hi, const uint16_t* x
   }
 }
 #undef DSMOE_PANELS_TARGET
-
-bool CpuHasAvx512Bf16() {
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has;
-}
 #endif  // __x86_64__
 
 // A bf16 element as vdpbf16ps reads it (denormals are zero).
@@ -132,9 +127,8 @@ void bf16_panel_rows(const uint16_t* x_hi, const uint16_t* x_lo, int64_t M, cons
                      int64_t N, int64_t K, float* out, int64_t n_begin, int64_t n_end) {
   DSMOE_ASSERT(n_begin % kPanelGroupRows == 0 && (n_end % kPanelGroupRows == 0 || n_end == N));
   const int64_t group_words = (K + 1) / 2 * kPanelGroupRows;
-  bool native = false;
 #if defined(__x86_64__)
-  native = gemm_bf16_native() && CpuHasAvx512Bf16();
+  const bool native = gemm_bf16_native();  // (true only where the CPU has AVX512-BF16)
 #endif
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelGroupRows) {
     const auto* group =

@@ -464,25 +464,24 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
   } else if (w.format == WeightFormat::kBF16) {
     const auto* weights = reinterpret_cast<const uint16_t*>(w.data.data());
     const int64_t N = w.rows, K = w.cols, stride = w.row_bytes / sizeof(uint16_t);
-    auto gemm = [&](float* y, const float* x) {
+    auto gemm = [&](float* y, const float* x, int64_t rows) {
       if (w.panels)
-        gemm_bf16_panels(y, x, M, weights, N, K);
+        gemm_bf16_panels(y, x, rows, weights, N, K);
       else
-        gemm_bf16_weights(y, x, M, weights, N, K, stride);
+        gemm_bf16_weights(y, x, rows, weights, N, K, stride);
     };
     if (M >= kGemmSinglePassMinRowsBF16) {
-      gemm(out, inp);
+      gemm(out, inp, M);
       return;
     }
-    // x = hi + lo (split_bf16_hi_lo): two passes of the GEMM, summed.
-    thread_local std::vector<float> hi, lo, partial;
-    hi.resize(M * K);
-    lo.resize(M * K);
-    partial.resize(M * N);
-    split_bf16_hi_lo(inp, M * K, hi.data(), lo.data());
-    gemm(out, hi.data());
-    gemm(partial.data(), lo.data());
-    for (int64_t i = 0; i < M * N; i++) out[i] += partial[i];
+    // x = hi + lo (split_bf16_hi_lo): one GEMM over the 2M rows [hi; lo] (the weights are read
+    // once), the two halves of its result summed.
+    thread_local std::vector<float> hi_lo, partial;
+    hi_lo.resize(2 * M * K);
+    partial.resize(2 * M * N);
+    split_bf16_hi_lo(inp, M * K, hi_lo.data(), hi_lo.data() + M * K);
+    gemm(partial.data(), hi_lo.data(), 2 * M);
+    for (int64_t i = 0; i < M * N; i++) out[i] = partial[i] + partial[M * N + i];
   } else {
     gemm_quant(out, inp, M, w);
   }

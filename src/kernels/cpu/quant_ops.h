@@ -23,8 +23,8 @@ namespace dsmoe::cpu {
 //          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32 (the
 //          same in the VNNI GEMM, M >= 2, up to the order of the float32 sums).
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M);
-// Activation rows from which quant_linear_forward takes the GEMMs. bf16: from 8 rows the GEMM,
-// run twice, on the activations' bf16 hi and lo parts (the row kernels' 16-bit activations, so
+// Activation rows from which quant_linear_forward takes the GEMMs. bf16: from 8 rows the GEMM on
+// the activations' bf16 hi and lo parts as 2M rows (the row kernels' 16-bit activations, so
 // that greedy decoding of float32 models stays on its float32 path: tests/test_golden.cpp);
 // from 32 rows (long prompts, the MoE experts' token groups in prefill) once, on bf16
 // activations, as the bf16 dot-product units take them.
