@@ -17,6 +17,7 @@
 # the 27-layer V2-Lite run: ~12 GB) and ~20 GB of RAM. Numbers mean something only on an idle
 # machine.
 # Environment: BENCH_DIR (default bench/out), THREADS (default: all cores), REPS (default 3),
+# TRAIN_REPS (timed training steps, default 5, after 3 untimed ones in both engines),
 # BENCH_CHECK=0 (skip the baseline check), BENCH_SKIP_BUILD=1 (use build/release as it is),
 # BENCH_KEEP=1 (keep the checkpoints; otherwise the ~9 GB infer-lite8 is deleted at the end),
 # LITE_DTYPE=f32 (write infer-lite8 in f32, 18.4 GB: Model::load views f32 tensors in the mmap but
@@ -27,6 +28,7 @@ cd "$(dirname "$0")/.."
 out=${BENCH_DIR:-bench/out}
 threads=${THREADS:-$(nproc)}
 reps=${REPS:-3}
+train_reps=${TRAIN_REPS:-5}  # training steps timed, after 3 untimed ones (both engines)
 dsmoe=build/release/dsmoe
 py=/usr/bin/python3
 say() { printf '\n== [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -84,9 +86,9 @@ for w in bf16 q8_0 q4_0; do
 done
 echo "dsmoe train-s: training step 8 x 256 (f32, then bf16 mixed precision)"
 $dsmoe bench --model "$out/train-s" --train --batch 8 --seq 256 --prompt 512 --decode 128 \
-  --threads "$threads" --reps "$reps" --json > "$out/dsmoe-train-s.json"
+  --threads "$threads" --reps "$train_reps" --json > "$out/dsmoe-train-s.json"
 $dsmoe bench --model "$out/train-s" --train --precision bf16 --batch 8 --seq 256 --prompt 512 \
-  --decode 128 --threads "$threads" --reps "$reps" --json --no-roofline > "$out/dsmoe-train-s-bf16.json"
+  --decode 128 --threads "$threads" --reps "$train_reps" --json --no-roofline > "$out/dsmoe-train-s-bf16.json"
 if [ "${BENCH_FULL:-1}" = 1 ]; then
   echo "dsmoe v2-lite (all 27 layers, bf16 on disk ~31 GB) at q4_0: peak RSS (target <= 10 GiB)"
   [ -f "$out/v2-lite/model.safetensors" ] ||
@@ -102,7 +104,7 @@ torch_py --model "$out/infer-lite8" --weights bf16 --prompt 512 --decode 128 \
   --threads "$threads" --reps "$reps" > "$out/torch-infer-lite8-bf16.json"
 echo "pytorch train-s: training step 8 x 256 (f32)"
 torch_py --model "$out/train-s" --train --no-inference --batch 8 --seq 256 \
-  --threads "$threads" --reps "$reps" > "$out/torch-train-s.json"
+  --threads "$threads" --reps "$train_reps" > "$out/torch-train-s.json"
 
 say "5. Results"
 $py bench/table.py "$out" | tee "$out/results.md"

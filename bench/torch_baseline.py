@@ -249,7 +249,7 @@ def bench_inference(m, P, N, reps):
     return sorted(pre_t), sorted(dec_t)
 
 
-def bench_train(m, B, T, reps):
+def bench_train(m, B, T, reps, warmup):
     params = {k: v.clone().requires_grad_(True) for k, v in m.p.items() if "correction_bias" not in k}
     m.p.update(params)
     opt = torch.optim.AdamW(params.values(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
@@ -262,7 +262,7 @@ def bench_train(m, B, T, reps):
         logits = m.forward(ids)
         F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1)).backward()
         opt.step()
-    return timed(step, reps, warmup=1)
+    return timed(step, reps, warmup=warmup)
 
 
 def check(m, expected_path):
@@ -292,6 +292,7 @@ def main():
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--train", action="store_true")
+    ap.add_argument("--train-warmup", type=int, default=3, help="untimed training steps (default 3)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -317,7 +318,7 @@ def main():
             out.update(decode_tokens_per_s=a.decode / median(dec), decode_tokens_per_s_best=a.decode / dec[0],
                        decode={"seconds": dec})
     if a.train:
-        tr = bench_train(m, a.batch, a.seq, a.reps)
+        tr = bench_train(m, a.batch, a.seq, a.reps, a.train_warmup)
         out.update(train_tokens_per_s=a.batch * a.seq / median(tr), train_tokens_per_s_best=a.batch * a.seq / tr[0],
                    train={"seconds": tr}, batch=a.batch, seq=a.seq)
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

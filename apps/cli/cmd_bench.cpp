@@ -33,6 +33,7 @@ struct BenchArgs {
   int threads = 0;
   std::string weights = "f32";
   int reps = 3;
+  int train_warmup = 3;
   bool json = false;
   int64_t bandwidth_mib = 1024;
   std::string peak_size = "full";
@@ -41,9 +42,11 @@ struct BenchArgs {
 };
 
 // One training step as `dsmoe train` takes it: forward_backward on a B x T batch of random ids,
-// adamw_step (which leaves the gradients zero for the next step); one warm-up step, then R timed
-// steps.
-RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps,
+// adamw_step (which leaves the gradients zero for the next step); `warmup` untimed steps, then R
+// timed steps. The first steps are slower than the rest: the heap grows to its working size over
+// them (every fresh page is zeroed by the kernel on first touch), ~15% on train-s for the first
+// timed step after a single warm-up.
+RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps, int warmup,
                        cpu::MatmulPrecision precision) {
   const ModelConfig& c = model.config();
   make_weights_owned(c, model.mutable_weights());  // mmap'd checkpoints are read-only
@@ -61,7 +64,7 @@ RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps,
     model.forward_backward(ids.data(), batch, seq, grads, acts, options);
     adamw_step(c, model.mutable_weights(), grads, adam, 1e-4f, AdamWConfig{});
   };
-  return time_reps(step, reps, /*warmup=*/1);
+  return time_reps(step, reps, warmup);
 }
 
 nlohmann::json rep_json(const RepTimes& t, double tokens) {
@@ -119,7 +122,7 @@ int run_bench(const BenchArgs& a) {
     }
     if (a.train) {
       const RepTimes t = measure_train(
-          model, a.batch, a.seq, a.reps,
+          model, a.batch, a.seq, a.reps, a.train_warmup,
           a.precision == "bf16" ? cpu::MatmulPrecision::kBF16 : cpu::MatmulPrecision::kF32);
       const double tokens = static_cast<double>(a.batch * a.seq);
       out["train"] = rep_json(t, tokens);
@@ -183,6 +186,7 @@ int run_bench(const BenchArgs& a) {
   out["decode_tokens"] = a.decode;
   out["reps"] = a.reps;
   if (a.train) {
+    out["train_warmup"] = a.train_warmup;
     out["batch"] = a.batch;
     out["seq"] = a.seq;
     out["train_precision"] = a.precision;
@@ -261,6 +265,9 @@ Command add_bench(CLI::App& app) {
   app.add_option("--weights", args->weights, "weight format: f32 (default), bf16, q8_0, q4_0");
   app.add_option("--reps", args->reps, "repetitions; median and best reported (default 3)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--train-warmup", args->train_warmup,
+                 "untimed training steps before the timed ones (default 3)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--precision", args->precision,
                  "training step: f32 (default) or bf16 mixed precision (bf16 products, float32 "
                  "weights and AdamW)")
