@@ -23,6 +23,7 @@
 
 #include "kernels/attention_shape.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/shared_kv_attention.h"
 #include "kernels/ref/ops.h"
 
 namespace dsmoe {
@@ -439,6 +440,26 @@ TEST(KernelsAttention, MultiQueryAbsorbedMlaWithVAliasingK) {
   c = absorbed_mla_case(1, 300, 299, 16, 64, 16, 3);  // decode: all heads as one GEMM
   in = random_inputs(c, 16);
   run_attention(c, in.q, in.k, in.v);
+}
+
+// The shared-KV kernel (cpu/shared_kv_attention): keys split over threads (parts merged), query
+// rows in chunks of 16 (a partial last chunk), causal within a few query tokens; AVX-512 and
+// scalar loops.
+TEST(KernelsAttention, SharedKvSplitsKeysAndChunksRows) {
+  for (bool portable : {false, true}) {
+    SCOPED_TRACE(testing::Message() << "portable=" << portable);
+    cpu::shared_kv_attention_force_portable(portable);
+    AttentionCase c = absorbed_mla_case(1, 640, 639, 16, 512, 64, 0);  // V2-Lite decode
+    auto in = random_inputs(c, 20);
+    run_attention(c, in.q, in.k, in.v);
+    c = absorbed_mla_case(3, 700, 697, 16, 64, 16, 2);  // 48 rows, 3 chunks
+    in = random_inputs(c, 21);
+    run_attention(c, in.q, in.k, in.v);
+    c = absorbed_mla_case(2, 300, 298, 20, 32, 8, 1);  // 40 rows: the last chunk half full
+    in = random_inputs(c, 22);
+    run_attention(c, in.q, in.k, in.v);
+  }
+  cpu::shared_kv_attention_force_portable(false);
 }
 
 TEST(KernelsAttention, ContinuesCacheWithFewerQueriesThanKeys) {

@@ -8,8 +8,10 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/exp.h"
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/quant_ops.h"
+#include "kernels/cpu/shared_kv_attention.h"
 #include "kernels/quant.h"
 #include "kernels/ref/ops.h"
 
@@ -162,25 +164,6 @@ void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t 
 }
 
 namespace {
-
-// exp(x) in float32 written so that loops over it vectorize: x = n ln2 + r with |r| <= ln2 / 2
-// (ln2 split in two for an exact reduction), exp(r) = 1 + r + r^2 P(r) with Cephes expf's
-// degree-5 P, times 2^n put in the exponent bits. Within 2 ulp of std::exp on [-87.3, 88.7];
-// outside, the ends of that range (silu and its derivative only need them to saturate).
-inline float exp_vectorizable(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float exp_r = (p * r) * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return exp_r * std::bit_cast<float>(bits);
-}
 
 // Compiled also for AVX-512 and picked at load time (GCC function multi-versioning): the
 // elementwise loops run 16 lanes wide where the CPU allows, 4 (SSE2) elsewhere.
@@ -397,25 +380,7 @@ void attention_forward_gemm(float* out, const float* q, const float* k, const fl
 bool use_shared_kv_path(const AttentionShape& s) {
   return s.n_kv_heads == 1 && s.n_heads > 1 && s.n_q_tokens < 8 &&
          s.q_token_stride == s.n_heads * s.q_head_stride &&
-         s.out_token_stride == s.n_heads * s.out_head_stride &&
-         s.n_q_tokens * s.n_heads * s.n_kv_tokens <= kMaxScoreElements;
-}
-
-// The n_q * n_heads query rows form one matrix: scores and outputs of all heads are two GEMMs.
-void attention_forward_shared_kv(float* out, const float* q, const float* k, const float* v,
-                                 const AttentionShape& s) {
-  const int64_t R = s.n_q_tokens * s.n_heads, S = s.n_kv_tokens;
-  thread_local std::vector<float> p;  // (R, S)
-  p.resize(R * S);
-  gemm(false, true, R, S, s.qk_dim, s.scale, q, s.q_head_stride, k, s.k_token_stride, 0.0f,
-       p.data(), S);
-  for (int64_t r = 0; r < R; r++) {  // row r = (token r / n_heads, head r % n_heads)
-    float* row = p.data() + r * S;
-    const int64_t n_visible = s.q_pos0 + r / s.n_heads + 1;
-    masked_softmax_row(row, n_visible, S);
-  }
-  gemm(false, false, R, s.v_dim, S, 1.0f, p.data(), S, v, s.v_token_stride, 0.0f, out,
-       s.out_head_stride);
+         s.out_token_stride == s.n_heads * s.out_head_stride;
 }
 
 }  // namespace
@@ -425,7 +390,7 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   if (use_gemm_path(s))
     attention_forward_gemm(out, q, k, v, s);
   else if (use_shared_kv_path(s))
-    attention_forward_shared_kv(out, q, k, v, s);
+    shared_kv_attention(out, q, k, v, s);
   else
     attention_forward_rows(out, q, k, v, s);
 }
