@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -184,7 +185,9 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
     mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts, a.shared);
   // out += w * y: d y = w * d out; d w = <d out, y> (0 for dropped assignments).
   const int64_t n_assigned = a.offsets[E];
-  std::vector<float> dy_sorted(n_assigned * H), dx_sorted(n_assigned * H, 0.0f);
+  // (not value-initialized: dy_sorted is written whole below, dx_sorted zeroed per expert)
+  const std::unique_ptr<float[]> dy_sorted(new float[n_assigned * H]),
+      dx_sorted(new float[n_assigned * H]);
   std::vector<float> dweight(n_tokens * K, 0.0f);  // [n, K]
 #pragma omp parallel for schedule(static) if (n_assigned * H > (1 << 16))
   for (int64_t i = 0; i < n_assigned; i++) {
@@ -200,14 +203,21 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
 #pragma omp parallel for schedule(dynamic, 1) if (parallel_experts(active, n_assigned, H, I))
   for (size_t i = 0; i < active.size(); i++) {
     const int64_t e = active[i], begin = a.offsets[e], count = a.offsets[e + 1] - begin;
+    std::fill_n(dx_sorted.get() + begin * H, count * H, 0.0f);
     mlp_backward(moe.experts[e], g.experts[e], a.x_sorted.data() + begin * H,
-                 dy_sorted.data() + begin * H, dx_sorted.data() + begin * H, count, H, I,
+                 dy_sorted.get() + begin * H, dx_sorted.get() + begin * H, count, H, I,
                  a.experts[e]);
   }
-  for (int64_t i = 0; i < n_assigned; i++) {  // scatter back, in a fixed order
-    float* dst = dx + (a.assignment[i] / K) * H;
-    const float* src = dx_sorted.data() + i * H;
-    for (int64_t h = 0; h < H; h++) dst[h] += src[h];
+  // Scatter back in assignment order (a fixed order per element); threads split the columns.
+#pragma omp parallel if (n_assigned * H > (1 << 18))
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t h0 = H * t / n_threads, h1 = H * (t + 1) / n_threads;
+    for (int64_t i = 0; i < n_assigned; i++) {
+      float* dst = dx + (a.assignment[i] / K) * H;
+      const float* src = dx_sorted.get() + i * H;
+      for (int64_t h = h0; h < h1; h++) dst[h] += src[h];
+    }
   }
   route_backward(c, moe, g, x, a.routing, dweight.data(),
                  a.aux_dscores.empty() ? nullptr : a.aux_dscores.data(), dx, n_tokens);

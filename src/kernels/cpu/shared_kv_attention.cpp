@@ -249,12 +249,13 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
       weight[th] = m == -INFINITY ? 0.0f : std::exp(m - max_all);
       total += weight[th] * part_of(th)[kLanes * (s.v_dim + 1) + l];
     }
-    float* out_r = out + r * s.out_head_stride;
-    for (int64_t j = 0; j < s.v_dim; j++) {
-      float acc = 0.0f;
-      for (int64_t th = 0; th < n_threads; th++) acc += weight[th] * part_of(th)[l * s.v_dim + j];
-      out_r[j] = acc / total;
+    float* out_r = out + r * s.out_head_stride;  // (loops over j: they vectorize)
+    std::fill_n(out_r, s.v_dim, 0.0f);
+    for (int64_t th = 0; th < n_threads; th++) {
+      const float* o = part_of(th) + l * s.v_dim;
+      for (int64_t j = 0; j < s.v_dim; j++) out_r[j] += weight[th] * o[j];
     }
+    for (int64_t j = 0; j < s.v_dim; j++) out_r[j] /= total;
   }
 }
 
