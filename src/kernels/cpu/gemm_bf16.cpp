@@ -24,6 +24,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
@@ -229,17 +230,47 @@ DSMOE_BF16 void PackBFromRowsN(const T* B, int64_t ldb, int64_t N, int64_t n0, i
 // Packing A: rows [m0, m0 + kBlockRows) and all of K into dst[kp][kAStride words]; rows past
 // M (and the words past kBlockRows) and k past K are zeros.
 
-// A stored [K, M] (trans_a): two rows of A give the pair words of up to 16 rows of op(A).
-DSMOE_BF16 void PackAFromRowsK(const float* A, int64_t lda, int64_t M, int64_t K, int64_t m0,
-                               uint32_t* dst) {
-  const __mmask16 mask = LaneMask(std::min<int64_t>(kBlockRows, M - m0));
-  for (int64_t kp = 0; kp < (K + 1) / 2; kp++) {
-    const int64_t k = 2 * kp;
-    const __m512 lo = _mm512_maskz_loadu_ps(mask, A + k * lda + m0);
-    const __m512 hi =
-        k + 1 < K ? _mm512_maskz_loadu_ps(mask, A + (k + 1) * lda + m0) : _mm512_setzero_ps();
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kp * kAStride),
-                        _mm512_castsi512_si256(InterleavePair(lo, hi)));
+// A stored [K, M] (trans_a): two rows of A give the pair words of rows of op(A). Eight row blocks
+// (48 columns of A, three vectors) are packed together, so that each cache line of A is read
+// once rather than once per block of 6 columns; blocks [block_begin, block_end), each at
+// a_packed + block * kp_total * kAStride.
+DSMOE_BF16 void PackABlocksFromRowsK(const float* A, int64_t lda, int64_t M, int64_t K,
+                                     int64_t block_begin, int64_t block_end, uint32_t* a_packed) {
+  constexpr int kGroupBlocks = 8, kVectors = kGroupBlocks * kBlockRows / kLanes;  // 8 blocks, 3
+  static_assert(kGroupBlocks * kBlockRows == kVectors * kLanes);
+  // Block b of a group takes words 6b .. 6b + 5 of the three vectors: from vector 6b / 16 and,
+  // past its end, the next one (permutex2var's second source).
+  alignas(64) static const std::array<std::array<int32_t, kLanes>, kGroupBlocks> kIndex = [] {
+    std::array<std::array<int32_t, kLanes>, kGroupBlocks> index{};
+    for (int b = 0; b < kGroupBlocks; b++)
+      for (int j = 0; j < kLanes; j++) index[b][j] = (kBlockRows * b) % kLanes + j;
+    return index;
+  }();
+  const int64_t kp_total = (K + 1) / 2;
+  for (int64_t g0 = block_begin; g0 < block_end; g0 += kGroupBlocks) {
+    const int64_t blocks = std::min<int64_t>(kGroupBlocks, block_end - g0), m0 = g0 * kBlockRows;
+    __mmask16 masks[kVectors];
+    for (int v = 0; v < kVectors; v++) masks[v] = LaneMask(M - m0 - v * kLanes);
+    for (int64_t kp = 0; kp < kp_total; kp++) {
+      const int64_t k = 2 * kp;
+      const float* row_k = A + k * lda + m0;
+      __m512i words[kVectors + 1];
+      for (int v = 0; v < kVectors; v++) {
+        const __m512 lo = _mm512_maskz_loadu_ps(masks[v], row_k + v * kLanes);
+        const __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(masks[v], row_k + lda + v * kLanes)
+                                    : _mm512_setzero_ps();
+        words[v] = InterleavePair(lo, hi);
+      }
+      words[kVectors] = _mm512_setzero_si512();
+      for (int64_t b = 0; b < blocks; b++) {
+        const int v = static_cast<int>(kBlockRows * b / kLanes);
+        const __m512i block = _mm512_maskz_permutex2var_epi32(
+            (1u << kBlockRows) - 1, words[v], _mm512_load_si512(kIndex[b].data()), words[v + 1]);
+        _mm256_storeu_si256(
+            reinterpret_cast<__m256i*>(a_packed + ((g0 + b) * kp_total + kp) * kAStride),
+            _mm512_castsi512_si256(block));
+      }
+    }
   }
 }
 
@@ -408,14 +439,13 @@ DSMOE_BF16 void ComputeShare(const detail::GemmArgs& p, const uint32_t* a_packed
 
 DSMOE_BF16 void PackABlocks(const detail::GemmArgs& p, uint32_t* a_packed, int64_t block_begin,
                             int64_t block_end) {
-  const int64_t kp_total = (p.K + 1) / 2;
-  for (int64_t blk = block_begin; blk < block_end; blk++) {
-    uint32_t* dst = a_packed + blk * kp_total * kAStride;
-    if (p.trans_a)
-      PackAFromRowsK(p.A, p.lda, p.M, p.K, blk * kBlockRows, dst);
-    else
-      PackAFromRowsM(p.A, p.lda, p.M, p.K, blk * kBlockRows, dst);
+  if (p.trans_a) {
+    PackABlocksFromRowsK(p.A, p.lda, p.M, p.K, block_begin, block_end, a_packed);
+    return;
   }
+  const int64_t kp_total = (p.K + 1) / 2;
+  for (int64_t blk = block_begin; blk < block_end; blk++)
+    PackAFromRowsM(p.A, p.lda, p.M, p.K, blk * kBlockRows, a_packed + blk * kp_total * kAStride);
 }
 
 DSMOE_BF16 void GemmNative(const detail::GemmArgs& p) {
