@@ -18,6 +18,8 @@
 # machine.
 # Environment: BENCH_DIR (default bench/out), THREADS (default: all cores), REPS (default 3),
 # TRAIN_REPS (timed training steps, default 5, after 3 untimed ones in both engines),
+# BENCH_OPENBLAS_CORETYPE (force OpenBLAS's kernels, e.g. Haswell; default: OPENBLAS_CORETYPE
+# unset, OpenBLAS picks the CPU's),
 # BENCH_CHECK=0 (skip the baseline check), BENCH_SKIP_BUILD=1 (use build/release as it is),
 # BENCH_KEEP=1 (keep the checkpoints; otherwise the ~9 GB infer-lite8 is deleted at the end),
 # LITE_DTYPE=f32 (write infer-lite8 in f32, 18.4 GB: Model::load views f32 tensors in the mmap but
@@ -29,6 +31,14 @@ out=${BENCH_DIR:-bench/out}
 threads=${THREADS:-$(nproc)}
 reps=${REPS:-3}
 train_reps=${TRAIN_REPS:-5}  # training steps timed, after 3 untimed ones (both engines)
+# A forced OpenBLAS core type (this workplace's environment sets OPENBLAS_CORETYPE=Haswell: AVX2
+# kernels on an AVX-512 CPU, half the float32 GEMM speed) is dropped, so that both engines get
+# the kernels a fresh Debian machine picks for its CPU; BENCH_OPENBLAS_CORETYPE=X forces X.
+if [ -n "${BENCH_OPENBLAS_CORETYPE:-}" ]; then
+  export OPENBLAS_CORETYPE=$BENCH_OPENBLAS_CORETYPE
+else
+  unset OPENBLAS_CORETYPE
+fi
 dsmoe=build/release/dsmoe
 py=/usr/bin/python3
 say() { printf '\n== [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }

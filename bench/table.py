@@ -45,6 +45,8 @@ def main():
         m.get("cpu", "-"), m.get("cores", "-"), m.get("hwy_target", "-"), ref.get("threads", "-")))
     print("- PyTorch {} (OMP_WAIT_POLICY={})".format(
         (ts or tt).get("torch", "-"), (ts or tt).get("omp_wait_policy", "-")))
+    print("- OPENBLAS_CORETYPE: {} (both engines)".format(ref.get("openblas_coretype") or
+                                                         "unset, the CPU's own kernels"))
     print("- read bandwidth {} GB/s; GEMMs: fp32 sgemm {} GFLOP/s, bf16 {} GFLOP/s, int8 {} GOP/s; "
           "instruction peaks: fp32 FMA {}, bf16 dot {}, int8 dot {}\n".format(
         num(ref.get("read_bandwidth_bytes_per_s", 0) / 1e9 or None),

@@ -197,6 +197,9 @@ int run_bench(const BenchArgs& a) {
   const char* wait_policy =
       std::getenv("OMP_WAIT_POLICY");  // spinning threads matter on busy cores
   out["omp_wait_policy"] = wait_policy != nullptr ? wait_policy : "";
+  // OpenBLAS's kernels (the float32 products) follow the CPU unless this forces a core type.
+  const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
+  out["openblas_coretype"] = blas_core != nullptr ? blas_core : "";
 
   if (a.json) {
     std::printf("%s\n", out.dump().c_str());
