@@ -93,6 +93,8 @@ TEST(BenchCli, JsonF32WithTraining) {
   EXPECT_EQ(j["config"]["hidden_size"], 64);
   EXPECT_EQ(j["prefill"]["seconds"].size(), 2u);
   EXPECT_EQ(j["train"]["seconds"].size(), 2u);
+  EXPECT_EQ(j["train_warmup"], 3);  // untimed steps before the timed ones (the default)
+  EXPECT_TRUE(j["openblas_coretype"].is_string());
   EXPECT_FALSE(j["machine"]["cpu"].get<std::string>().empty());
   EXPECT_FALSE(j["machine"]["hwy_target"].get<std::string>().empty());
   EXPECT_FALSE(j["date"].get<std::string>().empty());
