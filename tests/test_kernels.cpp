@@ -25,6 +25,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/shared_kv_attention.h"
 #include "kernels/ref/ops.h"
+#include "util/threads.h"
 
 namespace dsmoe {
 namespace {
@@ -451,7 +452,12 @@ TEST(KernelsAttention, SharedKvSplitsKeysAndChunksRows) {
     cpu::shared_kv_attention_force_portable(portable);
     AttentionCase c = absorbed_mla_case(1, 640, 639, 16, 512, 64, 0);  // V2-Lite decode
     auto in = random_inputs(c, 20);
-    run_attention(c, in.q, in.k, in.v);
+    const int threads_before = num_threads();
+    for (int threads : {1, 3}) {  // one part of 640 keys, three merged parts
+      set_num_threads(threads);
+      run_attention(c, in.q, in.k, in.v);
+    }
+    set_num_threads(threads_before);
     c = absorbed_mla_case(3, 700, 697, 16, 64, 16, 2);  // 48 rows, 3 chunks
     in = random_inputs(c, 21);
     run_attention(c, in.q, in.k, in.v);

@@ -196,7 +196,7 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
   const int64_t R = s.n_q_tokens * s.n_heads, chunks = (R + kLanes - 1) / kLanes;
   // Keys past the last query's position are visible to no row.
   const int64_t keys = std::min(s.n_kv_tokens, s.q_pos0 + s.n_q_tokens);
-  const int64_t n_threads =
+  const int64_t n_parts =  // key ranges, one per thread
       omp_in_parallel()
           ? 1
           : std::clamp<int64_t>(keys / kMinKeysPerThread, 1,
@@ -214,26 +214,28 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
   }
   // Per thread and chunk: o [kLanes][v_dim], then m and sum [kLanes] each.
   const int64_t part = kLanes * (s.v_dim + 2);
-  parts.resize(n_threads * chunks * part);
+  parts.resize(n_parts * chunks * part);
   float* parts_data = parts.data();
   const float* qt_data = qt.data();
   const int64_t* visible_data = n_visible.data();
-#pragma omp parallel num_threads(static_cast <int>(n_threads)) if (n_threads > 1)
+#pragma omp parallel num_threads(static_cast <int>(n_parts)) if (n_parts > 1)
   {
-    const int64_t th = omp_get_thread_num();
-    const int64_t s0 = keys * th / n_threads, s1 = keys * (th + 1) / n_threads;
-    for (int64_t c = 0; c < chunks; c++) {
-      float* o = parts_data + (th * chunks + c) * part;
-      const ChunkTask task{qt_data + c * s.qk_dim * kLanes,
-                           visible_data + c * kLanes,
-                           k,
-                           v,
-                           s0,
-                           s1,
-                           o,
-                           o + kLanes * s.v_dim,
-                           o + kLanes * (s.v_dim + 1)};
-      RunChunk(s, task);
+    // Part th covers keys [s0, s1); a smaller team than asked for takes several parts each.
+    for (int64_t th = omp_get_thread_num(); th < n_parts; th += omp_get_num_threads()) {
+      const int64_t s0 = keys * th / n_parts, s1 = keys * (th + 1) / n_parts;
+      for (int64_t c = 0; c < chunks; c++) {
+        float* o = parts_data + (th * chunks + c) * part;
+        const ChunkTask task{qt_data + c * s.qk_dim * kLanes,
+                             visible_data + c * kLanes,
+                             k,
+                             v,
+                             s0,
+                             s1,
+                             o,
+                             o + kLanes * s.v_dim,
+                             o + kLanes * (s.v_dim + 1)};
+        RunChunk(s, task);
+      }
     }
   }
   // Merge: weights exp(m_t - M) per thread's part (0 for parts without a visible key).
@@ -241,17 +243,17 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
     const int64_t c = r / kLanes, l = r % kLanes;
     auto part_of = [&](int64_t th) { return parts_data + (th * chunks + c) * part; };
     float max_all = -INFINITY;
-    for (int64_t th = 0; th < n_threads; th++)
+    for (int64_t th = 0; th < n_parts; th++)
       max_all = std::max(max_all, part_of(th)[kLanes * s.v_dim + l]);
     float weight[kMaxThreads], total = 0.0f;
-    for (int64_t th = 0; th < n_threads; th++) {
+    for (int64_t th = 0; th < n_parts; th++) {
       const float m = part_of(th)[kLanes * s.v_dim + l];
       weight[th] = m == -INFINITY ? 0.0f : std::exp(m - max_all);
       total += weight[th] * part_of(th)[kLanes * (s.v_dim + 1) + l];
     }
     float* out_r = out + r * s.out_head_stride;  // (loops over j: they vectorize)
     std::fill_n(out_r, s.v_dim, 0.0f);
-    for (int64_t th = 0; th < n_threads; th++) {
+    for (int64_t th = 0; th < n_parts; th++) {
       const float* o = part_of(th) + l * s.v_dim;
       for (int64_t j = 0; j < s.v_dim; j++) out_r[j] += weight[th] * o[j];
     }
