@@ -196,7 +196,7 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
   const int64_t R = s.n_q_tokens * s.n_heads, chunks = (R + kLanes - 1) / kLanes;
   // Keys past the last query's position are visible to no row.
   const int64_t keys = std::min(s.n_kv_tokens, s.q_pos0 + s.n_q_tokens);
-  const int64_t n_parts =  // key ranges, one per thread
+  const int64_t n_parts =  // key ranges, one per thread (at least kMinKeysPerThread keys each)
       omp_in_parallel()
           ? 1
           : std::clamp<int64_t>(keys / kMinKeysPerThread, 1,
@@ -212,7 +212,7 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
       qt[(c * s.qk_dim + d) * kLanes + l] = q[r * s.q_head_stride + d];
     n_visible[c * kLanes + l] = std::min(s.n_kv_tokens, s.q_pos0 + r / s.n_heads + 1);
   }
-  // Per thread and chunk: o [kLanes][v_dim], then m and sum [kLanes] each.
+  // Per part and chunk: o [kLanes][v_dim], then m and sum [kLanes] each.
   const int64_t part = kLanes * (s.v_dim + 2);
   parts.resize(n_parts * chunks * part);
   float* parts_data = parts.data();
@@ -238,7 +238,7 @@ void shared_kv_attention(float* out, const float* q, const float* k, const float
       }
     }
   }
-  // Merge: weights exp(m_t - M) per thread's part (0 for parts without a visible key).
+  // Merge: weights exp(m_t - M) per part (0 for parts without a visible key).
   for (int64_t r = 0; r < R; r++) {
     const int64_t c = r / kLanes, l = r % kLanes;
     auto part_of = [&](int64_t th) { return parts_data + (th * chunks + c) * part; };
