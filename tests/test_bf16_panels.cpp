@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <random>
 #include <vector>
 
@@ -45,12 +46,14 @@ Case make_case(std::mt19937& rng, Dims d, int64_t M) {
   return c;
 }
 
-// Runs body(portable) with the bf16 kernels' fast path on, then forced off.
+// Runs body(case, dims, M, portable) for every kDims x Ms case, with the bf16 kernels' fast
+// path on, then forced off.
 template <class Body>
-void for_both_paths(Body body) {
+void for_each_case(std::mt19937& rng, std::initializer_list<int64_t> Ms, Body body) {
   for (const bool portable : {false, true}) {
     cpu::gemm_bf16_force_portable(portable);
-    body(portable);
+    for (const Dims d : kDims)
+      for (const int64_t M : Ms) body(make_case(rng, d, M), d, M, portable);
   }
   cpu::gemm_bf16_force_portable(false);
 }
@@ -83,21 +86,14 @@ TEST(Bf16Panels, LayoutHoldsTheRowsElements) {
 
 TEST(Bf16Panels, GemmGivesTheBitsOfTheRowGemm) {
   std::mt19937 rng(2);
-  for_both_paths([&](bool portable) {
-    for (const Dims d : kDims) {
-      for (const int64_t M : {1, 3, 8, 13, 40}) {
-        const Case c = make_case(rng, d, M);
-        std::vector<float> expected(M * d.rows), got(M * d.rows);
-        cpu::gemm_bf16_weights(expected.data(), c.x.data(), M,
-                               reinterpret_cast<const uint16_t*>(c.rows.data.data()), d.rows,
-                               d.cols, d.cols);
-        cpu::gemm_bf16_panels(got.data(), c.x.data(), M,
-                              reinterpret_cast<const uint16_t*>(c.panels.data.data()), d.rows,
-                              d.cols);
-        EXPECT_EQ(got, expected) << M << " x " << d.rows << " x " << d.cols << " portable "
-                                 << portable;
-      }
-    }
+  for_each_case(rng, {1, 3, 8, 13, 40}, [](const Case& c, Dims d, int64_t M, bool portable) {
+    std::vector<float> expected(M * d.rows), got(M * d.rows);
+    cpu::gemm_bf16_weights(expected.data(), c.x.data(), M,
+                           reinterpret_cast<const uint16_t*>(c.rows.data.data()), d.rows, d.cols,
+                           d.cols);
+    cpu::gemm_bf16_panels(got.data(), c.x.data(), M,
+                          reinterpret_cast<const uint16_t*>(c.panels.data.data()), d.rows, d.cols);
+    EXPECT_EQ(got, expected) << M << " x " << d.rows << " x " << d.cols << " portable " << portable;
   });
 }
 
@@ -105,28 +101,23 @@ TEST(Bf16Panels, GemmGivesTheBitsOfTheRowGemm) {
 // on rows: the products are the same exact bf16 products, summed in another order.
 TEST(Bf16Panels, ProductsFollowTheRowLayout) {
   std::mt19937 rng(3);
-  for_both_paths([&](bool portable) {
-    for (const Dims d : kDims) {
-      for (const int64_t M : {1, 2, 5, 9, 33}) {
-        const Case c = make_case(rng, d, M);
-        std::vector<float> expected(M * d.rows), got(M * d.rows);
-        std::vector<float> expected_rows(M * d.rows), got_rows(M * d.rows);
-        cpu::quant_linear_forward(expected.data(), c.x.data(), c.rows, M);
-        cpu::quant_linear_forward(got.data(), c.x.data(), c.panels, M);
-        cpu::quant_linear_forward_rows(expected_rows.data(), c.x.data(), c.rows, M);
-        cpu::quant_linear_forward_rows(got_rows.data(), c.x.data(), c.panels, M);
-        for (int64_t i = 0; i < M * d.rows; i++) {
-          // sum |x w| bounds both float32 sums' rounding: K u |x| |w|, generously.
-          double magnitude = 0;
-          const int64_t m = i / d.rows, n = i % d.rows;
-          for (int64_t k = 0; k < d.cols; k++)
-            magnitude += std::fabs(c.x[m * d.cols + k] * c.w[n * d.cols + k]);
-          const double bound = 1e-6 * (d.cols + 2) * magnitude + 1e-30;
-          ASSERT_NEAR(got[i], expected[i], bound)
-              << i << " M " << M << " " << d.rows << " x " << d.cols << " portable " << portable;
-          ASSERT_NEAR(got_rows[i], expected_rows[i], bound) << i;
-        }
-      }
+  for_each_case(rng, {1, 2, 5, 9, 33}, [](const Case& c, Dims d, int64_t M, bool portable) {
+    std::vector<float> expected(M * d.rows), got(M * d.rows);
+    std::vector<float> expected_rows(M * d.rows), got_rows(M * d.rows);
+    cpu::quant_linear_forward(expected.data(), c.x.data(), c.rows, M);
+    cpu::quant_linear_forward(got.data(), c.x.data(), c.panels, M);
+    cpu::quant_linear_forward_rows(expected_rows.data(), c.x.data(), c.rows, M);
+    cpu::quant_linear_forward_rows(got_rows.data(), c.x.data(), c.panels, M);
+    for (int64_t i = 0; i < M * d.rows; i++) {
+      // sum |x w| bounds both float32 sums' rounding: K u |x| |w|, generously.
+      double magnitude = 0;
+      const int64_t m = i / d.rows, n = i % d.rows;
+      for (int64_t k = 0; k < d.cols; k++)
+        magnitude += std::fabs(c.x[m * d.cols + k] * c.w[n * d.cols + k]);
+      const double bound = 1e-6 * (d.cols + 2) * magnitude + 1e-30;
+      ASSERT_NEAR(got[i], expected[i], bound)
+          << i << " M " << M << " " << d.rows << " x " << d.cols << " portable " << portable;
+      ASSERT_NEAR(got_rows[i], expected_rows[i], bound) << i;
     }
   });
 }

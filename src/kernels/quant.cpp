@@ -301,7 +301,7 @@ void convert_rows_to_panels(const float* w, int64_t row_begin, int64_t n_rows, Q
     for (int64_t r = r0; r < r1; r++) {
       const float* src = w + (r - row_begin) * cols;
       uint16_t* row0 = dst + bf16_panel_index(m.rows, cols, r, 0);
-      const size_t pair_stride = 2 * kPanelLanes * panel_group_panels(m.rows, g * kPanelGroupRows);
+      const size_t pair_stride = bf16_panel_pair_stride(m.rows, r);
       for (int64_t k = 0; k < cols; k++)
         row0[static_cast<size_t>(k / 2) * pair_stride + k % 2] = f32_to_bf16(src[k]);
     }
@@ -360,8 +360,7 @@ void dequantize_matrix_row(const QuantMatrix& m, int64_t r, float* y) {
   if (!m.panels) return dequantize_row(m.format, m.row(r), y, m.cols);
   const auto* bits = reinterpret_cast<const uint16_t*>(m.data.data());
   const size_t first = bf16_panel_index(m.rows, m.cols, r, 0);
-  const size_t pair_stride =
-      2 * kPanelLanes * panel_group_panels(m.rows, r / kPanelGroupRows * kPanelGroupRows);
+  const size_t pair_stride = bf16_panel_pair_stride(m.rows, r);
   for (int64_t k = 0; k < m.cols; k++)
     y[k] = bf16_to_f32(bits[first + static_cast<size_t>(k / 2) * pair_stride + k % 2]);
 }

@@ -76,13 +76,18 @@ inline int64_t panel_group_panels(int64_t rows, int64_t row0) {
   const int64_t panels = (rows - row0 + kPanelLanes - 1) / kPanelLanes;
   return panels < kPanelGroupRows / kPanelLanes ? panels : kPanelGroupRows / kPanelLanes;
 }
+// 16-bit units from one k pair of row r to the next (the words of its group's panels).
+inline size_t bf16_panel_pair_stride(int64_t rows, int64_t r) {
+  const int64_t row0 = r / kPanelGroupRows * kPanelGroupRows;
+  return static_cast<size_t>(2 * kPanelLanes * panel_group_panels(rows, row0));
+}
 // The bf16 element (r, k) of a [rows, cols] panel matrix, as an index of 16-bit units.
 inline size_t bf16_panel_index(int64_t rows, int64_t cols, int64_t r, int64_t k) {
-  const int64_t group = r / kPanelGroupRows, row0 = group * kPanelGroupRows;
-  const int64_t pairs = (cols + 1) / 2, panels = panel_group_panels(rows, row0);
-  const int64_t word =
-      group * pairs * kPanelGroupRows + (k / 2) * panels * kPanelLanes + (r - row0);
-  return static_cast<size_t>(2 * word + k % 2);
+  const int64_t group = r / kPanelGroupRows, pairs = (cols + 1) / 2;
+  const size_t row_start =
+      static_cast<size_t>(2 * (group * pairs * kPanelGroupRows + (r - group * kPanelGroupRows)));
+  return row_start + static_cast<size_t>(k / 2) * bf16_panel_pair_stride(rows, r) +
+         static_cast<size_t>(k % 2);
 }
 
 // A QuantMatrix row in a block format holds the bytes of its llama.cpp blocks reordered: the nb

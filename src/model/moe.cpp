@@ -55,6 +55,29 @@ void find_active_experts(const std::vector<int64_t>& offsets, std::vector<int64_
     if (offsets[e + 1] > offsets[e]) active.push_back(static_cast<int64_t>(e));
 }
 
+// out[token of assignment i] += weight[flat i] * rows[i] (weight null: += rows[i]), in
+// assignment order, so that each element's sum has a fixed order; threads split the columns.
+void scatter_add(const std::vector<int64_t>& assignment, int64_t K, int64_t H, const float* rows,
+                 const float* weight, float* out) {
+  const auto n_assigned = static_cast<int64_t>(assignment.size());
+#pragma omp parallel if (n_assigned * H > (1 << 18))
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t h0 = H * t / n_threads, h1 = H * (t + 1) / n_threads;
+    for (int64_t i = 0; i < n_assigned; i++) {
+      const int64_t flat = assignment[i];
+      float* dst = out + (flat / K) * H;
+      const float* src = rows + i * H;
+      if (weight != nullptr) {
+        const float w = weight[flat];
+        for (int64_t h = h0; h < h1; h++) dst[h] += w * src[h];
+      } else {
+        for (int64_t h = h0; h < h1; h++) dst[h] += src[h];
+      }
+    }
+  }
+}
+
 // Whether running whole experts on different threads pays: several experts and enough work.
 bool parallel_experts(const std::vector<int64_t>& active, int64_t n_assigned, int64_t hidden,
                       int64_t width) {
@@ -162,19 +185,7 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
                   count, H, I, a.experts[e]);
     }
   }
-  // Scatter back with the gate weights, in assignment order; threads split the hidden columns.
-#pragma omp parallel if (n_assigned * H > (1 << 18))
-  {
-    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t h0 = H * t / n_threads, h1 = H * (t + 1) / n_threads;
-    for (int64_t i = 0; i < n_assigned; i++) {
-      const int64_t flat = a.assignment[i];
-      const float w = a.routing.weight[flat];
-      float* dst = out + (flat / K) * H;
-      const float* src = a.y_sorted.data() + i * H;
-      for (int64_t h = h0; h < h1; h++) dst[h] += w * src[h];
-    }
-  }
+  scatter_add(a.assignment, K, H, a.y_sorted.data(), a.routing.weight.data(), out);
 }
 
 void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, const float* x,
@@ -208,17 +219,7 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
                  dy_sorted.get() + begin * H, dx_sorted.get() + begin * H, count, H, I,
                  a.experts[e]);
   }
-  // Scatter back in assignment order (a fixed order per element); threads split the columns.
-#pragma omp parallel if (n_assigned * H > (1 << 18))
-  {
-    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t h0 = H * t / n_threads, h1 = H * (t + 1) / n_threads;
-    for (int64_t i = 0; i < n_assigned; i++) {
-      float* dst = dx + (a.assignment[i] / K) * H;
-      const float* src = dx_sorted.get() + i * H;
-      for (int64_t h = h0; h < h1; h++) dst[h] += src[h];
-    }
-  }
+  scatter_add(a.assignment, K, H, dx_sorted.get(), nullptr, dx);
   route_backward(c, moe, g, x, a.routing, dweight.data(),
                  a.aux_dscores.empty() ? nullptr : a.aux_dscores.data(), dx, n_tokens);
 }

@@ -11,11 +11,6 @@
 namespace dsmoe {
 namespace {
 
-// The gating products run in float32 whatever the matmul precision (cpu::linear_forward_f32):
-// DeepSeek-V3's low-precision training keeps the MoE gating (with embedding, output head, norms
-// and attention) at higher precision, since expert selection turns small score errors into
-// different experts.
-
 // Indices of the k largest values (ties: lower index first), best first.
 void top_k_indices(const float* values, int64_t n, int64_t k, int32_t* out) {
   std::vector<int32_t> order(n);
@@ -163,6 +158,10 @@ void route_tokens(const ModelConfig& c, const MoeWeights& moe, const float* x, i
   r.weight.resize(n_tokens * k);
   r.dropped.clear();
   r.n_dropped = 0;
+  // The gating products run in float32 whatever the matmul precision (here and in
+  // route_backward): DeepSeek-V3's low-precision training keeps the MoE gating (with embedding,
+  // output head, norms and attention) at higher precision, since expert selection turns small
+  // score errors into different experts.
   cpu::linear_forward_f32(r.scores.data(), x, moe.gate.data, n_tokens, c.hidden_size, n_experts);
   const bool noisy = training != nullptr && c.noisy_gating;
   r.noise.clear();
