@@ -47,9 +47,11 @@ def main():
         (ts or tt).get("torch", "-"), (ts or tt).get("omp_wait_policy", "-")))
     print("- OPENBLAS_CORETYPE: {} (both engines)".format(ref.get("openblas_coretype") or
                                                          "unset, the CPU's own kernels"))
-    print("- read bandwidth {} GB/s; GEMMs: fp32 sgemm {} GFLOP/s, bf16 {} GFLOP/s, int8 {} GOP/s; "
-          "instruction peaks: fp32 FMA {}, bf16 dot {}, int8 dot {}\n".format(
-        num(ref.get("read_bandwidth_bytes_per_s", 0) / 1e9 or None),
+    print("- read bandwidth (median of the probes around each run's decodes) {} GB/s; GEMMs: fp32 "
+          "sgemm {} GFLOP/s, bf16 {} GFLOP/s, int8 {} GOP/s; instruction peaks: fp32 FMA {}, "
+          "bf16 dot {}, int8 dot {}\n".format(
+        " / ".join("{} {}".format(w, num(j.get("read_bandwidth_bytes_per_s", 0) / 1e9 or None))
+                   for w, j in ds.items()),
         num(ref.get("fp32_peak_flops_per_s", 0) / 1e9 or None),
         num(ref.get("bf16_peak_flops_per_s", 0) / 1e9 or None),
         num(ref.get("int8_peak_ops_per_s", 0) / 1e9 or None),
@@ -60,18 +62,20 @@ def main():
     print("## infer-lite8 ({} / {}, median of the repetitions, tokens/s)\n".format(pp, tg))
     print("| weights | dsmoe {0} | dsmoe {1} | target {0} / {1} | llama.cpp {0} / {1} "
           "| PyTorch {0} / {1} | vs llama.cpp pp / tg | vs PyTorch pp / tg "
-          "| tg of roofline | pp of peak | active MB/token | peak RSS GiB |".format(pp, tg))
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| tg of roofline | read GB/s | pp of peak | active MB/token | peak RSS GiB |".format(pp, tg))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for w, j in ds.items():
         t = ts if w == "bf16" else {}
         lp, lt = LLAMA_CPP[w]
         dp, dd = j.get("prefill_tokens_per_s"), j.get("decode_tokens_per_s")
-        print("| {} | {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} |".format(
+        print("| {} | {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |".format(
             w, num(dp), num(dd), TARGET[w][0], TARGET[w][1], lp, lt,
             num(t.get("prefill_tokens_per_s")), num(t.get("decode_tokens_per_s")),
             ratio(dp, lp), ratio(dd, lt),
             ratio(dp, t.get("prefill_tokens_per_s")), ratio(dd, t.get("decode_tokens_per_s")),
-            pct(j.get("decode_fraction_of_roofline")), pct(j.get("prefill_fraction_of_peak")),
+            pct(j.get("decode_fraction_of_roofline")),
+            num(j.get("read_bandwidth_bytes_per_s", 0) / 1e9 or None),
+            pct(j.get("prefill_fraction_of_peak")),
             num(j.get("active_bytes_per_token", 0) / 1e6 or None),
             num(j.get("peak_rss_bytes", 0) / 2**30 or None, "{:.2f}")))
     dt16 = load(d, "dsmoe-train-s-bf16")

@@ -102,6 +102,46 @@ TEST(BenchCli, JsonF32WithTraining) {
   EXPECT_EQ(j["active_bytes_per_token"].get<int64_t>(),
             4 * j["config"]["active_params_per_token"].get<int64_t>());
   EXPECT_LT(j["active_bytes_per_token"].get<int64_t>(), j["weight_bytes"].get<int64_t>());
+  // The bandwidth is probed around each decode repetition; each one's fraction of roofline is
+  // its tokens/s over (the mean of its two probes / active bytes), and the reported one their
+  // median (of 2: the mean).
+  EXPECT_EQ(j["bandwidth_probe_when"], "before and after each decode repetition");
+  const nlohmann::json& bandwidth = j["decode"]["read_bandwidth_bytes_per_s"];
+  const nlohmann::json& fraction = j["decode"]["fraction_of_roofline"];
+  ASSERT_EQ(bandwidth.size(), 2u);
+  ASSERT_EQ(fraction.size(), 2u);
+  const double active = j["active_bytes_per_token"].get<double>();
+  for (size_t rep = 0; rep < 2; rep++)
+    EXPECT_NEAR(
+        fraction[rep].get<double>(),
+        4.0 / j["decode"]["seconds"][rep].get<double>() * active / bandwidth[rep].get<double>(),
+        1e-9 * fraction[rep].get<double>());
+  EXPECT_NEAR(j["decode_fraction_of_roofline"].get<double>(),
+              0.5 * (fraction[0].get<double>() + fraction[1].get<double>()), 1e-12);
+  EXPECT_NEAR(j["read_bandwidth_bytes_per_s"].get<double>(),
+              0.5 * (bandwidth[0].get<double>() + bandwidth[1].get<double>()), 1.0);
+}
+
+// Without decode the bandwidth is probed after the model work; with it, the probe's matrix
+// (here 64 MiB) is not counted in the peak RSS of the model work (the tiny model needs ~30 MiB).
+TEST(BenchCli, BandwidthProbeWhenAndPeakRss) {
+  const std::string common =
+      "bench --model " + kModel + " --prompt 8 --reps 1 --peak-size small --threads 2 --json";
+  const RunResult no_decode_run = run(common + " --decode 0 --bandwidth-mib 16", false);
+  ASSERT_EQ(no_decode_run.exit_code, 0) << no_decode_run.output;
+  const nlohmann::json no_decode = nlohmann::json::parse(no_decode_run.output);
+  EXPECT_EQ(no_decode["bandwidth_probe_when"], "after the model work");
+  expect_positive(no_decode, "read_bandwidth_bytes_per_s");
+  EXPECT_FALSE(no_decode.contains("decode_fraction_of_roofline"));
+  const RunResult decode_run = run(common + " --decode 4 --bandwidth-mib 64", false);
+  ASSERT_EQ(decode_run.exit_code, 0) << decode_run.output;
+  const nlohmann::json j = nlohmann::json::parse(decode_run.output);
+  EXPECT_EQ(j["bandwidth_probe_bytes"].get<int64_t>(), int64_t{64} << 20);
+#if !defined(__SANITIZE_ADDRESS__)  // ASan holds freed memory in its quarantine
+  if (!j.contains("peak_rss_includes_bandwidth_probe")) {
+    EXPECT_LT(j["peak_rss_bytes"].get<int64_t>(), int64_t{60} << 20);
+  }
+#endif
 }
 
 TEST(BenchCli, JsonQ8_0WithoutTraining) {

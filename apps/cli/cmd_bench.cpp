@@ -2,13 +2,17 @@
 // prefill / decode / training tokens/s, peak RSS, and the machine's roofline measured in the
 // same run (see runtime/bench.h for what each number means).
 #include <fmt/format.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "apps/cli/commands.h"
 #include "apps/cli/common.h"
@@ -73,6 +77,37 @@ nlohmann::json rep_json(const RepTimes& t, double tokens) {
           {"best_tokens_per_s", tokens / t.best()}};
 }
 
+// The read-bandwidth probe's matrix size: --bandwidth-mib, at most a quarter of MemAvailable.
+int64_t bandwidth_probe_bytes(const BenchArgs& a) {
+  const int64_t cap = available_memory_bytes() / 4;
+  const int64_t bytes = a.bandwidth_mib << 20;
+  if (cap > 0 && bytes > cap) {
+    log_info("bandwidth probe capped to {} MiB by free memory", cap >> 20);
+    return cap;
+  }
+  return bytes;
+}
+
+// The median of values (mean of the middle two for an even count).
+double median_of(std::vector<double> values) { return RepTimes{std::move(values)}.median(); }
+
+// Decode against the bandwidth of its own repetition: `probed` holds the read bandwidth before
+// and after each one (bytes/s); their mean over active bytes per token is its roofline.
+void add_decode_roofline(const RepTimes& decode, int64_t n_decode, int64_t active_bytes,
+                         const std::vector<double>& probed, nlohmann::json& out) {
+  std::vector<double> bandwidth, fraction;  // per decode repetition
+  for (size_t rep = 0; rep < decode.seconds.size(); rep++) {
+    bandwidth.push_back(0.5 * (probed[2 * rep] + probed[2 * rep + 1]));
+    const double tokens_per_s = static_cast<double>(n_decode) / decode.seconds[rep];
+    fraction.push_back(tokens_per_s * static_cast<double>(active_bytes) / bandwidth.back());
+  }
+  out["decode"]["read_bandwidth_bytes_per_s"] = bandwidth;
+  out["decode"]["fraction_of_roofline"] = fraction;
+  out["read_bandwidth_bytes_per_s"] = median_of(bandwidth);
+  out["decode_fraction_of_roofline"] = median_of(fraction);
+  out["bandwidth_probe_when"] = "before and after each decode repetition";
+}
+
 int run_bench(const BenchArgs& a) {
   const std::optional<WeightFormat> format = parse_weight_format(a.weights);
   DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", a.weights);
@@ -85,10 +120,17 @@ int run_bench(const BenchArgs& a) {
   if (a.json) log_level() = LogLevel::kQuiet;
   const MachineInfo machine = machine_info();
   nlohmann::json out;
+  const bool small = a.peak_size == "small";
+  const int probe_reps = small ? 2 : 5;
 
   double decode_tps = 0, prefill_tps = 0, train_tps = 0;
   double prefill_flops = 0, train_flops = 0;
-  int64_t active_bytes = 0;
+  int64_t active_bytes = 0, model_peak_rss = 0;
+  // Decode's bandwidth, probed right before and right after each repetition (its mean is that
+  // repetition's bandwidth): the probe at the end of the run can read +-20% off on this VM.
+  std::unique_ptr<BandwidthProbe> probe;
+  std::vector<double> probed;  // bytes/s, two per decode repetition
+  bool rss_reset = true;
   ModelConfig c;
   {
     Model model = load_inference_model(a.model_dir, a.weights);
@@ -107,7 +149,22 @@ int run_bench(const BenchArgs& a) {
     out["active_bytes_per_token"] = active_bytes;
     out["weight_bytes"] = weight_bytes(c, model.mutable_weights());
 
-    const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps);
+    std::function<void()> beside_decode;
+    if (!a.no_roofline && a.decode > 0)
+      beside_decode = [&] {
+        if (probe == nullptr) {  // the model's peak before the probe's matrix adds to it
+          model_peak_rss = peak_rss_bytes();
+          probe = std::make_unique<BandwidthProbe>(bandwidth_probe_bytes(a));
+        }
+        probed.push_back(probe->measure(probe_reps));
+      };
+    const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps, beside_decode);
+    if (probe != nullptr) {
+      out["bandwidth_probe_bytes"] = probe->bytes();
+      probe.reset();
+      malloc_trim(0);  // main() keeps freed memory in the heap; give the probe's pages back
+      rss_reset = reset_peak_rss();
+    }
     out["prefill"] = rep_json(inf.prefill, static_cast<double>(a.prompt));
     prefill_tps = a.prompt / inf.prefill.median();
     out["prefill_tokens_per_s"] = prefill_tps;
@@ -120,6 +177,7 @@ int run_bench(const BenchArgs& a) {
       out["decode_tokens_per_s"] = decode_tps;
       out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
     }
+    if (!probed.empty()) add_decode_roofline(inf.decode, a.decode, active_bytes, probed, out);
     if (a.train) {
       const RepTimes t = measure_train(
           model, a.batch, a.seq, a.reps, a.train_warmup,
@@ -132,28 +190,26 @@ int run_bench(const BenchArgs& a) {
       train_flops = train_flops_per_token(c, active_params, a.seq);
       out["train_flops_per_token"] = train_flops;
     }
-    // Peak RSS of the model work, taken before the probes allocate their matrices.
-    out["peak_rss_bytes"] = peak_rss_bytes();
+    // Peak RSS of the model work, without the probes' matrices (where the kernel lets the peak
+    // be reset after the decode probe's; otherwise it is counted, and said so).
+    out["peak_rss_bytes"] = std::max(model_peak_rss, peak_rss_bytes());
+    if (!rss_reset) out["peak_rss_includes_bandwidth_probe"] = true;
   }  // the model is freed here: the probes get the memory
 
   if (!a.no_roofline) {
-    const bool small = a.peak_size == "small";
-    const int probe_reps = small ? 2 : 5;
-    const int64_t cap = available_memory_bytes() / 4;
-    int64_t bw_bytes = a.bandwidth_mib << 20;
-    if (cap > 0 && bw_bytes > cap) {
-      log_info("bandwidth probe capped to {} MiB by free memory", cap >> 20);
-      bw_bytes = cap;
-    }
+    const int64_t bw_bytes = bandwidth_probe_bytes(a);
     log_info("roofline probes ({} MiB bf16 matrix-vector, {} peaks)...", bw_bytes >> 20,
              a.peak_size);
-    const double bandwidth = probe_read_bandwidth(bw_bytes, probe_reps);
+    if (probed.empty()) {  // no decode measured: the bandwidth of the end of the run
+      out["read_bandwidth_bytes_per_s"] = probe_read_bandwidth(bw_bytes, probe_reps);
+      out["bandwidth_probe_bytes"] = bw_bytes;
+      out["bandwidth_probe_when"] = "after the model work";
+    }
+    const double bandwidth = out["read_bandwidth_bytes_per_s"].get<double>();
     const int64_t n = small ? 256 : 2048, m = small ? 32 : 256;
     const double fp32 = probe_fp32_sgemm(n, probe_reps);
     const double bf16 = probe_quant_peak(WeightFormat::kBF16, m, n, n, probe_reps);
     const double int8 = probe_quant_peak(WeightFormat::kQ8_0, m, n, n, probe_reps);
-    out["read_bandwidth_bytes_per_s"] = bandwidth;
-    out["bandwidth_probe_bytes"] = bw_bytes;
     out["fp32_peak_flops_per_s"] = fp32;
     out["fp32_peak_method"] = fmt::format("cpu::linear_forward (OpenBLAS sgemm) {}^3", n);
     out["bf16_peak_flops_per_s"] = bf16;
@@ -165,9 +221,7 @@ int run_bench(const BenchArgs& a) {
     out["fp32_fma_peak_flops_per_s"] = cpu::fp32_fma_peak(loop_iterations);
     out["bf16_dot_peak_flops_per_s"] = cpu::bf16_dot_peak(loop_iterations);
     out["int8_dot_peak_ops_per_s"] = cpu::int8_dot_peak(loop_iterations);
-    const double roofline = bandwidth / static_cast<double>(active_bytes);
-    out["decode_roofline_tokens_per_s"] = roofline;
-    if (a.decode > 0) out["decode_fraction_of_roofline"] = decode_tps / roofline;
+    out["decode_roofline_tokens_per_s"] = bandwidth / static_cast<double>(active_bytes);
     // The peak of the units the prefill of this weight format runs on.
     const double peak = *format == WeightFormat::kF32    ? fp32
                         : *format == WeightFormat::kBF16 ? bf16
@@ -231,10 +285,11 @@ int run_bench(const BenchArgs& a) {
                out["train_tokens_per_s_best"].get<double>(), frac("train_fraction_of_peak"));
   if (roof) {
     fmt::print(
-        "\nroofline: read {:.1f} GB/s -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
+        "\nroofline: read {:.1f} GB/s ({}) -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
         "(sgemm), bf16 {:.1f} GFLOP/s, int8 {:.1f} GOP/s (GEMMs); instruction peaks: fp32 FMA "
         "{:.1f}, bf16 dot {:.1f}, int8 dot {:.1f}\n",
         out["read_bandwidth_bytes_per_s"].get<double>() / 1e9,
+        out["bandwidth_probe_when"].get<std::string>(),
         out["decode_roofline_tokens_per_s"].get<double>(),
         out["fp32_peak_flops_per_s"].get<double>() / 1e9,
         out["bf16_peak_flops_per_s"].get<double>() / 1e9,

@@ -55,7 +55,7 @@ int64_t argmax(const Tensor& logits) {
 }  // namespace
 
 InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
-                                 uint64_t seed) {
+                                 const std::function<void()>& beside_decode, uint64_t seed) {
   const ModelConfig& c = model.config();
   DSMOE_CHECK(n_prompt >= 1, "--prompt must be at least 1, got {}", n_prompt);
   DSMOE_CHECK(n_prompt + n_decode <= c.max_position_embeddings,
@@ -73,6 +73,7 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
     Tensor logits = model.forward_cached(prompt.data(), n_prompt, cache.view());
     cache.advance(n_prompt);
     times.prefill.seconds.push_back(prefill_timer.seconds());
+    if (beside_decode) beside_decode();
     Timer decode_timer;
     for (int64_t i = 0; i < n_decode; i++) {
       const int64_t next = argmax(logits);
@@ -80,13 +81,14 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
       cache.advance(1);
     }
     times.decode.seconds.push_back(decode_timer.seconds());
+    if (beside_decode) beside_decode();
   }
   return times;
 }
 
-double probe_read_bandwidth(int64_t bytes, int reps) {
+BandwidthProbe::BandwidthProbe(int64_t bytes) {
   constexpr int64_t kCols = 4096;
-  QuantMatrix w;
+  QuantMatrix& w = matrix_;
   w.format = WeightFormat::kBF16;
   w.cols = kCols;
   w.row_bytes = weight_row_bytes(w.format, kCols);
@@ -98,17 +100,22 @@ double probe_read_bandwidth(int64_t bytes, int reps) {
   const uintptr_t end = (reinterpret_cast<uintptr_t>(w.data.data()) + total) & ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
   w.data.resize(total, 0x3c);  // every bf16 element 0x3c3c ~ 0.0115: finite, nonzero pages
-  std::vector<float> x(kCols, 0.5f);  // (K)
-  std::vector<float> y(w.rows);       // (N)
-  cpu::quant_linear_forward(y.data(), x.data(), w, 1);  // warm-up
-  const RepTimes times =
-      time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), w, 1); }, reps);
-  return static_cast<double>(total) / times.best();
 }
+
+double BandwidthProbe::measure(int reps) const {
+  std::vector<float> x(matrix_.cols, 0.5f);                   // (K)
+  std::vector<float> y(matrix_.rows);                         // (N)
+  cpu::quant_linear_forward(y.data(), x.data(), matrix_, 1);  // warm-up
+  const RepTimes times =
+      time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), matrix_, 1); }, reps);
+  return static_cast<double>(bytes()) / times.best();
+}
+
+double probe_read_bandwidth(int64_t bytes, int reps) { return BandwidthProbe(bytes).measure(reps); }
 
 double probe_fp32_sgemm(int64_t n, int reps) {
   std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);  // (n, n) each
-  cpu::linear_forward(c.data(), a.data(), b.data(), n, n, n);     // warm-up
+  cpu::linear_forward(c.data(), a.data(), b.data(), n, n, n);    // warm-up
   const RepTimes times =
       time_reps([&] { cpu::linear_forward(c.data(), a.data(), b.data(), n, n, n); }, reps);
   return 2.0 * n * n * n / times.best();
@@ -121,7 +128,7 @@ double probe_quant_peak(WeightFormat format, int64_t m, int64_t n, int64_t k, in
   const QuantMatrix w = quantize_matrix(w32.data(), n, k, format);
   std::vector<float> x(m * k);  // (m, k)
   for (float& v : x) v = rng.normal();
-  std::vector<float> y(m * n);  // (m, n)
+  std::vector<float> y(m * n);                          // (m, n)
   cpu::quant_linear_forward(y.data(), x.data(), w, m);  // warm-up
   const RepTimes times =
       time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), w, m); }, reps);
@@ -168,6 +175,13 @@ int64_t peak_rss_bytes() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux: kilobytes
+}
+
+bool reset_peak_rss() {
+  std::ofstream clear_refs("/proc/self/clear_refs");
+  clear_refs << "5";
+  clear_refs.flush();
+  return static_cast<bool>(clear_refs);
 }
 
 int64_t available_memory_bytes() {

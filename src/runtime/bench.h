@@ -27,17 +27,31 @@ RepTimes time_reps(const std::function<void()>& fn, int reps, int warmup = 0);
 // model.forward_cached (logits of the last position); decode: n_decode more tokens, one per
 // forward_cached call, each the greedy choice from the previous logits. Each repetition starts
 // from an empty cache; one untimed single-token call first pages the weights in.
+// beside_decode (if set) runs right before and right after each repetition's decode, outside
+// the timers: `dsmoe bench` probes the read bandwidth there, so that each decode is compared with
+// the bandwidth of its own minute (this VM's swings by +-20% within minutes).
 struct InferenceTimes {
   RepTimes prefill;  // seconds for n_prompt tokens
   RepTimes decode;   // seconds for n_decode tokens
 };
 InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
+                                 const std::function<void()>& beside_decode = {},
                                  uint64_t seed = 1234);
 
 // Read bandwidth in bytes/s as the issue defines it: a bf16 matrix of ~`bytes` bytes (4096
 // columns, hugepages requested) times one vector with cpu::quant_linear_forward at M = 1, which
 // splits the rows over the threads; best of `reps` products. bytes/s = matrix bytes / seconds.
-double probe_read_bandwidth(int64_t bytes, int reps);
+// The matrix is made once and measured as often as asked.
+class BandwidthProbe {
+ public:
+  explicit BandwidthProbe(int64_t bytes);
+  double measure(int reps) const;
+  int64_t bytes() const { return static_cast<int64_t>(matrix_.data.size()); }
+
+ private:
+  QuantMatrix matrix_;
+};
+double probe_read_bandwidth(int64_t bytes, int reps);  // BandwidthProbe(bytes).measure(reps)
 
 // fp32 peak in FLOP/s: cpu::linear_forward (OpenBLAS sgemm) of n x n x n, 2 n^3 FLOPs, best of
 // `reps`.
@@ -55,13 +69,16 @@ double probe_quant_peak(WeightFormat format, int64_t m, int64_t n, int64_t k, in
 // prefill of P tokens averages t over 1..P: t = (P + 1) / 2. A training step costs 3x its forward
 // (the backward pass computes two products per forward product). MTP modules are not counted.
 double attention_flops_per_token(const ModelConfig& config, double mean_context);
-double forward_flops_per_token(const ModelConfig& config, int64_t active_params,
-                               int64_t n_tokens);
+double forward_flops_per_token(const ModelConfig& config, int64_t active_params, int64_t n_tokens);
 double train_flops_per_token(const ModelConfig& config, int64_t active_params, int64_t seq_len);
 
 // Peak resident set size of this process in bytes (VmHWM of /proc/self/status, else
 // getrusage's ru_maxrss).
 int64_t peak_rss_bytes();
+// Sets the peak to the current resident set size (Linux >= 4.0: "5" into /proc/self/clear_refs),
+// so that memory freed since (a probe's matrix) leaves the next peak_rss_bytes(); false when the
+// kernel refuses.
+bool reset_peak_rss();
 // MemAvailable of /proc/meminfo in bytes (0 when unknown).
 int64_t available_memory_bytes();
 
