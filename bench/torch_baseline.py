@@ -236,7 +236,12 @@ def bench_inference(m, P, N, reps):
     prompt = torch.randint(0, m.c["vocab_size"], (1, P), generator=gen)
     pre_t, dec_t = [], []
     with torch.inference_mode():
-        m.forward(prompt[:, :1], cache={})  # pages the weights in
+        # Untimed warm-up, as dsmoe bench does: the prompt and one decode step (pages the weights
+        # in; the allocator grows to its working size).
+        cache = {}
+        logits = m.forward(prompt, cache=cache, last_only=True)
+        if N > 0:
+            m.forward(logits[:, -1].argmax(-1, keepdim=True), cache=cache, start=P)
         for _ in range(reps):
             cache = {}
             t = time.perf_counter()

@@ -149,16 +149,15 @@ int run_bench(const BenchArgs& a) {
     out["active_bytes_per_token"] = active_bytes;
     out["weight_bytes"] = weight_bytes(c, model.mutable_weights());
 
-    std::function<void()> beside_decode;
-    if (!a.no_roofline && a.decode > 0)
-      beside_decode = [&] {
-        if (probe == nullptr) {  // the model's peak before the probe's matrix adds to it
-          model_peak_rss = peak_rss_bytes();
-          probe = std::make_unique<BandwidthProbe>(bandwidth_probe_bytes(a));
-        }
-        probed.push_back(probe->measure(probe_reps));
+    InferenceHooks hooks;  // the decode probe's matrix is made after the warm-up
+    if (!a.no_roofline && a.decode > 0) {
+      hooks.after_warmup = [&] {
+        model_peak_rss = peak_rss_bytes();  // the model's peak, before the matrix adds to it
+        probe = std::make_unique<BandwidthProbe>(bandwidth_probe_bytes(a));
       };
-    const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps, beside_decode);
+      hooks.beside_decode = [&] { probed.push_back(probe->measure(probe_reps)); };
+    }
+    const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps, hooks);
     if (probe != nullptr) {
       out["bandwidth_probe_bytes"] = probe->bytes();
       probe.reset();

@@ -55,7 +55,7 @@ int64_t argmax(const Tensor& logits) {
 }  // namespace
 
 InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
-                                 const std::function<void()>& beside_decode, uint64_t seed) {
+                                 const InferenceHooks& hooks, uint64_t seed) {
   const ModelConfig& c = model.config();
   DSMOE_CHECK(n_prompt >= 1, "--prompt must be at least 1, got {}", n_prompt);
   DSMOE_CHECK(n_prompt + n_decode <= c.max_position_embeddings,
@@ -65,7 +65,18 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
   std::vector<int64_t> prompt(n_prompt);  // (P)
   for (int64_t& id : prompt) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
   KvCache cache(c, n_prompt + n_decode);
-  model.forward_cached(prompt.data(), 1, cache.view());  // pages the weights in, untimed
+  auto warm_up = [&] {  // the prompt and one decode step, untimed
+    cache.clear();
+    const Tensor logits = model.forward_cached(prompt.data(), n_prompt, cache.view());
+    cache.advance(n_prompt);
+    const int64_t next = argmax(logits);
+    if (n_decode > 0) model.forward_cached(&next, 1, cache.view());
+  };
+  warm_up();
+  if (hooks.after_warmup) {
+    hooks.after_warmup();
+    warm_up();  // the heap grows past what after_warmup allocated: first touches, untimed
+  }
   InferenceTimes times;
   for (int rep = 0; rep < reps; rep++) {
     cache.clear();
@@ -73,7 +84,7 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
     Tensor logits = model.forward_cached(prompt.data(), n_prompt, cache.view());
     cache.advance(n_prompt);
     times.prefill.seconds.push_back(prefill_timer.seconds());
-    if (beside_decode) beside_decode();
+    if (hooks.beside_decode) hooks.beside_decode();
     Timer decode_timer;
     for (int64_t i = 0; i < n_decode; i++) {
       const int64_t next = argmax(logits);
@@ -81,7 +92,7 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
       cache.advance(1);
     }
     times.decode.seconds.push_back(decode_timer.seconds());
-    if (beside_decode) beside_decode();
+    if (hooks.beside_decode) hooks.beside_decode();
   }
   return times;
 }

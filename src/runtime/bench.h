@@ -26,17 +26,24 @@ RepTimes time_reps(const std::function<void()>& fn, int reps, int warmup = 0);
 // Prefill: a prompt of n_prompt random ids (fixed seed) through a fresh KvCache with
 // model.forward_cached (logits of the last position); decode: n_decode more tokens, one per
 // forward_cached call, each the greedy choice from the previous logits. Each repetition starts
-// from an empty cache; one untimed single-token call first pages the weights in.
-// beside_decode (if set) runs right before and right after each repetition's decode, outside
-// the timers: `dsmoe bench` probes the read bandwidth there, so that each decode is compared with
-// the bandwidth of its own minute (this VM's swings by +-20% within minutes).
+// from an empty cache. An untimed warm-up first runs the prompt and one decode step: it pages
+// the weights in and grows the heap to its working size (fresh pages are zeroed on first touch:
+// the first 512-token Q8_0 prefill on infer-lite8 took 2.1 s, the later ones 0.9 s).
 struct InferenceTimes {
   RepTimes prefill;  // seconds for n_prompt tokens
   RepTimes decode;   // seconds for n_decode tokens
 };
+// Work `dsmoe bench` slots in, outside the timers:
+// - after_warmup: after the warm-up, which then runs again (what it allocates can take the heap
+//   memory the warm-up freed; the repetitions must not be the ones that touch fresh pages);
+// - beside_decode: right before and right after each repetition's decode. The bench probes the
+//   read bandwidth there, so that each decode is compared with the bandwidth of its own minute
+//   (this VM's swings by +-20% within minutes).
+struct InferenceHooks {
+  std::function<void()> after_warmup, beside_decode;
+};
 InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
-                                 const std::function<void()>& beside_decode = {},
-                                 uint64_t seed = 1234);
+                                 const InferenceHooks& hooks = {}, uint64_t seed = 1234);
 
 // Read bandwidth in bytes/s as the issue defines it: a bf16 matrix of ~`bytes` bytes (4096
 // columns, hugepages requested) times one vector with cpu::quant_linear_forward at M = 1, which
