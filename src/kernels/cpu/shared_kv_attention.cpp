@@ -108,22 +108,30 @@ DSMOE_AVX512 void ScoresNative(const AttentionShape& s, const ChunkTask& t, cons
 }
 
 // o[l][j0, j0 + 16) = rescale[l] * o[l][j0, j0 + 16) + the block's weighted values, for all 16
-// rows (columns past v_dim masked).
+// rows (columns past v_dim masked). The loops over the rows are unrolled by pragma: left to
+// GCC 12, it kept the 16 sums in registers but also stored them to the stack after every key,
+// which took twice the time (5.2% of Q4_0 decode at 512-768 tokens of context, now 2.5%).
 DSMOE_AVX512 void ValueColumns(const AttentionShape& s, const ChunkTask& t, const Block& b,
                                int64_t j0) {
   const __mmask16 mask =
       static_cast<__mmask16>((1u << std::min<int64_t>(kLanes, s.v_dim - j0)) - 1);
+  float* o = t.o + j0;
+  const float* v = t.v + b.b0 * s.v_token_stride + j0;
+  const int64_t v_dim = s.v_dim, v_stride = s.v_token_stride, n_keys = b.b1 - b.b0;
   __m512 acc[kLanes];
-  for (int64_t l = 0; l < kLanes; l++)
-    acc[l] = _mm512_mul_ps(_mm512_set1_ps(b.rescale[l]),
-                           _mm512_maskz_loadu_ps(mask, t.o + l * s.v_dim + j0));
-  for (int64_t key = b.b0; key < b.b1; key++) {
-    const __m512 v_row = _mm512_maskz_loadu_ps(mask, t.v + key * s.v_token_stride + j0);
-    const float* p_key = b.p + (key - b.b0) * kLanes;
-    for (int64_t l = 0; l < kLanes; l++)
+#pragma GCC unroll 16
+  for (int l = 0; l < kLanes; l++)
+    acc[l] =
+        _mm512_mul_ps(_mm512_set1_ps(b.rescale[l]), _mm512_maskz_loadu_ps(mask, o + l * v_dim));
+  for (int64_t i = 0; i < n_keys; i++) {
+    const __m512 v_row = _mm512_maskz_loadu_ps(mask, v + i * v_stride);
+    const float* p_key = b.p + i * kLanes;
+#pragma GCC unroll 16
+    for (int l = 0; l < kLanes; l++)
       acc[l] = _mm512_fmadd_ps(_mm512_set1_ps(p_key[l]), v_row, acc[l]);
   }
-  for (int64_t l = 0; l < kLanes; l++) _mm512_mask_storeu_ps(t.o + l * s.v_dim + j0, mask, acc[l]);
+#pragma GCC unroll 16
+  for (int l = 0; l < kLanes; l++) _mm512_mask_storeu_ps(o + l * v_dim, mask, acc[l]);
 }
 
 DSMOE_AVX512 void ValuesNative(const AttentionShape& s, const ChunkTask& t, const Block& b) {
