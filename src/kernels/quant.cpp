@@ -9,6 +9,7 @@
 
 #include "tensor/dtype.h"
 #include "util/check.h"
+#include "util/multiversion.h"
 
 namespace dsmoe {
 namespace {
@@ -71,13 +72,11 @@ int32_t round_half_away(float v) { return static_cast<int32_t>(v + std::copysign
 
 }  // namespace
 
-// The block functions are compiled for AVX-512 too (target_clones: the same operations, element
-// by element, so the same bits), where their loops vectorize: decode quantizes every product's
-// activations with quantize_block_q8_0, and loading a Q4_0 model was ~20% quantize_block_q4_0.
-#define DSMOE_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v4")))
-
+// The block functions are multi-versioned (their loops vectorize on AVX-512, same bits): decode
+// quantizes every product's activations with quantize_block_q8_0, and loading a Q4_0 model was
+// ~20% quantize_block_q4_0.
 // llama.cpp's quantize_row_q8_0_ref, per block: d = amax / 127, q = round(x / d).
-DSMOE_VECTOR_CLONES bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
+DSMOE_MULTIVERSION bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
   const uint32_t amax_bits = block_amax_bits(x);
   const std::optional<float> d =
       amax_bits < kExponentMask
@@ -97,7 +96,7 @@ DSMOE_VECTOR_CLONES bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
 // llama.cpp's quantize_row_q4_0_ref, per block: d = max / -8 with max the signed element of
 // largest magnitude (the first such, so max maps to nibble 0), nibble = (int)(x / d + 8.5)
 // clamped to 15; elements 0..15 go to the low nibbles, 16..31 to the high nibbles.
-DSMOE_VECTOR_CLONES bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
+DSMOE_MULTIVERSION bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
   constexpr int64_t kHalf = kQuantBlock / 2;
   const uint32_t amax_bits = block_amax_bits(x);
   float max = 0.0f;  // (+0 when every element is +-0)

@@ -14,6 +14,7 @@
 #include "kernels/cpu/shared_kv_attention.h"
 #include "kernels/quant.h"
 #include "kernels/ref/ops.h"
+#include "util/multiversion.h"
 
 namespace dsmoe::cpu {
 
@@ -64,9 +65,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               C, static_cast<int>(ldc));
 }
 
-__attribute__((target_clones("default", "arch=x86-64-v4"))) double dot_f64(const float* a,
-                                                                           const float* b,
-                                                                           int64_t n) {
+DSMOE_MULTIVERSION double dot_f64(const float* a, const float* b, int64_t n) {
   constexpr int64_t kLanes = 8;
   const int64_t n_blocked = n / kLanes * kLanes;
   double lane[kLanes] = {};
@@ -90,8 +89,8 @@ float row_rstd(const float* x, int64_t C, float eps) {
 }
 
 // dinp[C] += rstd * (dy * weight - xhat * mean(dy * weight * xhat)), xhat = x * rstd.
-__attribute__((target_clones("default", "arch=x86-64-v4"))) void rmsnorm_backward_row(
-    float* dinp, const float* dy, const float* x, const float* weight, float rstd, int64_t C) {
+DSMOE_MULTIVERSION void rmsnorm_backward_row(float* dinp, const float* dy, const float* x,
+                                             const float* weight, float rstd, int64_t C) {
   const int64_t n_blocked = C / kNormLanes * kNormLanes;
   double lane[kNormLanes] = {};
   for (int64_t c = 0; c < n_blocked; c += kNormLanes)
@@ -167,13 +166,13 @@ namespace {
 
 // Compiled also for AVX-512 and picked at load time (GCC function multi-versioning): the
 // elementwise loops run 16 lanes wide where the CPU allows, 4 (SSE2) elsewhere.
-__attribute__((target_clones("default", "arch=x86-64-v4"))) void silu_mul_forward_chunk(
-    float* out, const float* gate, const float* up, int64_t n) {
+DSMOE_MULTIVERSION void silu_mul_forward_chunk(float* out, const float* gate, const float* up,
+                                               int64_t n) {
   for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + exp_vectorizable(-gate[i])) * up[i];
 }
 
-__attribute__((target_clones("default", "arch=x86-64-v4"))) void silu_mul_backward_chunk(
-    float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+DSMOE_MULTIVERSION void silu_mul_backward_chunk(float* dgate, float* dup, const float* dout,
+                                                const float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; i++) {  // as ref::silu_mul_backward
     const float sigma = 1.0f / (1.0f + exp_vectorizable(-gate[i]));
     dup[i] = dout[i] * gate[i] * sigma;
@@ -201,8 +200,7 @@ inline float max_in_lanes(const float* x, int64_t n) {
 // In place: softmax over row[0, n_visible), zeros after (the causal mask). The max and the sum
 // are kept in kLanes partial results (so the loops vectorize at any width and the order of the
 // sum is fixed).
-__attribute__((target_clones("default", "arch=x86-64-v4"))) void masked_softmax_row(
-    float* row, int64_t n_visible, int64_t S) {
+DSMOE_MULTIVERSION void masked_softmax_row(float* row, int64_t n_visible, int64_t S) {
   constexpr int64_t kLanes = kRowLanes;
   const int64_t n_blocked = n_visible / kLanes * kLanes;
   const float max_score = max_in_lanes(row, n_visible);
@@ -236,9 +234,9 @@ void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n)
   }
 }
 
-__attribute__((target_clones("default", "arch=x86-64-v4"))) double cross_entropy_row(
-    const float* __restrict__ logits, int64_t n, int64_t target, float scale,
-    float* __restrict__ dlogits) {
+DSMOE_MULTIVERSION double cross_entropy_row(const float* __restrict__ logits, int64_t n,
+                                            int64_t target, float scale,
+                                            float* __restrict__ dlogits) {
   // Max, then the exponentials in float32 summed in double: kLanes partial results each, so that
   // the loops vectorize and the order of the sum is fixed.
   constexpr int64_t kLanes = kRowLanes;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/cpu/exp.h"
+#include "util/multiversion.h"
 
 namespace dsmoe::cpu {
 namespace {
@@ -148,8 +149,7 @@ bool HasAvx512() {
 // The online softmax over one block: the running maximum m moves to m' = max(m, the block's
 // visible scores); o and sum are to be scaled by exp(m - m') (0 while nothing was visible); the
 // block's scores become exp(score - m'), 0 where masked.
-__attribute__((target_clones("default", "arch=x86-64-v4"))) void SoftmaxBlock(const ChunkTask& t,
-                                                                              const Block& b) {
+DSMOE_MULTIVERSION void SoftmaxBlock(const ChunkTask& t, const Block& b) {
   float m[kLanes], block_sum[kLanes] = {};
   std::copy_n(t.max_score, kLanes, m);
   for (int64_t key = b.b0; key < b.b1; key++)
