@@ -11,7 +11,16 @@ packages=(
   libgtest-dev                # tests
   libhwy-dev                  # Highway: SIMD kernels with run-time dispatch
   gnuplot-nox                 # dsmoe report: training plots
+  libpcre2-dev                # tokenizer.json pre-tokenizer regexes (Unicode properties)
+  pybind11-dev python3-dev python3-numpy python3-pytest  # the Python module and its tests
+  libcpp-httplib-dev          # dsmoe serve: the HTTP server
+  openmpi-bin libopenmpi-dev  # expert / data parallelism over MPI
+  clang libclang-rt-14-dev    # libFuzzer targets (fuzz/)
+  nodejs                      # the OpenAI client in the server tests; tokenizer peer bench
 )
+# Debian's nodejs comes without npm (a separate package); NodeSource's carries its own npm and
+# conflicts with Debian's.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

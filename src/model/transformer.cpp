@@ -124,6 +124,37 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   return logits;
 }
 
+Tensor Model::forward_cached_batch(const std::vector<CachedStep>& steps) const {
+  // TODO(batched decode): one pass over the weights for all sequences. For now each sequence
+  // in turn; every new token alone when all its logits are asked for.
+  const int64_t V = config_.vocab_size;
+  int64_t n_rows = 0;
+  for (const CachedStep& step : steps) {
+    DSMOE_CHECK(step.cache != nullptr && step.ids != nullptr && step.n_tokens > 0,
+                "forward_cached_batch: a step without tokens or cache");
+    n_rows += step.all_logits ? step.n_tokens : 1;
+  }
+  Tensor logits = Tensor::zeros({n_rows, V});
+  float* out = logits.data;
+  for (const CachedStep& step : steps) {
+    KvCacheView& cache = *step.cache;
+    const int64_t n_past = cache.n_past;
+    if (step.all_logits) {
+      for (int64_t t = 0; t < step.n_tokens; t++, out += V) {
+        Tensor row = forward_cached(step.ids + t, 1, cache);
+        std::copy(row.data, row.data + V, out);
+        cache.n_past++;
+      }
+    } else {
+      Tensor row = forward_cached(step.ids, step.n_tokens, cache);
+      std::copy(row.data, row.data + V, out);
+      out += V;
+    }
+    cache.n_past = n_past;
+  }
+  return logits;
+}
+
 double next_token_loss_backward(const float* logits, const int64_t* ids, int64_t n_seqs,
                                 int64_t n_tokens, int64_t vocab_size, float* dlogits) {
   if (dlogits != nullptr)  // the last position of each sequence predicts nothing

@@ -34,6 +34,14 @@ struct KvCacheView {
   int64_t n_past = 0;          // tokens already stored
 };
 
+// One sequence's share of a batched cached forward (Model::forward_cached_batch).
+struct CachedStep {
+  const int64_t* ids = nullptr;  // [n_tokens] new tokens, at positions cache->n_past ..
+  int64_t n_tokens = 0;
+  KvCacheView* cache = nullptr;  // this sequence's own cache (the caller advances n_past)
+  bool all_logits = false;       // logits of every new token; else of the last one only
+};
+
 // Everything a training forward keeps (reused across steps to avoid reallocation).
 struct TrainActs {
   std::vector<LayerActs> layers;
@@ -103,6 +111,11 @@ class Model {
   // One sequence: ids [n_tokens] at positions cache.n_past .., appended to the cache (the caller
   // advances n_past). Returns the logits of the last token [V].
   Tensor forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const;
+
+  // Several sequences of different lengths, each with its own cache, in one step. Returns logits
+  // [sum over steps of (all_logits ? n_tokens : 1), V], the steps' rows in order. A sequence's
+  // logits do not depend on which other sequences share the step.
+  Tensor forward_cached_batch(const std::vector<CachedStep>& steps) const;
 
  private:
   // Runs the decoder stack on embedded tokens x [n_seqs * n_tokens, H] in place.
