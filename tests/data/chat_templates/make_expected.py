@@ -119,6 +119,23 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "こんにちは！ 😀\n\nLine two\r\nwindows"},
         {"role": "user", "content": "\u2028sep\u00a0nbsp {{ not a tag }} {% neither %}"},
     ],
+    "content_parts": [
+        {"role": "system", "content": [{"type": "text", "text": "  Parts system.  "}]},
+        {"role": "user", "content": [{"type": "text", "text": "Look:"},
+                                     {"type": "image", "url": "x.png"},
+                                     {"type": "text", "text": "what is it?"}]},
+    ],
+    "dict_arguments": [
+        {"role": "user", "content": "Book it."},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function", "function": {
+             "name": "book", "arguments": {"when": "2025-01-01", "seats": 2, "ok": True,
+                                           "price": 12.5, "note": None, "tags": ["a", "é"]}}}]},
+        {"role": "tool", "content": "booked"},
+    ],
+    "unknown_role": [
+        {"role": "narrator", "content": "Once upon a time"},
+    ],
     "empty": [],
 }
 
