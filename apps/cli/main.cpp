@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
       dsmoe::cli::add_corpus);
   add("bench", "Measure prefill, decode and training tokens/s against the machine's roofline",
       dsmoe::cli::add_bench);
+  add("serve", "OpenAI-compatible HTTP server with batched decoding", dsmoe::cli::add_serve);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
