@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -10,6 +11,7 @@
 #include "apps/cli/common.h"
 #include "model/transformer.h"
 #include "runtime/generate.h"
+#include "runtime/tokenizer_codec.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/threads.h"
@@ -48,58 +50,49 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   return ids;
 }
 
-// The byte-level tokenizer of `dsmoe train`: token i is byte i.
-std::vector<int64_t> byte_tokens(const std::string& text) {
-  DSMOE_CHECK(!text.empty(), "--prompt is empty");
-  std::vector<int64_t> ids;
-  for (unsigned char byte : text) ids.push_back(byte);
-  return ids;
-}
-
-std::string bytes_text(const std::vector<int64_t>& ids) {
-  std::string text;
-  for (int64_t id : ids) text += id < 256 ? static_cast<char>(id) : '?';
-  return text;
-}
-
 int run_generate(const GenerateArgs& args) {
   set_num_threads(args.threads);
   DSMOE_CHECK(args.prompt_ids.empty() != args.prompt_text.empty(),
               "give exactly one of --prompt-ids and --prompt");
   const bool text_mode = !args.prompt_text.empty();
-  const std::vector<int64_t> prompt =
-      text_mode ? byte_tokens(args.prompt_text) : parse_ids(args.prompt_ids);
   Model model = load_inference_model(args.model_dir, args.weights);
   const ModelConfig& c = model.config();
+  // The checkpoint's tokenizer.json, or the byte-level text of `dsmoe train` models.
+  const std::unique_ptr<TextCodec> codec = text_mode ? load_text_codec(args.model_dir, c) : nullptr;
+  const std::vector<int64_t> prompt =
+      text_mode ? codec->encode(args.prompt_text) : parse_ids(args.prompt_ids);
+  DSMOE_CHECK(!prompt.empty(), "--prompt is empty");
   for (size_t i = 0; i < prompt.size(); i++)
     DSMOE_CHECK(prompt[i] >= 0 && prompt[i] < c.vocab_size,
-                "--prompt-ids: id {} at position {} is outside the vocabulary [0, {})", prompt[i],
+                "prompt: id {} at position {} is outside the model's vocabulary [0, {})", prompt[i],
                 i, c.vocab_size);
   GenerateOptions options;
   options.max_new_tokens = args.max_new_tokens;
   options.sampling = args.sampling;
   options.use_cache = !args.no_cache;
   options.stop_at_eos = args.stop_at_eos;
+  std::unique_ptr<TokenDecoder> decoder;
   if (text_mode) {
-    DSMOE_CHECK(c.vocab_size >= 256, "--prompt needs a byte-level model (vocab_size >= 256)");
-    std::printf("%s", args.prompt_text.c_str());
+    options.stop_ids = codec->stop_ids();  // EOS and end of turn end a text
+    decoder = codec->decoder();
+    if (!args.print_ids) std::printf("%s", args.prompt_text.c_str());
   }
+  const std::vector<int64_t>& stop_ids = options.stop_ids;
   if (!args.print_ids)
-    options.on_token = [text_mode](int64_t token) {
-      if (text_mode)
-        std::printf("%s", bytes_text({token}).c_str());
-      else
+    options.on_token = [&](int64_t token) {
+      if (!text_mode)
         std::printf("%lld ", static_cast<long long>(token));
+      else if (std::find(stop_ids.begin(), stop_ids.end(), token) == stop_ids.end())
+        std::printf("%s", decoder->push(token).c_str());
       std::fflush(stdout);
     };
   GenerateStats stats;
   std::vector<int64_t> tokens = generate(model, prompt, options, &stats);
-  if (!args.print_ids) std::printf("\n");
+  if (!args.print_ids) std::printf("%s\n", decoder ? decoder->flush().c_str() : "");
   if (options.use_cache)
     log_info("KV cache: {} bytes per token ({}: {} floats per layer x {} layers)",
-             stats.cache_bytes_per_token,
-             c.use_mla() ? "latent c_kv + rope key" : "k + v", c.kv_cache_row(),
-             c.num_hidden_layers);
+             stats.cache_bytes_per_token, c.use_mla() ? "latent c_kv + rope key" : "k + v",
+             c.kv_cache_row(), c.num_hidden_layers);
   log_info("prefill {} tokens in {:.3f} s; decoded {} tokens in {:.3f} s ({:.1f} tokens/s)",
            stats.prompt_tokens, stats.prefill_seconds, stats.new_tokens, stats.decode_seconds,
            stats.new_tokens > 1 ? (stats.new_tokens - 1) / stats.decode_seconds : 0.0);
@@ -114,7 +107,8 @@ Command add_generate(CLI::App& app) {
   app.add_option("--model", args->model_dir, "checkpoint directory")->required();
   app.add_option("--prompt-ids", args->prompt_ids, "comma-separated prompt token ids");
   app.add_option("--prompt", args->prompt_text,
-                 "prompt text for byte-level models (as trained by dsmoe train); prints text");
+                 "prompt text, encoded with the checkpoint's tokenizer.json (byte-level for "
+                 "models trained by dsmoe train); prints text and stops at EOS / end of turn");
   app.add_option("--max-new-tokens", args->max_new_tokens, "tokens to generate")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", args->sampling.temperature, "0 = greedy (default)")

@@ -10,6 +10,7 @@ using Command = std::function<int()>;
 
 Command add_forward(CLI::App& app);
 Command add_generate(CLI::App& app);
+Command add_chat(CLI::App& app);
 Command add_init(CLI::App& app);
 Command add_train(CLI::App& app);
 Command add_report(CLI::App& app);

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
       dsmoe::cli::add_forward);
   add("generate", "Generate tokens from prompt ids with the (latent) KV cache",
       dsmoe::cli::add_generate);
+  add("chat", "Chat with a checkpoint through its tokenizer and chat template",
+      dsmoe::cli::add_chat);
   add("init", "Write a random-weight checkpoint for a config.json", dsmoe::cli::add_init);
   add("train", "Train a model on text files (AdamW, balance losses, MTP, checkpoints)",
       dsmoe::cli::add_train);

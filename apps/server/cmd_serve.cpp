@@ -8,6 +8,7 @@
 #include "apps/cli/common.h"
 #include "apps/server/server.h"
 #include "runtime/text_codec.h"
+#include "runtime/tokenizer_codec.h"
 #include "util/log.h"
 #include "util/threads.h"
 
@@ -34,7 +35,9 @@ volatile std::sig_atomic_t g_stop_requested = 0;
 int run_serve(ServeArgs& args) {
   set_num_threads(args.threads);
   Model model = load_inference_model(args.model_dir, args.weights);
-  const ByteCodec codec(model.config());  // the tokenizer.json codec replaces it when present
+  // The checkpoint's tokenizer.json and chat template, or byte-level text.
+  const std::unique_ptr<TextCodec> codec_owner = load_text_codec(args.model_dir, model.config());
+  const TextCodec& codec = *codec_owner;
   args.server.model_name =
       args.model_name.empty() ? default_model_name(args.model_dir) : args.model_name;
   server::Server server(model, codec, args.server);

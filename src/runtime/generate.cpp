@@ -1,5 +1,7 @@
 #include "runtime/generate.h"
 
+#include <algorithm>
+
 #include "runtime/kv_cache.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -40,6 +42,8 @@ std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& pr
     if (options.on_token) options.on_token(next);
     if (i + 1 == options.max_new_tokens) break;
     if (options.stop_at_eos && next == c.eos_token_id) break;
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) != options.stop_ids.end())
+      break;
     step(&tokens.back(), 1);
   }
   local.decode_seconds = timer.seconds();

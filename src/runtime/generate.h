@@ -23,6 +23,7 @@ struct GenerateOptions {
   SamplingParams sampling;
   bool use_cache = true;     // false: recompute the whole sequence for every token
   bool stop_at_eos = false;  // stop after emitting config.eos_token_id
+  std::vector<int64_t> stop_ids;  // also stop after emitting any of these (end of turn)
   // Called with each new token as soon as it is chosen.
   std::function<void(int64_t token)> on_token;
 };
