@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "runtime/generate.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
 #include "util/check.h"
 #include "util/threads.h"
 
@@ -92,6 +94,57 @@ class PyModel {
   py::object config_dict_;
 };
 
+// A checkpoint's tokenizer.json and chat template.
+class PyTokenizer {
+ public:
+  explicit PyTokenizer(const std::string& path) : tokenizer_(text::Tokenizer::load(path)) {
+    if (!tokenizer_.chat_template().empty()) chat_template_.emplace(tokenizer_.chat_template());
+  }
+
+  std::vector<int64_t> encode(const std::string& text, bool add_special_tokens) const {
+    py::gil_scoped_release release;
+    return tokenizer_.encode(text, add_special_tokens);
+  }
+
+  // Invalid UTF-8 (ids that cut a character) becomes U+FFFD, as transformers' decode does.
+  py::str decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
+    const std::string bytes = tokenizer_.decode(ids, skip_special_tokens);
+    return py::reinterpret_steal<py::str>(
+        PyUnicode_DecodeUTF8(bytes.data(), static_cast<py::ssize_t>(bytes.size()), "replace"));
+  }
+
+  // messages: a list of dicts, rendered with the template's variables (and bos/eos tokens);
+  // tokenize=True returns the ids (the template writes BOS itself).
+  py::object apply_chat_template(const py::list& messages, bool add_generation_prompt,
+                                 bool tokenize, const py::object& tools) const {
+    DSMOE_CHECK(chat_template_.has_value(), "{}: tokenizer_config.json has no chat_template",
+                tokenizer_.dir());
+    const py::module_ json = py::module_::import("json");
+    nlohmann::ordered_json context = {
+        {"messages",
+         nlohmann::ordered_json::parse(json.attr("dumps")(messages).cast<std::string>())},
+        {"add_generation_prompt", add_generation_prompt},
+        {"bos_token", tokenizer_.bos_token()},
+        {"eos_token", tokenizer_.eos_token()}};
+    if (!tools.is_none())
+      context["tools"] =
+          nlohmann::ordered_json::parse(json.attr("dumps")(tools).cast<std::string>());
+    std::string rendered;
+    {
+      py::gil_scoped_release release;
+      rendered = chat_template_->render(context);
+    }
+    if (tokenize) return py::cast(encode(rendered, false));
+    return py::str(rendered);
+  }
+
+  const text::Tokenizer& tokenizer() const { return tokenizer_; }
+
+ private:
+  text::Tokenizer tokenizer_;
+  std::optional<text::ChatTemplate> chat_template_;
+};
+
 }  // namespace
 }  // namespace dsmoe::python
 
@@ -111,4 +164,20 @@ PYBIND11_MODULE(dsmoe, m) {
            py::arg("top_k") = 0, py::arg("stop_at_eos") = false,
            "Decode with the KV cache; returns the new token ids (temperature 0: greedy)")
       .def_property_readonly("config", &PyModel::config, "config.json as a dict");
+  using dsmoe::python::PyTokenizer;
+  py::class_<PyTokenizer>(m, "Tokenizer")
+      .def(py::init<const std::string&>(), py::arg("path"),
+           "Load DIR/tokenizer.json and DIR/tokenizer_config.json (a checkpoint directory)")
+      .def("encode", &PyTokenizer::encode, py::arg("text"), py::arg("add_special_tokens") = false)
+      .def("decode", &PyTokenizer::decode, py::arg("ids"), py::arg("skip_special_tokens") = false)
+      .def("apply_chat_template", &PyTokenizer::apply_chat_template, py::arg("messages"),
+           py::arg("add_generation_prompt") = true, py::arg("tokenize") = false,
+           py::arg("tools") = py::none(),
+           "Render messages with the chat template (as transformers does); ids with tokenize")
+      .def_property_readonly("vocab_size",
+                             [](const PyTokenizer& t) { return t.tokenizer().vocab_size(); })
+      .def_property_readonly("bos_token_id",
+                             [](const PyTokenizer& t) { return t.tokenizer().bos_id(); })
+      .def_property_readonly("eos_token_id",
+                             [](const PyTokenizer& t) { return t.tokenizer().eos_id(); });
 }
