@@ -8,6 +8,7 @@
 #include <queue>
 
 #include "text/byte_level.h"
+#include "text/json_util.h"
 #include "util/check.h"
 
 namespace dsmoe::text {
@@ -63,7 +64,7 @@ Bpe Bpe::from_json(const nlohmann::json& model, const std::string& where) {
               "{}.dropout: BPE dropout is not supported", field);
 
   Bpe bpe;
-  const auto& vocab = model.value("vocab", nlohmann::json());
+  const auto& vocab = member(model, "vocab");
   DSMOE_CHECK(vocab.is_object() && !vocab.empty(), "{}.vocab: expected an object of token: id",
               field);
   bpe.vocab_.reserve(vocab.size());
@@ -81,8 +82,8 @@ Bpe Bpe::from_json(const nlohmann::json& model, const std::string& where) {
     bpe.byte_ids_[byte] = id ? *id : -1;
   }
 
-  const auto& merges = model.value("merges", nlohmann::json::array());
-  DSMOE_CHECK(merges.is_array(), "{}.merges: expected a list", field);
+  const auto& merges = member(model, "merges");
+  DSMOE_CHECK(merges.is_null() || merges.is_array(), "{}.merges: expected a list", field);
   bpe.merges_.reserve(merges.size());
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     const std::string merge_field = fmt::format("{}.merges[{}]", field, rank);
@@ -96,7 +97,7 @@ Bpe Bpe::from_json(const nlohmann::json& model, const std::string& where) {
     bpe.merges_.insert(*left_id, *right_id, {static_cast<int32_t>(rank), *merged_id});
   }
 
-  const auto& unk = model.value("unk_token", nlohmann::json());
+  const auto& unk = member(model, "unk_token");
   if (unk.is_string()) {
     bpe.unk_id_ = bpe.token_to_id(unk.get<std::string>());
     DSMOE_CHECK(bpe.unk_id_, "{}.unk_token: '{}' is not in the vocabulary", field,
