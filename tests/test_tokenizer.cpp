@@ -288,5 +288,36 @@ TEST(Utf8, WhiteSpaceIsUnicodeWhiteSpace) {
   EXPECT_EQ(valid_utf8_prefix("中文"), 6u);
 }
 
+// `dsmoe tokenize`: one answer per line, bad lines answered with an error and the rest go on.
+TEST(TokenizeCli, AnswersEachJsonLine) {
+  TempDir dir;
+  write_text(dir / "input.jsonl",
+             "{\"text\": \"Hello, world! This is a simple sentence.\"}\n"
+             "not json\n"
+             "{\"text\": 5}\n"
+             "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+             "\"add_generation_prompt\": true}\n"
+             "{\"nothing\": 1}\n"
+             "\n"
+             "{\"text\": \"<｜User｜>2+2\", \"add_special_tokens\": true}\n");
+  const std::string command = std::string(DSMOE_CLI) + " tokenize --tokenizer " + kV3Dir + " < " +
+                              (dir / "input.jsonl") + " > " + (dir / "output.jsonl") + " 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_bytes(dir / "output.jsonl");
+  const std::vector<json> out = read_jsonl(dir / "output.jsonl");
+  ASSERT_EQ(out.size(), 7u);
+  const json first = read_jsonl(kV3Dir + "/cases.jsonl")[0];
+  for (const char* field : {"ids", "ids_with_special", "tokens", "decoded"})
+    EXPECT_EQ(out[0][field], first[field]) << field;
+  EXPECT_NE(out[1]["error"].get<std::string>().find("line 2: not valid JSON"), std::string::npos);
+  EXPECT_NE(out[2]["error"].get<std::string>().find("line 3: \"text\" must be a string"),
+            std::string::npos);
+  EXPECT_NE(out[3]["error"].get<std::string>().find("line 4: chat templates"), std::string::npos);
+  EXPECT_NE(out[4]["error"].get<std::string>().find("line 5: expected"), std::string::npos);
+  EXPECT_TRUE(out[5].contains("error"));
+  EXPECT_EQ(out[6]["ids"], json({0, 128803, 20, 13, 20}));
+  EXPECT_EQ(out[6]["ids_with_special"], out[6]["ids"]);
+  EXPECT_EQ(out[6]["decoded"], "<｜begin▁of▁sentence｜><｜User｜>2+2");
+}
+
 }  // namespace
 }  // namespace dsmoe::text

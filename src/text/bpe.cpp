@@ -49,7 +49,66 @@ void MergeTable::insert(int32_t left, int32_t right, Merge merge) {
   }
 }
 
+void TokenTable::build(const std::vector<std::string>* tokens) {
+  tokens_ = tokens;
+  const size_t capacity = std::bit_ceil(std::max<size_t>(2 * tokens->size(), 2));
+  slots_.assign(capacity, Slot{0, -1});
+  mask_ = capacity - 1;
+  for (size_t id = 0; id < tokens->size(); ++id) {
+    const std::string& token = (*tokens)[id];
+    if (token.empty()) continue;
+    const uint64_t h = hash(token);
+    for (size_t slot = h & mask_;; slot = (slot + 1) & mask_) {
+      Slot& entry = slots_[slot];
+      if (entry.id < 0 ||
+          (entry.tag == static_cast<uint32_t>(h >> 32) && (*tokens)[entry.id] == token)) {
+        entry = Slot{static_cast<uint32_t>(h >> 32), static_cast<int32_t>(id)};
+        break;
+      }
+    }
+  }
+}
+
+std::optional<int32_t> TokenTable::find(std::string_view token) const {
+  if (slots_.empty()) return std::nullopt;
+  const uint64_t h = hash(token);
+  const auto tag = static_cast<uint32_t>(h >> 32);
+  for (size_t slot = h & mask_;; slot = (slot + 1) & mask_) {
+    const Slot& entry = slots_[slot];
+    if (entry.id < 0) return std::nullopt;
+    if (entry.tag == tag && (*tokens_)[entry.id] == token) return entry.id;
+  }
+}
+
+Bpe& Bpe::operator=(Bpe&& other) noexcept {
+  tokens_ = std::move(other.tokens_);
+  vocab_ = std::move(other.vocab_);
+  vocab_.build(&tokens_);  // the table points at tokens_
+  byte_ids_ = other.byte_ids_;
+  merges_ = std::move(other.merges_);
+  unk_id_ = other.unk_id_;
+  fuse_unk_ = other.fuse_unk_;
+  ignore_merges_ = other.ignore_merges_;
+  return *this;
+}
+
 Bpe Bpe::from_json(const nlohmann::json& model, const std::string& where) {
+  const std::string field = where + ": model";
+  BpeData data;
+  const auto& vocab = member(model, "vocab");
+  DSMOE_CHECK(vocab.is_object(), "{}.vocab: expected an object of token: id", field);
+  for (const auto& [token, id] : vocab.items()) {
+    DSMOE_CHECK(id.is_number_integer(), "{}.vocab: the id of '{}' is not an integer", field, token);
+    data.vocab.emplace_back(token, id.get<int64_t>());
+  }
+  const auto& merges = member(model, "merges");
+  DSMOE_CHECK(merges.is_null() || merges.is_array(), "{}.merges: expected a list", field);
+  for (size_t rank = 0; rank < merges.size(); ++rank)
+    data.merges.push_back(parse_merge(merges[rank], fmt::format("{}.merges[{}]", field, rank)));
+  return build(std::move(data), model, where);
+}
+
+Bpe Bpe::build(BpeData data, const nlohmann::json& model, const std::string& where) {
   const std::string field = where + ": model";
   DSMOE_CHECK(model.is_object(), "{}: expected an object", field);
   const std::string type = model.value("type", "BPE");
@@ -64,36 +123,30 @@ Bpe Bpe::from_json(const nlohmann::json& model, const std::string& where) {
               "{}.dropout: BPE dropout is not supported", field);
 
   Bpe bpe;
-  const auto& vocab = member(model, "vocab");
-  DSMOE_CHECK(vocab.is_object() && !vocab.empty(), "{}.vocab: expected an object of token: id",
-              field);
-  bpe.vocab_.reserve(vocab.size());
-  for (const auto& [token, id_json] : vocab.items()) {
-    DSMOE_CHECK(id_json.is_number_integer() && id_json.get<int64_t>() >= 0 &&
-                    id_json.get<int64_t>() < std::numeric_limits<int32_t>::max(),
-                "{}.vocab: the id of '{}' is not a non-negative integer", field, token);
-    const auto id = id_json.get<int32_t>();
-    bpe.vocab_[token] = id;
+  DSMOE_CHECK(!data.vocab.empty(), "{}.vocab: expected an object of token: id", field);
+  for (auto& [token, id] : data.vocab) {
+    DSMOE_CHECK(id >= 0 && id < std::numeric_limits<int32_t>::max(),
+                "{}.vocab: the id of '{}' is not a non-negative 32-bit integer", field, token);
     if (static_cast<size_t>(id) >= bpe.tokens_.size()) bpe.tokens_.resize(id + 1);
-    bpe.tokens_[id] = token;
+    bpe.tokens_[id] = std::move(token);
   }
+  bpe.vocab_.build(&bpe.tokens_);
   for (int byte = 0; byte < 256; ++byte) {
     const auto id = bpe.token_to_id(byte_to_string(static_cast<uint8_t>(byte)));
     bpe.byte_ids_[byte] = id ? *id : -1;
   }
 
-  const auto& merges = member(model, "merges");
-  DSMOE_CHECK(merges.is_null() || merges.is_array(), "{}.merges: expected a list", field);
-  bpe.merges_.reserve(merges.size());
-  for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const std::string merge_field = fmt::format("{}.merges[{}]", field, rank);
-    const auto [left, right] = parse_merge(merges[rank], merge_field);
+  bpe.merges_.reserve(data.merges.size());
+  std::string merged;
+  for (size_t rank = 0; rank < data.merges.size(); ++rank) {
+    const auto& [left, right] = data.merges[rank];
+    merged.assign(left).append(right);
     const auto left_id = bpe.token_to_id(left), right_id = bpe.token_to_id(right);
-    const auto merged_id = bpe.token_to_id(left + right);
-    DSMOE_CHECK(left_id && right_id, "{}: '{}' or '{}' is not in the vocabulary", merge_field, left,
-                right);
-    DSMOE_CHECK(merged_id, "{}: the merged token '{}' is not in the vocabulary", merge_field,
-                left + right);
+    const auto merged_id = bpe.token_to_id(merged);
+    DSMOE_CHECK(left_id && right_id, "{}.merges[{}]: '{}' or '{}' is not in the vocabulary", field,
+                rank, left, right);
+    DSMOE_CHECK(merged_id, "{}.merges[{}]: the merged token '{}' is not in the vocabulary", field,
+                rank, merged);
     bpe.merges_.insert(*left_id, *right_id, {static_cast<int32_t>(rank), *merged_id});
   }
 
@@ -108,11 +161,7 @@ Bpe Bpe::from_json(const nlohmann::json& model, const std::string& where) {
   return bpe;
 }
 
-std::optional<int32_t> Bpe::token_to_id(std::string_view token) const {
-  const auto found = vocab_.find(token);
-  if (found == vocab_.end()) return std::nullopt;
-  return found->second;
-}
+std::optional<int32_t> Bpe::token_to_id(std::string_view token) const { return vocab_.find(token); }
 
 void Bpe::initial_symbols(std::string_view piece, std::vector<int32_t>& symbols) const {
   symbols.clear();

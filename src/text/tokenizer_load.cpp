@@ -9,6 +9,7 @@
 #include "text/byte_level.h"
 #include "text/json_util.h"
 #include "text/tokenizer_impl.h"
+#include "text/tokenizer_json.h"
 #include "util/check.h"
 
 namespace dsmoe::text {
@@ -208,13 +209,14 @@ void load_tokenizer_files(const std::string& dir, Tokenizer::Impl& impl) {
   const std::string path = dir + "/tokenizer.json";
   const std::optional<std::string> text = read_file(path);
   DSMOE_CHECK(text, "{}: cannot open (a tokenizer directory holds tokenizer.json)", path);
-  const json root = parse_json_file(path, *text);
+  TokenizerJson file = parse_tokenizer_json(*text, path);
+  const json& root = file.root;
   DSMOE_CHECK(root.is_object(), "{}: expected a JSON object", path);
   DSMOE_CHECK(root.contains("model"), "{}: model: missing", path);
 
   check_normalizer(member(root, "normalizer"), path + ": normalizer");
   check_decoder(member(root, "decoder"), path + ": decoder");
-  impl.bpe = Bpe::from_json(root["model"], path);
+  impl.bpe = Bpe::build(std::move(file.bpe), root["model"], path);
   impl.pre_tokenizer = PreTokenizer::from_json(member(root, "pre_tokenizer"), path);
   std::vector<AddedToken> added =
       parse_added_tokens(member(root, "added_tokens"), path + ": added_tokens");
