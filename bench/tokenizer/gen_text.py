@@ -4,7 +4,7 @@ JSON, shell) and Chinese, in interleaved paragraphs, deterministic for a seed.
 
     python3 gen_text.py OUT [--megabytes 4] [--seed 0] [--corpus FILE]
 
---corpus FILE (e.g. the output of `dsmoe corpus`) adds its paragraphs to the mix as well.
+--corpus FILE (e.g. the output of `dsmoe corpus`) adds runs of its lines to the mix as well.
 """
 import argparse
 import random
@@ -116,19 +116,20 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--megabytes", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--corpus", help="a text file whose paragraphs join the mix")
+    parser.add_argument("--corpus", help="a text file whose lines join the mix")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     corpus = []
     if args.corpus:
         with open(args.corpus, encoding="utf-8", errors="replace") as f:
-            corpus = [p for p in f.read().split("\n\n") if p.strip()]
+            corpus = f.read().splitlines()
     makers = [english_paragraph, code_paragraph, chinese_paragraph]
     target = int(args.megabytes * 1e6)
     size, parts = 0, []
     while size < target:
-        if corpus and rng.random() < 0.25:
-            paragraph = corpus[rng.randrange(len(corpus))]
+        if corpus and rng.random() < 0.25:  # a run of 5-20 lines of the corpus
+            first = rng.randrange(len(corpus))
+            paragraph = "\n".join(corpus[first:first + rng.randint(5, 20)])
         else:
             paragraph = rng.choice(makers)(rng)
         parts.append(paragraph + "\n\n")

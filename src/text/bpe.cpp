@@ -2,6 +2,7 @@
 // pair of lowest rank (leftmost first among equal ranks) until no adjacent pair has a merge.
 #include "text/bpe.h"
 
+#include <algorithm>
 #include <bit>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -225,35 +226,42 @@ void Bpe::merge_by_scan(std::vector<int32_t>& symbols) const {
 void Bpe::merge_by_heap(std::vector<int32_t>& symbols) const {
   const auto n = static_cast<int32_t>(symbols.size());
   if (n < 2) return;
-  // A doubly linked list over the original positions; a merged-away symbol is dead.
-  std::vector<int32_t> prev(n), next(n);
-  std::vector<bool> alive(n, true);
+  // A doubly linked list over the original positions; a merged-away symbol is dead (-2 in next).
+  thread_local std::vector<int32_t> prev, next;
+  prev.resize(n);
+  next.resize(n);
   for (int32_t i = 0; i < n; ++i) prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
   struct Candidate {
     int32_t rank, position, merged_id;
-    bool operator>(const Candidate& other) const {
+    // std::push_heap keeps the largest on top: the largest here is the lowest (rank, position).
+    bool operator<(const Candidate& other) const {
       return rank != other.rank ? rank > other.rank : position > other.position;
     }
   };
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
+  thread_local std::vector<Candidate> queue;
+  queue.clear();
   auto push = [&](int32_t position) {
     if (position < 0 || next[position] < 0) return;
-    if (const auto* merge = merges_.find(symbols[position], symbols[next[position]]))
-      queue.push({merge->rank, position, merge->merged_id});
+    if (const auto* merge = merges_.find(symbols[position], symbols[next[position]])) {
+      queue.push_back({merge->rank, position, merge->merged_id});
+      std::push_heap(queue.begin(), queue.end());
+    }
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);
+  constexpr int32_t kDead = -2;
   while (!queue.empty()) {
-    const Candidate top = queue.top();
-    queue.pop();
+    std::pop_heap(queue.begin(), queue.end());
+    const Candidate top = queue.back();
+    queue.pop_back();
     const int32_t left = top.position, right = next[left];
     // Stale when the left symbol died or its pair changed since this candidate was pushed.
-    if (!alive[left] || right < 0) continue;
+    if (right < 0) continue;  // dead, or the last symbol
     const auto* merge = merges_.find(symbols[left], symbols[right]);
     if (merge == nullptr || merge->merged_id != top.merged_id || merge->rank != top.rank) continue;
     symbols[left] = top.merged_id;
-    alive[right] = false;
     next[left] = next[right];
     if (next[right] >= 0) prev[next[right]] = left;
+    next[right] = kDead;
     push(prev[left]);
     push(left);
   }

@@ -105,7 +105,7 @@ class Bpe {
 
  private:
   // Up to this many bytes a piece is merged by scan, beyond it by heap.
-  static constexpr size_t kMaxScanSymbols = 48;
+  static constexpr size_t kMaxScanSymbols = 16;
 
   void initial_symbols(std::string_view piece, std::vector<int32_t>& symbols) const;
 

@@ -15,12 +15,12 @@
 
 namespace dsmoe::text {
 
-// Piece (raw bytes) -> its BPE ids, for pieces of up to kMaxKeyBytes (longer ones, such as a
-// clause of Chinese, rarely come again). Open addressing over two arenas, so that a hit costs a
-// hash and about three cache lines; emptied when half full (the ids never depend on it).
+// Piece (raw bytes) -> its BPE ids, for pieces of up to kMaxKeyBytes (as tokenizers' BPE cache).
+// Open addressing over two arenas, so that a hit costs a hash and about three cache lines; emptied
+// when half full (the ids never depend on it).
 class PieceCache {
  public:
-  static constexpr size_t kMaxKeyBytes = 32;
+  static constexpr size_t kMaxKeyBytes = 256;
   static constexpr size_t kSlots = size_t{1} << 19;
 
   // The cached ids of piece: true and [*ids, *ids + *n_ids), or false.
