@@ -227,6 +227,26 @@ TEST(Tokenizer, HandWrittenTokenizerJsonAndConfigVariants) {
   EXPECT_EQ(tokens, (std::vector<std::string>{"<s>", "ab", "Ġ", "Ġa", "<tool>", "cab", "<s>"}));
   EXPECT_EQ(t.decode(ids, true), "ab  a<tool>cab");
   EXPECT_EQ(t.vocab_size(), 302);
+
+  // single_word: an added token inside a word is left to BPE.
+  json single_word = tiny_tokenizer_json();
+  single_word["added_tokens"].push_back(
+      {{"id", 302}, {"content", "bc"}, {"single_word", true}, {"special", false}});
+  write_text(dir / "tokenizer.json", single_word.dump());
+  const Tokenizer with_single_word = Tokenizer::load(dir.str());
+  std::vector<std::string> single_word_tokens;
+  for (const int64_t id : with_single_word.encode("abc bc"))
+    single_word_tokens.push_back(with_single_word.token(id));
+  EXPECT_EQ(single_word_tokens, (std::vector<std::string>{"abc", "Ġ", "bc"}));
+
+  // Merges written as ["a", "b"] (newer tokenizers) read the same.
+  json with_lists = tiny_tokenizer_json();
+  for (auto& merge : with_lists["model"]["merges"]) {
+    const std::string text = merge;
+    merge = json::array({text.substr(0, text.find(' ')), text.substr(text.find(' ') + 1)});
+  }
+  write_text(dir / "tokenizer.json", with_lists.dump());
+  EXPECT_EQ(Tokenizer::load(dir.str()).encode("ab  a<tool>   cab", true), ids);
 }
 
 TEST(Tokenizer, ErrorsNameTheFileAndField) {
@@ -254,6 +274,16 @@ TEST(Tokenizer, ErrorsNameTheFileAndField) {
   bad["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
   write_text(dir / "tokenizer.json", bad.dump());
   EXPECT_NE(message_of().find("pretokenizers[0].pattern"), std::string::npos) << message_of();
+  bad = tiny_tokenizer_json();
+  bad["model"]["vocab"] = json::array();
+  write_text(dir / "tokenizer.json", bad.dump());
+  EXPECT_NE(message_of().find("model.vocab: expected an object"), std::string::npos)
+      << message_of();
+  bad = tiny_tokenizer_json();
+  bad["model"]["merges"][2] = "abc";
+  write_text(dir / "tokenizer.json", bad.dump());
+  EXPECT_NE(message_of().find("model.merges[2]: 'abc' is not two tokens"), std::string::npos)
+      << message_of();
   write_text(dir / "tokenizer.json", tiny_tokenizer_json().dump());
   write_text(dir / "tokenizer_config.json", "{\"bos_token\": \"<nope>\"}");
   EXPECT_NE(message_of().find("tokenizer_config.json: bos_token '<nope>'"), std::string::npos)
