@@ -233,6 +233,7 @@ void Bpe::merge_by_heap(std::vector<int32_t>& symbols) const {
   for (int32_t i = 0; i < n; ++i) prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
   struct Candidate {
     int32_t rank, position, merged_id;
+    int32_t left_id, right_id;  // the pair when pushed
     // std::push_heap keeps the largest on top: the largest here is the lowest (rank, position).
     bool operator<(const Candidate& other) const {
       return rank != other.rank ? rank > other.rank : position > other.position;
@@ -243,7 +244,8 @@ void Bpe::merge_by_heap(std::vector<int32_t>& symbols) const {
   auto push = [&](int32_t position) {
     if (position < 0 || next[position] < 0) return;
     if (const auto* merge = merges_.find(symbols[position], symbols[next[position]])) {
-      queue.push_back({merge->rank, position, merge->merged_id});
+      queue.push_back(
+          {merge->rank, position, merge->merged_id, symbols[position], symbols[next[position]]});
       std::push_heap(queue.begin(), queue.end());
     }
   };
@@ -254,10 +256,11 @@ void Bpe::merge_by_heap(std::vector<int32_t>& symbols) const {
     const Candidate top = queue.back();
     queue.pop_back();
     const int32_t left = top.position, right = next[left];
-    // Stale when the left symbol died or its pair changed since this candidate was pushed.
+    // Stale when the left symbol died or its pair changed since this candidate was pushed
+    // (tokenizers looks the pair up again and compares the merged id: the same test, since a
+    // symbol only ever grows).
     if (right < 0) continue;  // dead, or the last symbol
-    const auto* merge = merges_.find(symbols[left], symbols[right]);
-    if (merge == nullptr || merge->merged_id != top.merged_id || merge->rank != top.rank) continue;
+    if (symbols[left] != top.left_id || symbols[right] != top.right_id) continue;
     symbols[left] = top.merged_id;
     next[left] = next[right];
     if (next[right] >= 0) prev[next[right]] = left;
