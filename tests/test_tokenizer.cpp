@@ -227,6 +227,26 @@ TEST(Tokenizer, HandWrittenTokenizerJsonAndConfigVariants) {
   EXPECT_EQ(tokens, (std::vector<std::string>{"<s>", "ab", "Ġ", "Ġa", "<tool>", "cab", "<s>"}));
   EXPECT_EQ(t.decode(ids, true), "ab  a<tool>cab");
   EXPECT_EQ(t.vocab_size(), 302);
+
+  // single_word: an added token inside a word is left to BPE.
+  json single_word = tiny_tokenizer_json();
+  single_word["added_tokens"].push_back(
+      {{"id", 302}, {"content", "bc"}, {"single_word", true}, {"special", false}});
+  write_text(dir / "tokenizer.json", single_word.dump());
+  const Tokenizer with_single_word = Tokenizer::load(dir.str());
+  std::vector<std::string> single_word_tokens;
+  for (const int64_t id : with_single_word.encode("abc bc"))
+    single_word_tokens.push_back(with_single_word.token(id));
+  EXPECT_EQ(single_word_tokens, (std::vector<std::string>{"abc", "Ġ", "bc"}));
+
+  // Merges written as ["a", "b"] (newer tokenizers) read the same.
+  json with_lists = tiny_tokenizer_json();
+  for (auto& merge : with_lists["model"]["merges"]) {
+    const std::string text = merge;
+    merge = json::array({text.substr(0, text.find(' ')), text.substr(text.find(' ') + 1)});
+  }
+  write_text(dir / "tokenizer.json", with_lists.dump());
+  EXPECT_EQ(Tokenizer::load(dir.str()).encode("ab  a<tool>   cab", true), ids);
 }
 
 TEST(Tokenizer, ErrorsNameTheFileAndField) {
@@ -254,6 +274,16 @@ TEST(Tokenizer, ErrorsNameTheFileAndField) {
   bad["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
   write_text(dir / "tokenizer.json", bad.dump());
   EXPECT_NE(message_of().find("pretokenizers[0].pattern"), std::string::npos) << message_of();
+  bad = tiny_tokenizer_json();
+  bad["model"]["vocab"] = json::array();
+  write_text(dir / "tokenizer.json", bad.dump());
+  EXPECT_NE(message_of().find("model.vocab: expected an object"), std::string::npos)
+      << message_of();
+  bad = tiny_tokenizer_json();
+  bad["model"]["merges"][2] = "abc";
+  write_text(dir / "tokenizer.json", bad.dump());
+  EXPECT_NE(message_of().find("model.merges[2]: 'abc' is not two tokens"), std::string::npos)
+      << message_of();
   write_text(dir / "tokenizer.json", tiny_tokenizer_json().dump());
   write_text(dir / "tokenizer_config.json", "{\"bos_token\": \"<nope>\"}");
   EXPECT_NE(message_of().find("tokenizer_config.json: bos_token '<nope>'"), std::string::npos)
@@ -286,6 +316,41 @@ TEST(Utf8, WhiteSpaceIsUnicodeWhiteSpace) {
   for (const int32_t cp : {0x180E, 0xFEFF, 0x200B, 0x61, 0}) EXPECT_FALSE(is_white_space(cp)) << cp;
   EXPECT_EQ(valid_utf8_prefix("abcdefghij\xffk"), 10u);
   EXPECT_EQ(valid_utf8_prefix("中文"), 6u);
+}
+
+// `dsmoe tokenize`: one answer per line, bad lines answered with an error and the rest go on.
+TEST(TokenizeCli, AnswersEachJsonLine) {
+  TempDir dir;
+  const json chat = read_jsonl(kV3Dir + "/chat.jsonl")[0];
+  const json chat_line = {{"messages", chat["messages"]},
+                          {"add_generation_prompt", chat["add_generation_prompt"]}};
+  write_text(dir / "input.jsonl",
+             "{\"text\": \"Hello, world! This is a simple sentence.\"}\n"
+             "not json\n"
+             "{\"text\": 5}\n" +
+                 chat_line.dump() +
+                 "\n"
+                 "{\"nothing\": 1}\n"
+                 "\n"
+                 "{\"text\": \"<｜User｜>2+2\", \"add_special_tokens\": true}\n");
+  const std::string command = std::string(DSMOE_CLI) + " tokenize --tokenizer " + kV3Dir + " < " +
+                              (dir / "input.jsonl") + " > " + (dir / "output.jsonl") + " 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_bytes(dir / "output.jsonl");
+  const std::vector<json> out = read_jsonl(dir / "output.jsonl");
+  ASSERT_EQ(out.size(), 7u);
+  const json first = read_jsonl(kV3Dir + "/cases.jsonl")[0];
+  for (const char* field : {"ids", "ids_with_special", "tokens", "decoded"})
+    EXPECT_EQ(out[0][field], first[field]) << field;
+  EXPECT_NE(out[1]["error"].get<std::string>().find("line 2: not valid JSON"), std::string::npos);
+  EXPECT_NE(out[2]["error"].get<std::string>().find("line 3: \"text\" must be a string"),
+            std::string::npos);
+  EXPECT_EQ(out[3]["rendered"], chat["rendered"]) << out[3].dump();
+  EXPECT_EQ(out[3]["ids"], chat["ids"]);
+  EXPECT_NE(out[4]["error"].get<std::string>().find("line 5: expected"), std::string::npos);
+  EXPECT_TRUE(out[5].contains("error"));
+  EXPECT_EQ(out[6]["ids"], json({0, 128803, 20, 13, 20}));
+  EXPECT_EQ(out[6]["ids_with_special"], out[6]["ids"]);
+  EXPECT_EQ(out[6]["decoded"], "<｜begin▁of▁sentence｜><｜User｜>2+2");
 }
 
 }  // namespace

@@ -17,5 +17,6 @@ Command add_report(CLI::App& app);
 Command add_corpus(CLI::App& app);
 Command add_bench(CLI::App& app);
 Command add_serve(CLI::App& app);  // apps/server/cmd_serve.cpp
+Command add_tokenize(CLI::App& app);
 
 }  // namespace dsmoe::cli

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
       dsmoe::cli::add_report);
   add("corpus", "Write the generated training corpus (prose, arithmetic, code, JSON, DNA)",
       dsmoe::cli::add_corpus);
+  add("tokenize", "Encode/decode JSON lines with tokenizer.json", dsmoe::cli::add_tokenize);
   add("bench", "Measure prefill, decode and training tokens/s against the machine's roofline",
       dsmoe::cli::add_bench);
   add("serve", "OpenAI-compatible HTTP server with batched decoding", dsmoe::cli::add_serve);

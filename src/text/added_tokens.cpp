@@ -71,11 +71,17 @@ void AddedTokenSplitter::split(std::string_view text, MatchScratch& scratch,
 
 bool AddedTokenSplitter::accept_single_word(std::string_view text, size_t start, size_t end,
                                             MatchScratch& scratch) const {
-  const bool word_before =
-      start > 0 && alphanumeric_.matches_at_start(
-                       text.substr(last_code_point_start(text, start), start), scratch);
-  const bool word_after =
-      end < text.size() && alphanumeric_.matches_at_start(text.substr(end), scratch);
+  // Rust's char::is_alphanumeric of the code point at pos (false for invalid UTF-8, which the
+  // regex must not see).
+  auto is_alphanumeric_at = [&](size_t pos) {
+    const int32_t code_point = next_code_point(text, &pos);
+    if (code_point < 0) return false;
+    std::string one;
+    append_utf8(one, code_point);
+    return alphanumeric_.matches_at_start(one, scratch);
+  };
+  const bool word_before = start > 0 && is_alphanumeric_at(last_code_point_start(text, start));
+  const bool word_after = end < text.size() && is_alphanumeric_at(end);
   return !word_before && !word_after;
 }
 

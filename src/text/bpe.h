@@ -54,10 +54,42 @@ class MergeTable {
   int shift_ = 63;
 };
 
+// token string -> id over the strings of a by-id table, open addressing (loading looks up three
+// strings per merge: a flat table keeps that well under a second for 128k tokens).
+class TokenTable {
+ public:
+  // tokens[id] ("" for an id without a token); a string listed twice keeps its last id.
+  void build(const std::vector<std::string>* tokens);
+  std::optional<int32_t> find(std::string_view token) const;
+
+ private:
+  struct Slot {
+    uint32_t tag;  // the hash's low bits, to skip most string compares
+    int32_t id;    // -1: empty
+  };
+  static uint64_t hash(std::string_view token) { return std::hash<std::string_view>{}(token); }
+  const std::vector<std::string>* tokens_ = nullptr;
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+};
+
+// What tokenizer.json's model.vocab and model.merges hold, flat (read without building a DOM).
+struct BpeData {
+  std::vector<std::pair<std::string, int64_t>> vocab;       // (token, id), in file order
+  std::vector<std::pair<std::string, std::string>> merges;  // (left, right), in rank order
+};
+
 class Bpe {
  public:
-  // `model` is tokenizer.json's "model" (type BPE); `where` names the file for messages.
+  // `model` is tokenizer.json's "model" (type BPE) with its vocab and merges; `where` names the
+  // file for messages.
   static Bpe from_json(const nlohmann::json& model, const std::string& where);
+  // The same from vocab and merges read apart (BpeData); their fields in `model` are ignored.
+  static Bpe build(BpeData data, const nlohmann::json& model, const std::string& where);
+
+  Bpe() = default;
+  Bpe(Bpe&& other) noexcept { *this = std::move(other); }
+  Bpe& operator=(Bpe&& other) noexcept;
 
   // Appends the ids of one piece (raw bytes, not byte-level text) to ids.
   void encode_piece(std::string_view piece, std::vector<int32_t>& ids) const;
@@ -73,12 +105,12 @@ class Bpe {
 
  private:
   // Up to this many bytes a piece is merged by scan, beyond it by heap.
-  static constexpr size_t kMaxScanSymbols = 48;
+  static constexpr size_t kMaxScanSymbols = 16;
 
   void initial_symbols(std::string_view piece, std::vector<int32_t>& symbols) const;
 
-  StringIdMap vocab_;
   std::vector<std::string> tokens_;
+  TokenTable vocab_;                     // over tokens_
   std::array<int32_t, 256> byte_ids_{};  // -1: the byte's character is not in the vocabulary
   MergeTable merges_;
   std::optional<int32_t> unk_id_;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "text/json_util.h"
 #include "text/utf8.h"
 #include "util/check.h"
 
@@ -114,12 +115,12 @@ void PreTokenizer::add_from_json(const nlohmann::json& json, const std::string& 
               "{}: expected an object with a \"type\"", field);
   const std::string type = json["type"];
   if (type == "Sequence") {
-    const auto& list = json.value("pretokenizers", nlohmann::json());
+    const auto& list = member(json, "pretokenizers");
     DSMOE_CHECK(list.is_array(), "{}.pretokenizers: expected a list", field);
     for (size_t i = 0; i < list.size(); ++i)
       add_from_json(list[i], fmt::format("{}.pretokenizers[{}]", field, i));
   } else if (type == "Split") {
-    const auto& pattern = json.value("pattern", nlohmann::json());
+    const auto& pattern = member(json, "pattern");
     std::string regex;
     if (pattern.contains("Regex") && pattern["Regex"].is_string())
       regex = pattern["Regex"];

@@ -41,15 +41,20 @@ class Encoder final : public AddedTokenSink {
 
  private:
   void encode_piece(std::string_view piece) {
-    if (cache_ != nullptr) {
-      if (const std::vector<int32_t>* cached = cache_->find(piece)) {
-        ids_.insert(ids_.end(), cached->begin(), cached->end());
-        return;
-      }
+    if (cache_ == nullptr || piece.size() > PieceCache::kMaxKeyBytes) {
+      impl_.bpe.encode_piece(piece, ids_);
+      return;
+    }
+    const uint64_t hash = PieceCache::hash(piece);
+    const int32_t* cached = nullptr;
+    size_t n_cached = 0;
+    if (cache_->find(piece, hash, &cached, &n_cached)) {
+      ids_.insert(ids_.end(), cached, cached + n_cached);
+      return;
     }
     const size_t first = ids_.size();
     impl_.bpe.encode_piece(piece, ids_);
-    if (cache_ != nullptr) cache_->insert(piece, ids_.data() + first, ids_.size() - first);
+    cache_->insert(piece, hash, ids_.data() + first, ids_.size() - first);
   }
 
   const Tokenizer::Impl& impl_;

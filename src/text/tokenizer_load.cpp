@@ -7,7 +7,9 @@
 #include <sstream>
 
 #include "text/byte_level.h"
+#include "text/json_util.h"
 #include "text/tokenizer_impl.h"
+#include "text/tokenizer_json.h"
 #include "util/check.h"
 
 namespace dsmoe::text {
@@ -37,7 +39,7 @@ void check_normalizer(const json& normalizer, const std::string& field) {
   const std::string type = normalizer.value("type", "");
   DSMOE_CHECK(type == "Sequence",
               "{}: normalizer '{}' is not supported (only none or an empty Sequence)", field, type);
-  const auto& list = normalizer.value("normalizers", json::array());
+  const auto& list = member(normalizer, "normalizers");
   for (size_t i = 0; i < list.size(); ++i)
     check_normalizer(list[i], fmt::format("{}.normalizers[{}]", field, i));
 }
@@ -47,7 +49,7 @@ void check_decoder(const json& decoder, const std::string& field) {
   if (decoder.is_null()) return;
   const std::string type = decoder.value("type", "");
   if (type == "Sequence") {
-    const auto& list = decoder.value("decoders", json::array());
+    const auto& list = member(decoder, "decoders");
     for (size_t i = 0; i < list.size(); ++i)
       check_decoder(list[i], fmt::format("{}.decoders[{}]", field, i));
     return;
@@ -84,7 +86,7 @@ std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& 
 void parse_template(const json& processor, const std::string& field, Tokenizer::Impl& impl) {
   const std::string type = processor.value("type", "");
   if (type == "Sequence") {
-    const auto& list = processor.value("processors", json::array());
+    const auto& list = member(processor, "processors");
     for (size_t i = 0; i < list.size(); ++i)
       parse_template(list[i], fmt::format("{}.processors[{}]", field, i), impl);
     return;
@@ -95,7 +97,7 @@ void parse_template(const json& processor, const std::string& field, Tokenizer::
               type);
   impl.use_template = true;
   bool after_text = false;
-  const auto& single = processor.value("single", json::array());
+  const auto& single = member(processor, "single");
   for (size_t i = 0; i < single.size(); ++i) {
     const json& piece = single[i];
     if (piece.contains("Sequence")) {
@@ -106,7 +108,7 @@ void parse_template(const json& processor, const std::string& field, Tokenizer::
     DSMOE_CHECK(piece.contains("SpecialToken") && piece["SpecialToken"].contains("id"),
                 "{}: expected SpecialToken or Sequence", where);
     const std::string name = piece["SpecialToken"]["id"];
-    const auto& special = processor.value("special_tokens", json::object());
+    const auto& special = member(processor, "special_tokens");
     DSMOE_CHECK(special.contains(name) && special[name].contains("ids"),
                 "{}.special_tokens: '{}' is missing", field, name);
     for (const auto& id : special[name]["ids"])
@@ -207,19 +209,20 @@ void load_tokenizer_files(const std::string& dir, Tokenizer::Impl& impl) {
   const std::string path = dir + "/tokenizer.json";
   const std::optional<std::string> text = read_file(path);
   DSMOE_CHECK(text, "{}: cannot open (a tokenizer directory holds tokenizer.json)", path);
-  const json root = parse_json_file(path, *text);
+  TokenizerJson file = parse_tokenizer_json(*text, path);
+  const json& root = file.root;
   DSMOE_CHECK(root.is_object(), "{}: expected a JSON object", path);
   DSMOE_CHECK(root.contains("model"), "{}: model: missing", path);
 
-  check_normalizer(root.value("normalizer", json()), path + ": normalizer");
-  check_decoder(root.value("decoder", json()), path + ": decoder");
-  impl.bpe = Bpe::from_json(root["model"], path);
-  impl.pre_tokenizer = PreTokenizer::from_json(root.value("pre_tokenizer", json()), path);
+  check_normalizer(member(root, "normalizer"), path + ": normalizer");
+  check_decoder(member(root, "decoder"), path + ": decoder");
+  impl.bpe = Bpe::build(std::move(file.bpe), root["model"], path);
+  impl.pre_tokenizer = PreTokenizer::from_json(member(root, "pre_tokenizer"), path);
   std::vector<AddedToken> added =
-      parse_added_tokens(root.value("added_tokens", json()), path + ": added_tokens");
+      parse_added_tokens(member(root, "added_tokens"), path + ": added_tokens");
   build_id_tables(added, impl);
   impl.added_tokens = std::make_unique<AddedTokenSplitter>(std::move(added));
-  const json& post_processor = root.value("post_processor", json());
+  const json& post_processor = member(root, "post_processor");
   if (!post_processor.is_null()) parse_template(post_processor, path + ": post_processor", impl);
   load_config(dir, impl);
 }
