@@ -219,6 +219,12 @@ TEST(JinjaSubset, FiltersTestsAndMethods) {
                    "{{ tools[0].args.get('c', 'none') }} {{ tools[0].args.keys() | list }}",
                    context),
             "f,g 1 none ['b', 'a']");
+  EXPECT_EQ(
+      render("{{ '42.23' | int }} {{ ' 7 ' | int }} {{ 'x' | int(5) }} {{ '2.5' | float }} "
+             "{{ 3 | float }} {{ 3.9 | int }} {{ [1, 2] | reverse | list }} {{ 'abc' | reverse }} "
+             "{% for k, v in {'b': 1, 'a': 2} | dictsort %}{{ k }}{{ v }}{% endfor %} {{ "
+             "'a\\nb\\n\\nc' | indent(2) }} {{ 'x' | indent(2, true) }}"),
+      "42 7 5 2.5 3.0 3 [2, 1] cba a2b1 a\n  b\n\n  c   x");
   EXPECT_EQ(render("{{ x is string }}{{ x is mapping }}{{ d is mapping }}{{ n is none }}"
                    "{{ 3 is odd }}{{ 4 is divisibleby 2 }}{{ x is not number }}",
                    {{"x", "s"}, {"d", OrderedJson::object()}, {"n", nullptr}}),

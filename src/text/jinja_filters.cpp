@@ -161,25 +161,31 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
+// int and float filters: numbers convert; strings parse as Python's int()/float() do (with
+// jinja2's fallback of "42.23" | int == 42); anything else gives the default.
 Value number_filter(const Value& input, const Value* fallback, bool integer) {
   const Value default_value = fallback ? *fallback : Value::of(integer ? Json(0) : Json(0.0));
   if (input.is_number() || (input.is_data() && input.data.is_boolean())) {
+    if (integer && input.data.is_number_integer()) return input;
     const double v = input.data.is_boolean() ? input.data.get<bool>() : input.data.get<double>();
     return integer ? Value::of(static_cast<int64_t>(v)) : Value::of(v);
   }
   if (!input.is_string()) return default_value;
+  const std::string& raw = input.data.get_ref<const std::string&>();
+  const size_t begin = raw.size() - lstrip_size(raw);
+  const std::string s = raw.substr(begin, rstrip_size(raw) - begin);
   try {
     size_t used = 0;
-    const std::string s = input.data.get<std::string>();
     if (integer) {
       const int64_t v = std::stoll(s, &used);
-      return used == s.size() ? Value::of(v) : default_value;
+      if (used == s.size()) return Value::of(v);
     }
     const double v = std::stod(s, &used);
-    return used == s.size() ? Value::of(v) : default_value;
+    if (used == s.size() && !s.empty())
+      return integer ? Value::of(static_cast<int64_t>(v)) : Value::of(v);
   } catch (const std::exception&) {
-    return default_value;
   }
+  return default_value;
 }
 
 }  // namespace
