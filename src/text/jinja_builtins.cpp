@@ -1,8 +1,12 @@
 // jinja_builtins.cpp: tests, str/dict methods and globals (filters are in jinja_filters.cpp).
 #include "text/jinja_builtins.h"
 
+#include <locale.h>
+
 #include <cctype>
+#include <clocale>
 #include <ctime>
+#include <cwctype>
 #include <set>
 
 #include "text/jinja_ast.h"
@@ -100,12 +104,16 @@ bool affix_matches(const std::string& s, const Value* affix, bool prefix) {
   return one(string_arg(affix, "startswith/endswith argument"));
 }
 
+// Python's str.title(): a cased character after an uncased one is upper-cased, others lowered.
 std::string title_case(const std::string& s) {
-  std::string out = s;
+  std::string out;
   bool previous_cased = false;
-  for (char& c : out) {
-    const bool cased = std::isalpha(static_cast<unsigned char>(c));
-    if (cased) c = previous_cased ? std::tolower(c) : std::toupper(c);
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const int32_t cp = next_code_point(s, &pos);
+    const bool cased = cp >= 0 && is_cased(cp);
+    append_utf8(
+        out, cp < 0 ? 0xFFFD : (cased ? (previous_cased ? lower_case(cp) : upper_case(cp)) : cp));
     previous_cased = cased;
   }
   return out;
@@ -145,13 +153,13 @@ bool string_method(const std::string& s, const std::string& name, const Args& ar
     *result =
         Value::of(affix_matches(s, find_arg(args, kwargs, 0, "prefix"), name == "startswith"));
   } else if (name == "upper" || name == "lower") {
-    *result = Value::of(name == "upper" ? ascii_upper(s) : ascii_lower(s));
+    *result = Value::of(name == "upper" ? to_upper(s) : to_lower(s));
   } else if (name == "title") {
     *result = Value::of(title_case(s));
   } else if (name == "capitalize") {
-    std::string out = ascii_lower(s);
-    if (!out.empty()) out[0] = std::toupper(static_cast<unsigned char>(out[0]));
-    *result = Value::of(out);
+    size_t first = 0;
+    if (!s.empty()) next_code_point(s, &first);
+    *result = Value::of(to_upper(s.substr(0, first)) + to_lower(s.substr(first)));
   } else if (name == "replace") {
     const Value* count = find_arg(args, kwargs, 2, "count");
     *result =
@@ -208,15 +216,42 @@ bool dict_method(const Json& dict, const std::string& name, const Args& args, co
 
 }  // namespace
 
-std::string ascii_upper(std::string s) {
-  for (char& c : s) c = std::toupper(static_cast<unsigned char>(c));
-  return s;
+namespace {
+// Unicode simple case mapping from the C library's C.UTF-8 locale (ASCII only without it).
+locale_t utf8_locale() {
+  static const locale_t locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", static_cast<locale_t>(0));
+  return locale;
 }
 
-std::string ascii_lower(std::string s) {
-  for (char& c : s) c = std::tolower(static_cast<unsigned char>(c));
-  return s;
+std::string map_case(const std::string& s, bool upper) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const size_t start = pos;
+    const int32_t cp = next_code_point(s, &pos);
+    if (cp < 0)
+      out.append(s, start, pos - start);
+    else
+      append_utf8(out, upper ? upper_case(cp) : lower_case(cp));
+  }
+  return out;
 }
+}  // namespace
+
+int32_t upper_case(int32_t cp) {
+  if (cp < 0x80 || !utf8_locale()) return cp < 0x80 ? std::toupper(cp) : cp;
+  return static_cast<int32_t>(towupper_l(static_cast<wint_t>(cp), utf8_locale()));
+}
+
+int32_t lower_case(int32_t cp) {
+  if (cp < 0x80 || !utf8_locale()) return cp < 0x80 ? std::tolower(cp) : cp;
+  return static_cast<int32_t>(towlower_l(static_cast<wint_t>(cp), utf8_locale()));
+}
+
+bool is_cased(int32_t cp) { return upper_case(cp) != cp || lower_case(cp) != cp; }
+
+std::string to_upper(const std::string& s) { return map_case(s, true); }
+std::string to_lower(const std::string& s) { return map_case(s, false); }
 
 const Value* find_arg(const Args& args, const Kwargs& kwargs, size_t index, const char* name) {
   if (index < args.size()) return &args[index];
@@ -245,9 +280,9 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "callable")
     return input.kind == Value::Kind::kMacro || input.kind == Value::Kind::kBuiltin;
   if (name == "lower")
-    return input.is_string() && ascii_lower(j.get<std::string>()) == j.get<std::string>();
+    return input.is_string() && to_lower(j.get<std::string>()) == j.get<std::string>();
   if (name == "upper")
-    return input.is_string() && ascii_upper(j.get<std::string>()) == j.get<std::string>();
+    return input.is_string() && to_upper(j.get<std::string>()) == j.get<std::string>();
   if (name == "odd" || name == "even" || name == "divisibleby") {
     const int64_t n = int_arg(&input, "the value tested");
     if (name == "divisibleby") return n % int_arg(arg, "divisibleby argument") == 0;

@@ -2,6 +2,7 @@
 #include "text/jinja_eval.h"
 
 #include "text/jinja_lexer.h"
+#include "text/jinja_scoping.h"
 
 namespace dsmoe::text::jinja {
 namespace {
@@ -26,7 +27,10 @@ Interpreter::Interpreter(const Json& context) : context_(context) {
   scopes_.emplace_back();
 }
 
-std::string Interpreter::render(const Body& body) { return capture(body); }
+std::string Interpreter::render(const Body& body) {
+  undefined_until_assigned_ = names_undefined_until_assigned(body);
+  return capture(body);
+}
 
 std::string Interpreter::capture(const Body& body) {
   std::string text;
@@ -161,6 +165,8 @@ Value Interpreter::lookup(const std::string& name) const {
     const auto it = scopes_[i].find(name);
     if (it != scopes_[i].end()) return it->second;
   }
+  if (scopes_.size() > 1 && undefined_until_assigned_.count(name))
+    return Value::undefined(fmt::format("'{}' is undefined", name));
   const auto it = context_.find(name);
   if (it != context_.end()) return Value::of(*it);
   if (is_global_function(name)) return Value::builtin(name);

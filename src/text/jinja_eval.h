@@ -2,6 +2,7 @@
 // own, `if` does not), loops with `loop`, set/namespace, macros, break/continue.
 #pragma once
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,8 @@ class Interpreter {
   std::string capture(const Body& body);
 
   const Json& context_;
+  // Top-level names that loop bodies and macros see undefined until assigned (jinja_scoping.h).
+  std::set<std::string> undefined_until_assigned_;
   std::vector<Scope> scopes_;  // [0]: the template's top level; then loops and macros
   size_t frame_base_ = 0;      // inside a macro: its first scope (scopes below it are hidden)
   std::string* out_ = nullptr;

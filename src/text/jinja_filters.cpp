@@ -109,7 +109,7 @@ std::vector<Value> sorted(std::vector<Value> items, bool case_sensitive,
   const auto key = [&](const Value& item) {
     Value value = attribute.empty() ? item : attribute_path(item, attribute);
     if (!case_sensitive && value.is_string())
-      value = Value::of(ascii_lower(value.data.get<std::string>()));
+      value = Value::of(to_lower(value.data.get<std::string>()));
     return value;
   };
   std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) {

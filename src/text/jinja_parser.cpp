@@ -468,7 +468,7 @@ class Parser {
   StmtPtr parse_if(const Token& at) {
     advance();
     auto stmt = statement(StmtKind::kIf, at);
-    ExprPtr condition = parse_tuple();
+    ExprPtr condition = parse_tuple(false);  // jinja2: no `a if b else c` directly in an if tag
     while (true) {
       expect(TokenKind::kBlockEnd, "'%}'");
       std::string end;
@@ -476,7 +476,7 @@ class Parser {
       stmt->branches.emplace_back(std::move(condition), std::move(body));
       if (end == "endif") break;
       if (end == "elif") {
-        condition = parse_tuple();
+        condition = parse_tuple(false);
         continue;
       }
       expect(TokenKind::kBlockEnd, "'%}'");

@@ -422,6 +422,13 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   if (op == "*") {
     if (x.is_string() && is_integral(y)) return Value::of(repeat(x.get<std::string>(), as_int(y)));
     if (is_integral(x) && y.is_string()) return Value::of(repeat(y.get<std::string>(), as_int(x)));
+    if (x.is_array() != y.is_array() && (is_integral(x) || is_integral(y))) {
+      const Json& list = x.is_array() ? x : y;
+      Json out = Json::array();
+      for (int64_t i = 0, n = as_int(x.is_array() ? y : x); i < n; ++i)
+        for (const auto& item : list) out.push_back(item);
+      return Value::of(out);
+    }
   }
   if (!is_numeric(x) || !is_numeric(y)) {
     if (op == "+" && (x.is_string() || y.is_string()))
