@@ -151,6 +151,25 @@ TEST(JinjaSubset, SetScopesAndNamespace) {
                    "{{ ns.count }} {{ ns.text }}"),
             "3 012");
   EXPECT_EQ(render("{% set a, b = [1, 'two'] %}{{ b }}{{ a }}"), "two1");
+  // jinja2 compiles a name a frame assigns before reading it into a local that starts undefined:
+  // a loop body or macro reading it earlier sees undefined, not the context's value, unless an
+  // enclosing frame knows the name (then it starts with that frame's value).
+  const OrderedJson x3 = {{"x", 3}};
+  EXPECT_EQ(render("{% for i in [1] %}[{{ x }}]{% endfor %}{% set x = 5 %}", x3), "[]");
+  EXPECT_EQ(render("{{ x }}{% for i in [1] %}[{{ x }}]{% endfor %}{% set x = 5 %}", x3), "3[3]");
+  EXPECT_EQ(
+      render("{% for i in [1] %}[{{ x }}]{% endfor %}{% if x %}{% set x = 5 %}{% endif %}", x3),
+      "[3]");
+  EXPECT_EQ(render("{% macro m() %}[{{ x }}]{% endmacro %}{{ m() }}{% set x = 5 %}{{ m() }}", x3),
+            "[][5]");
+  EXPECT_EQ(render("{% for o in [1, 2] %}{% for i in [1] %}[{{ x }}]{% endfor %}{% set x = o %}"
+                   "{% endfor %}",
+                   x3),
+            "[][]");
+  EXPECT_EQ(render("{% set y = 1 %}{% for o in [1] %}{% for i in [1] %}[{{ y }}]{% endfor %}"
+                   "{% set y = 5 %}{% endfor %}"),
+            "[1]");
+
   EXPECT_EQ(render("{% set block %}x{{ 1 + 1 }}{% endset %}[{{ block }}]"), "[x2]");
   EXPECT_EQ(render("{% if not add_generation_prompt is defined %}{% set add_generation_prompt = "
                    "false %}{% endif %}{{ add_generation_prompt }}"),

@@ -66,8 +66,7 @@ Json split(const std::string& s, const Value* sep_arg, int64_t max_split) {
       std::string part;
       if (max_split >= 0 && static_cast<int64_t>(parts.size()) == max_split) {
         for (; i < cps.size(); ++i) part += cps[i];
-        size_t keep = rstrip_size(part);
-        parts.push_back(part.substr(0, keep));
+        parts.push_back(part);  // Python keeps the remainder's trailing whitespace
         break;
       }
       while (i < cps.size() && !space(i)) part += cps[i++];
@@ -269,7 +268,7 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "none") return input.is_none();
   if (name == "string") return input.is_string();
   if (name == "mapping") return (data && j.is_object()) || input.kind == Value::Kind::kNamespace;
-  if (name == "number") return data && j.is_number();
+  if (name == "number") return data && (j.is_number() || j.is_boolean());  // bool is an int
   if (name == "integer") return data && j.is_number_integer();
   if (name == "float") return data && j.is_number_float();
   if (name == "boolean") return data && j.is_boolean();
@@ -279,10 +278,11 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "iterable") return data && (j.is_array() || j.is_string() || j.is_object());
   if (name == "callable")
     return input.kind == Value::Kind::kMacro || input.kind == Value::Kind::kBuiltin;
-  if (name == "lower")
-    return input.is_string() && to_lower(j.get<std::string>()) == j.get<std::string>();
-  if (name == "upper")
-    return input.is_string() && to_upper(j.get<std::string>()) == j.get<std::string>();
+  if (name == "lower" || name == "upper") {  // str.islower(): cased characters, all lower
+    const std::string s = to_str(input);
+    const bool has_cased = to_lower(s) != to_upper(s);
+    return has_cased && (name == "lower" ? to_lower(s) : to_upper(s)) == s;
+  }
   if (name == "odd" || name == "even" || name == "divisibleby") {
     const int64_t n = int_arg(&input, "the value tested");
     if (name == "divisibleby") return n % int_arg(arg, "divisibleby argument") == 0;

@@ -28,8 +28,14 @@ Interpreter::Interpreter(const Json& context) : context_(context) {
 }
 
 std::string Interpreter::render(const Body& body) {
-  undefined_until_assigned_ = names_undefined_until_assigned(body);
+  late_names_ = names_undefined_until_assigned(body);
+  scopes_[0].late = late_names(body);
   return capture(body);
+}
+
+const std::set<std::string>* Interpreter::late_names(const Body& body) {
+  const auto it = late_names_.find(&body);
+  return it == late_names_.end() ? nullptr : &it->second;
 }
 
 std::string Interpreter::capture(const Body& body) {
@@ -133,7 +139,7 @@ Interpreter::Flow Interpreter::exec_for(const Stmt& stmt) {
         {"depth0", 0}};
     if (i > 0 && items[i - 1].is_data()) loop["previtem"] = items[i - 1].data;
     if (i + 1 < n && items[i + 1].is_data()) loop["nextitem"] = items[i + 1].data;
-    scopes_.emplace_back();  // a fresh scope per iteration, as jinja2 has
+    scopes_.push_back({{}, late_names(stmt.body)});  // a fresh scope per iteration, as jinja2 has
     Flow flow;
     try {
       assign("loop", Value::of(std::move(loop)));
@@ -162,11 +168,11 @@ void Interpreter::exec_set(const Stmt& stmt) {
 Value Interpreter::lookup(const std::string& name) const {
   for (size_t i = scopes_.size(); i-- > 0;) {
     if (i < frame_base_ && i > 0) continue;  // a macro sees its own frames and the top level
-    const auto it = scopes_[i].find(name);
-    if (it != scopes_[i].end()) return it->second;
+    const auto it = scopes_[i].vars.find(name);
+    if (it != scopes_[i].vars.end()) return it->second;
+    if (scopes_[i].late && scopes_[i].late->count(name))
+      return Value::undefined(fmt::format("'{}' is undefined", name));
   }
-  if (scopes_.size() > 1 && undefined_until_assigned_.count(name))
-    return Value::undefined(fmt::format("'{}' is undefined", name));
   const auto it = context_.find(name);
   if (it != context_.end()) return Value::of(*it);
   if (is_global_function(name)) return Value::builtin(name);
@@ -174,7 +180,7 @@ Value Interpreter::lookup(const std::string& name) const {
 }
 
 void Interpreter::assign(const std::string& name, Value value) {
-  scopes_.back()[name] = std::move(value);
+  scopes_.back().vars[name] = std::move(value);
 }
 
 Value Interpreter::eval(const Expr& expr) {
@@ -315,15 +321,15 @@ Value Interpreter::call_macro(const Macro& macro, const Args& args, const Kwargs
   DSMOE_CHECK(args.size() <= definition.targets.size(),
               "macro '{}' takes not more than {} argument(s)", definition.text,
               definition.targets.size());
-  Scope frame;
+  Scope frame{{}, late_names(definition.body)};
   for (size_t i = 0; i < definition.targets.size(); ++i) {
     const std::string& parameter = definition.targets[i];
     if (const Value* given = find_arg(args, kwargs, i, parameter.c_str())) {
-      frame[parameter] = *given;
+      frame.vars[parameter] = *given;
     } else if (definition.defaults[i]) {
-      frame[parameter] = eval(*definition.defaults[i]);
+      frame.vars[parameter] = eval(*definition.defaults[i]);
     } else {
-      frame[parameter] = Value::undefined(fmt::format("'{}' is undefined", parameter));
+      frame.vars[parameter] = Value::undefined(fmt::format("'{}' is undefined", parameter));
     }
   }
   for (const auto& [key, unused] : kwargs) {

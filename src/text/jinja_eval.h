@@ -22,7 +22,12 @@ class Interpreter {
 
  private:
   enum class Flow { kNormal, kBreak, kContinue };
-  using Scope = std::map<std::string, Value>;
+  // A frame's variables: the top level, a loop iteration, a macro call. `late`: the names the
+  // frame's body assigns before reading them, undefined until assigned (jinja_scoping.h).
+  struct Scope {
+    std::map<std::string, Value> vars;
+    const std::set<std::string>* late = nullptr;
+  };
 
   Flow exec_body(const Body& body);
   Flow exec(const Stmt& stmt);
@@ -42,8 +47,8 @@ class Interpreter {
   std::string capture(const Body& body);
 
   const Json& context_;
-  // Top-level names that loop bodies and macros see undefined until assigned (jinja_scoping.h).
-  std::set<std::string> undefined_until_assigned_;
+  const std::set<std::string>* late_names(const Body& body);
+  std::map<const Body*, std::set<std::string>> late_names_;  // per frame body
   std::vector<Scope> scopes_;  // [0]: the template's top level; then loops and macros
   size_t frame_base_ = 0;      // inside a macro: its first scope (scopes below it are hidden)
   std::string* out_ = nullptr;

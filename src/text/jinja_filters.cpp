@@ -277,7 +277,9 @@ Value call_filter(const std::string& name, const Value& input, const Args& args,
     return number_filter(input, find_arg(args, kwargs, 0, "default"), name == "int");
   if (name == "abs") {
     require_defined(input);
-    DSMOE_CHECK(input.is_number(), "bad operand type for abs(): '{}'", type_name(input));
+    DSMOE_CHECK(input.is_number() || (input.is_data() && input.data.is_boolean()),
+                "bad operand type for abs(): '{}'", type_name(input));
+    if (input.data.is_boolean()) return Value::of(input.data.get<bool>() ? 1 : 0);
     return py_less(input, Value::of(0)) ? negate(input) : input;
   }
   if (name == "indent") {

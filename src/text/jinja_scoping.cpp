@@ -1,4 +1,4 @@
-// jinja_scoping.cpp: see jinja_scoping.h. Mirrors jinja2's symbol tracking of the root frame:
+// jinja_scoping.cpp: see jinja_scoping.h. Mirrors jinja2's symbol tracking of a frame:
 // loads and stores in visit order, if branches merged by Symbols.branch_update; for-loop bodies,
 // macro bodies and block sets are frames of their own and are not visited.
 #include "text/jinja_scoping.h"
@@ -95,15 +95,47 @@ void visit_body(const Body& body, Symbols* symbols) {
   }
 }
 
+// Every frame nested directly in `body` (not inside a further frame): loop, macro and
+// generation bodies, with the parameters each binds.
+void nested_frames(const Body& body,
+                   std::vector<std::pair<const Body*, std::vector<std::string>>>* frames) {
+  for (const StmtPtr& stmt : body) {
+    if (stmt->kind == StmtKind::kIf) {
+      for (const auto& [unused, branch] : stmt->branches) nested_frames(branch, frames);
+    } else if (stmt->kind == StmtKind::kFor) {
+      std::vector<std::string> params = stmt->targets;
+      params.push_back("loop");
+      frames->emplace_back(&stmt->body, params);
+    } else if (stmt->kind == StmtKind::kMacro) {
+      frames->emplace_back(&stmt->body, stmt->targets);
+    } else if (stmt->kind == StmtKind::kScope) {
+      frames->emplace_back(&stmt->body, std::vector<std::string>{});
+    }
+  }
+}
+
+void analyze_frame(const Body& body, const std::vector<std::string>& params,
+                   const std::set<std::string>& outer_refs,
+                   std::map<const Body*, std::set<std::string>>* late) {
+  Symbols symbols;
+  for (const std::string& name : params) symbols.load(name);
+  visit_body(body, &symbols);
+  std::set<std::string>& names = (*late)[&body];
+  for (const auto& [name, resolved] : symbols.starts_resolved)
+    if (!resolved && symbols.stores.count(name) && !outer_refs.count(name)) names.insert(name);
+  std::set<std::string> refs = outer_refs;
+  for (const auto& [name, unused] : symbols.starts_resolved) refs.insert(name);
+  std::vector<std::pair<const Body*, std::vector<std::string>>> frames;
+  nested_frames(body, &frames);
+  for (const auto& [frame, frame_params] : frames) analyze_frame(*frame, frame_params, refs, late);
+}
+
 }  // namespace
 
-std::set<std::string> names_undefined_until_assigned(const Body& top_level) {
-  Symbols symbols;
-  visit_body(top_level, &symbols);
-  std::set<std::string> names;
-  for (const auto& [name, resolved] : symbols.starts_resolved)
-    if (!resolved && symbols.stores.count(name)) names.insert(name);
-  return names;
+std::map<const Body*, std::set<std::string>> names_undefined_until_assigned(const Body& top_level) {
+  std::map<const Body*, std::set<std::string>> late;
+  analyze_frame(top_level, {}, {}, &late);
+  return late;
 }
 
 }  // namespace dsmoe::text::jinja
