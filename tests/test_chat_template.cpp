@@ -267,6 +267,11 @@ TEST(JinjaSubset, SyntaxErrorsNameLineAndColumn) {
             std::string::npos)
       << error_of("x {{ a");
   EXPECT_NE(error_of("{% endfor %}").find("line 1:4"), std::string::npos);
+  // Nesting deep enough to threaten the stack is refused, not crashed on.
+  EXPECT_NE(error_of("{{ " + std::string(5000, '(') + " }}").find("less deeply nested"), std::string::npos);
+  std::string nested_ifs;
+  for (int i = 0; i < 1000; ++i) nested_ifs += "{% if true %}";
+  EXPECT_NE(error_of(nested_ifs).find("less deeply nested"), std::string::npos);
 }
 
 TEST(JinjaSubset, RuntimeErrors) {
@@ -283,6 +288,9 @@ TEST(JinjaSubset, RuntimeErrors) {
             std::string::npos)
       << error_of("{{ 'a' + none }}");
   EXPECT_NE(error_of("{% set x = 1 %}{% set x.y = 2 %}").find("non-namespace"), std::string::npos);
+  EXPECT_NE(error_of("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}").find("recursion depth"),
+            std::string::npos);
+  EXPECT_NE(error_of("{{ 'x' * 100000 * 100000 }}").find("too large"), std::string::npos);
   EXPECT_NE(error_of("{{ [].append(1) }}").find("no method 'append'"), std::string::npos)
       << error_of("{{ [].append(1) }}");
 }

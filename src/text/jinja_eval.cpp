@@ -7,6 +7,9 @@
 namespace dsmoe::text::jinja {
 namespace {
 
+// Nested macro calls allowed (Python's recursion limit stops jinja2 somewhat later).
+constexpr int kMaxMacroDepth = 200;
+
 // An error that already names its line:column (inner statements locate errors first).
 class LocatedError : public Error {
  public:
@@ -337,6 +340,9 @@ Value Interpreter::call_macro(const Macro& macro, const Args& args, const Kwargs
     DSMOE_CHECK(std::find(names.begin(), names.end(), key) != names.end(),
                 "macro '{}' takes no keyword argument '{}'", definition.text, key);
   }
+  DSMOE_CHECK(macro_depth_ < kMaxMacroDepth, "maximum macro recursion depth ({}) exceeded",
+              kMaxMacroDepth);
+  ++macro_depth_;
   const size_t saved_base = frame_base_;
   frame_base_ = scopes_.size();
   scopes_.push_back(std::move(frame));
@@ -346,10 +352,12 @@ Value Interpreter::call_macro(const Macro& macro, const Args& args, const Kwargs
   } catch (...) {
     scopes_.pop_back();
     frame_base_ = saved_base;
+    --macro_depth_;
     throw;
   }
   scopes_.pop_back();
   frame_base_ = saved_base;
+  --macro_depth_;
   return Value::of(text);
 }
 

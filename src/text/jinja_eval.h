@@ -52,6 +52,7 @@ class Interpreter {
   std::vector<Scope> scopes_;  // [0]: the template's top level; then loops and macros
   size_t frame_base_ = 0;      // inside a macro: its first scope (scopes below it are hidden)
   std::string* out_ = nullptr;
+  int macro_depth_ = 0;
 };
 
 }  // namespace dsmoe::text::jinja

@@ -159,7 +159,12 @@ int64_t floor_div(int64_t a, int64_t b) {
 
 Json number(double v, bool integral) { return integral ? Json(static_cast<int64_t>(v)) : Json(v); }
 
+// The largest string or list `*` may make (Python would run out of memory instead).
+constexpr int64_t kMaxRepeatBytes = int64_t{1} << 30;
+
 std::string repeat(const std::string& s, int64_t times) {
+  DSMOE_CHECK(times <= 0 || static_cast<int64_t>(s.size()) <= kMaxRepeatBytes / times,
+              "repetition result too large");
   std::string out;
   for (int64_t i = 0; i < times; ++i) out += s;
   return out;
@@ -424,6 +429,9 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
     if (is_integral(x) && y.is_string()) return Value::of(repeat(y.get<std::string>(), as_int(x)));
     if (x.is_array() != y.is_array() && (is_integral(x) || is_integral(y))) {
       const Json& list = x.is_array() ? x : y;
+      const int64_t times = as_int(x.is_array() ? y : x);
+      DSMOE_CHECK(times <= 0 || static_cast<int64_t>(list.size()) <= kMaxRepeatBytes / times,
+                  "repetition result too large");
       Json out = Json::array();
       for (int64_t i = 0, n = as_int(x.is_array() ? y : x); i < n; ++i)
         for (const auto& item : list) out.push_back(item);
