@@ -21,14 +21,14 @@ constexpr int64_t kMaxRange = 100000;
 const std::string& string_arg(const Value* value, const char* what) {
   DSMOE_CHECK(value && value->is_string(), "{} must be a string, not {}", what,
               value ? type_name(*value) : "nothing");
-  return value->data.get_ref<const std::string&>();
+  return value->data().get_ref<const std::string&>();
 }
 
 int64_t int_arg(const Value* value, const char* what) {
-  DSMOE_CHECK(
-      value && value->is_data() && (value->data.is_number_integer() || value->data.is_boolean()),
-      "{} must be an integer, not {}", what, value ? type_name(*value) : "nothing");
-  return value->data.is_boolean() ? value->data.get<bool>() : value->data.get<int64_t>();
+  DSMOE_CHECK(value && value->is_data() &&
+                  (value->data().is_number_integer() || value->data().is_boolean()),
+              "{} must be an integer, not {}", what, value ? type_name(*value) : "nothing");
+  return value->data().is_boolean() ? value->data().get<bool>() : value->data().get<int64_t>();
 }
 
 // str.strip/lstrip/rstrip: chars given, or Python whitespace.
@@ -93,8 +93,8 @@ bool affix_matches(const std::string& s, const Value* affix, bool prefix) {
     return prefix ? s.compare(0, a.size(), a) == 0
                   : s.compare(s.size() - a.size(), a.size(), a) == 0;
   };
-  if (affix && affix->is_data() && affix->data.is_array()) {
-    for (const auto& a : affix->data) {
+  if (affix && affix->is_data() && affix->data().is_array()) {
+    for (const auto& a : affix->data()) {
       DSMOE_CHECK(a.is_string(), "startswith/endswith takes strings");
       if (one(a.get<std::string>())) return true;
     }
@@ -190,13 +190,17 @@ bool string_method(const std::string& s, const std::string& name, const Args& ar
   return true;
 }
 
-bool dict_method(const Json& dict, const std::string& name, const Args& args, const Kwargs& kwargs,
-                 Value* result) {
+bool dict_method(const Value& object, const std::string& name, const Args& args,
+                 const Kwargs& kwargs, Value* result) {
+  const Json& dict = object.data();
   if (name == "get") {
     const Value* key = find_arg(args, kwargs, 0, "key");
     const Value* fallback = find_arg(args, kwargs, 1, "default");
-    const auto it = key && key->is_string() ? dict.find(key->data.get<std::string>()) : dict.end();
-    *result = it != dict.end() ? Value::of(*it) : fallback ? *fallback : Value::of(nullptr);
+    const auto it =
+        key && key->is_string() ? dict.find(key->data().get<std::string>()) : dict.end();
+    *result = it != dict.end() ? Value::part_of(object, *it)
+              : fallback       ? *fallback
+                               : Value::of(nullptr);
     return true;
   }
   if (name != "items" && name != "keys" && name != "values") return false;
@@ -260,7 +264,7 @@ const Value* find_arg(const Args& args, const Kwargs& kwargs, size_t index, cons
 }
 
 bool call_test(const std::string& name, const Value& input, const Args& args) {
-  const Json& j = input.data;
+  const Json& j = input.data();
   const bool data = input.is_data();
   const Value* arg = args.empty() ? nullptr : &args[0];
   if (name == "defined") return !input.is_undefined();
@@ -297,7 +301,8 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "ge" || name == ">=") return !py_less(input, *arg);
   if (name == "in") return contains(*arg, input);
   if (name == "sameas") {
-    if (input.is_data() && arg->is_data() && (j.is_null() || j.is_boolean())) return j == arg->data;
+    if (input.is_data() && arg->is_data() && (j.is_null() || j.is_boolean()))
+      return j == arg->data();
     return input.kind != Value::Kind::kData && py_equal(input, *arg);
   }
   fail(fmt::format("no test named '{}'", name));
@@ -306,9 +311,9 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
 bool call_method(const Value& object, const std::string& name, const Args& args,
                  const Kwargs& kwargs, Value* result) {
   if (object.is_string())
-    return string_method(object.data.get_ref<const std::string&>(), name, args, kwargs, result);
-  if (object.is_data() && object.data.is_object())
-    return dict_method(object.data, name, args, kwargs, result);
+    return string_method(object.data().get_ref<const std::string&>(), name, args, kwargs, result);
+  if (object.is_data() && object.data().is_object())
+    return dict_method(object, name, args, kwargs, result);
   return false;
 }
 
@@ -348,9 +353,9 @@ Value call_global(const std::string& name, const Args& args, const Kwargs& kwarg
   // namespace(...) and dict(...): from an optional mapping and keyword arguments.
   std::vector<std::pair<std::string, Value>> entries;
   if (!args.empty()) {
-    DSMOE_CHECK(args.size() == 1 && args[0].is_data() && args[0].data.is_object(),
+    DSMOE_CHECK(args.size() == 1 && args[0].is_data() && args[0].data().is_object(),
                 "{}() takes one mapping and keyword arguments", name);
-    for (const auto& item : args[0].data.items())
+    for (const auto& item : args[0].data().items())
       entries.emplace_back(item.key(), Value::of(item.value()));
   }
   for (const auto& entry : kwargs) entries.push_back(entry);
@@ -365,7 +370,7 @@ Value call_global(const std::string& name, const Args& args, const Kwargs& kwarg
   Json out = Json::object();
   for (auto& [key, value] : entries) {
     DSMOE_CHECK(value.is_data(), "dict() values must be plain data, not {}", type_name(value));
-    out[key] = value.data;
+    out[key] = value.data();
   }
   return Value::of(out);
 }

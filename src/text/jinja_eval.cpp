@@ -18,14 +18,16 @@ class LocatedError : public Error {
 
 std::optional<int64_t> slice_bound(const Value& value) {
   if (value.is_undefined() || value.is_none()) return std::nullopt;
-  DSMOE_CHECK(value.is_data() && value.data.is_number_integer(),
+  DSMOE_CHECK(value.is_data() && value.data().is_number_integer(),
               "slice indices must be integers or None, not {}", type_name(value));
-  return value.data.get<int64_t>();
+  return value.data().get<int64_t>();
 }
 
 }  // namespace
 
-Interpreter::Interpreter(const Json& context) : context_(context) {
+Interpreter::Interpreter(const Json& context) {
+  context_.kind = Value::Kind::kData;
+  context_.json = std::shared_ptr<const Json>(&context, [](const Json*) {});
   DSMOE_CHECK(context.is_object(), "chat template context must be a JSON object");
   scopes_.emplace_back();
 }
@@ -140,8 +142,8 @@ Interpreter::Flow Interpreter::exec_for(const Stmt& stmt) {
         {"index0", i},     {"index", i + 1},     {"revindex", n - i}, {"revindex0", n - i - 1},
         {"first", i == 0}, {"last", i == n - 1}, {"length", n},       {"depth", 1},
         {"depth0", 0}};
-    if (i > 0 && items[i - 1].is_data()) loop["previtem"] = items[i - 1].data;
-    if (i + 1 < n && items[i + 1].is_data()) loop["nextitem"] = items[i + 1].data;
+    if (i > 0 && items[i - 1].is_data()) loop["previtem"] = items[i - 1].data();
+    if (i + 1 < n && items[i + 1].is_data()) loop["nextitem"] = items[i + 1].data();
     scopes_.push_back({{}, late_names(stmt.body)});  // a fresh scope per iteration, as jinja2 has
     Flow flow;
     try {
@@ -176,8 +178,8 @@ Value Interpreter::lookup(const std::string& name) const {
     if (scopes_[i].late && scopes_[i].late->count(name))
       return Value::undefined(fmt::format("'{}' is undefined", name));
   }
-  const auto it = context_.find(name);
-  if (it != context_.end()) return Value::of(*it);
+  const auto it = context_.data().find(name);
+  if (it != context_.data().end()) return Value::part_of(context_, *it);
   if (is_global_function(name)) return Value::builtin(name);
   return Value::undefined(fmt::format("'{}' is undefined", name));
 }
@@ -188,8 +190,12 @@ void Interpreter::assign(const std::string& name, Value value) {
 
 Value Interpreter::eval(const Expr& expr) {
   switch (expr.kind) {
-    case ExprKind::kLiteral:
-      return Value::of(expr.literal);
+    case ExprKind::kLiteral: {  // points at the parsed literal, which outlives the render
+      Value literal;
+      literal.kind = Value::Kind::kData;
+      literal.json = std::shared_ptr<const Json>(std::shared_ptr<const Json>(), &expr.literal);
+      return literal;
+    }
     case ExprKind::kName:
       return lookup(expr.name);
     case ExprKind::kList: {
@@ -197,7 +203,7 @@ Value Interpreter::eval(const Expr& expr) {
       for (const ExprPtr& child : expr.children) {
         Value item = eval(*child);
         DSMOE_CHECK(item.is_data(), "a list can only hold plain data, not {}", type_name(item));
-        list.push_back(std::move(item.data));
+        list.push_back(std::move(item.data()));
       }
       return Value::of(std::move(list));
     }
@@ -208,7 +214,7 @@ Value Interpreter::eval(const Expr& expr) {
         Value value = eval(*expr.children[i + 1]);
         DSMOE_CHECK(key.is_string(), "dict keys must be strings, not {}", type_name(key));
         DSMOE_CHECK(value.is_data(), "a dict can only hold plain data, not {}", type_name(value));
-        dict[key.data.get<std::string>()] = std::move(value.data);
+        dict[key.data().get<std::string>()] = std::move(value.data());
       }
       return Value::of(std::move(dict));
     }

@@ -46,7 +46,7 @@ class Interpreter {
   void assign(const std::string& name, Value value);
   std::string capture(const Body& body);
 
-  const Json& context_;
+  Value context_;  // the context, not owned (it outlives the interpreter)
   const std::set<std::string>* late_names(const Body& body);
   std::map<const Body*, std::set<std::string>> late_names_;  // per frame body
   std::vector<Scope> scopes_;  // [0]: the template's top level; then loops and macros
