@@ -151,6 +151,25 @@ TEST(JinjaSubset, SetScopesAndNamespace) {
                    "{{ ns.count }} {{ ns.text }}"),
             "3 012");
   EXPECT_EQ(render("{% set a, b = [1, 'two'] %}{{ b }}{{ a }}"), "two1");
+  // jinja2 compiles a name a frame assigns before reading it into a local that starts undefined:
+  // a loop body or macro reading it earlier sees undefined, not the context's value, unless an
+  // enclosing frame knows the name (then it starts with that frame's value).
+  const OrderedJson x3 = {{"x", 3}};
+  EXPECT_EQ(render("{% for i in [1] %}[{{ x }}]{% endfor %}{% set x = 5 %}", x3), "[]");
+  EXPECT_EQ(render("{{ x }}{% for i in [1] %}[{{ x }}]{% endfor %}{% set x = 5 %}", x3), "3[3]");
+  EXPECT_EQ(
+      render("{% for i in [1] %}[{{ x }}]{% endfor %}{% if x %}{% set x = 5 %}{% endif %}", x3),
+      "[3]");
+  EXPECT_EQ(render("{% macro m() %}[{{ x }}]{% endmacro %}{{ m() }}{% set x = 5 %}{{ m() }}", x3),
+            "[][5]");
+  EXPECT_EQ(render("{% for o in [1, 2] %}{% for i in [1] %}[{{ x }}]{% endfor %}{% set x = o %}"
+                   "{% endfor %}",
+                   x3),
+            "[][]");
+  EXPECT_EQ(render("{% set y = 1 %}{% for o in [1] %}{% for i in [1] %}[{{ y }}]{% endfor %}"
+                   "{% set y = 5 %}{% endfor %}"),
+            "[1]");
+
   EXPECT_EQ(render("{% set block %}x{{ 1 + 1 }}{% endset %}[{{ block }}]"), "[x2]");
   EXPECT_EQ(render("{% if not add_generation_prompt is defined %}{% set add_generation_prompt = "
                    "false %}{% endif %}{{ add_generation_prompt }}"),
@@ -219,6 +238,12 @@ TEST(JinjaSubset, FiltersTestsAndMethods) {
                    "{{ tools[0].args.get('c', 'none') }} {{ tools[0].args.keys() | list }}",
                    context),
             "f,g 1 none ['b', 'a']");
+  EXPECT_EQ(
+      render("{{ '42.23' | int }} {{ ' 7 ' | int }} {{ 'x' | int(5) }} {{ '2.5' | float }} "
+             "{{ 3 | float }} {{ 3.9 | int }} {{ [1, 2] | reverse | list }} {{ 'abc' | reverse }} "
+             "{% for k, v in {'b': 1, 'a': 2} | dictsort %}{{ k }}{{ v }}{% endfor %} {{ "
+             "'a\\nb\\n\\nc' | indent(2) }} {{ 'x' | indent(2, true) }}"),
+      "42 7 5 2.5 3.0 3 [2, 1] cba a2b1 a\n  b\n\n  c   x");
   EXPECT_EQ(render("{{ x is string }}{{ x is mapping }}{{ d is mapping }}{{ n is none }}"
                    "{{ 3 is odd }}{{ 4 is divisibleby 2 }}{{ x is not number }}",
                    {{"x", "s"}, {"d", OrderedJson::object()}, {"n", nullptr}}),
@@ -242,6 +267,11 @@ TEST(JinjaSubset, SyntaxErrorsNameLineAndColumn) {
             std::string::npos)
       << error_of("x {{ a");
   EXPECT_NE(error_of("{% endfor %}").find("line 1:4"), std::string::npos);
+  // Nesting deep enough to threaten the stack is refused, not crashed on.
+  EXPECT_NE(error_of("{{ " + std::string(5000, '(') + " }}").find("less deeply nested"), std::string::npos);
+  std::string nested_ifs;
+  for (int i = 0; i < 1000; ++i) nested_ifs += "{% if true %}";
+  EXPECT_NE(error_of(nested_ifs).find("less deeply nested"), std::string::npos);
 }
 
 TEST(JinjaSubset, RuntimeErrors) {
@@ -258,6 +288,9 @@ TEST(JinjaSubset, RuntimeErrors) {
             std::string::npos)
       << error_of("{{ 'a' + none }}");
   EXPECT_NE(error_of("{% set x = 1 %}{% set x.y = 2 %}").find("non-namespace"), std::string::npos);
+  EXPECT_NE(error_of("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}").find("recursion depth"),
+            std::string::npos);
+  EXPECT_NE(error_of("{{ 'x' * 100000 * 100000 }}").find("too large"), std::string::npos);
   EXPECT_NE(error_of("{{ [].append(1) }}").find("no method 'append'"), std::string::npos)
       << error_of("{{ [].append(1) }}");
 }

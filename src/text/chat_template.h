@@ -1,7 +1,16 @@
 // chat_template.h: renders a checkpoint's chat_template (tokenizer_config.json) as Hugging Face
 // transformers renders it: jinja2's ImmutableSandboxedEnvironment(trim_blocks=True,
 // lstrip_blocks=True) with loop controls, raise_exception, strftime_now and transformers' tojson.
-// The Jinja subset is implemented in jinja_*.{h,cpp}; see docs there for what is covered.
+//
+// The Jinja subset (jinja_*.{h,cpp}): {{ }}, {% %}, {# #} with -/+ whitespace control; if/elif/
+// else, for (else, `if` filter, tuple targets, loop.index0/index/revindex/first/last/length/
+// previtem/nextitem), break/continue, set (names, tuples, ns.attr, block set), macro with
+// defaults, raw, generation; jinja2's scoping of loops and macros; literals, + - * / // % ** ~,
+// comparisons (chained), in/not in, and/or/not, a if b else c, subscripts and slices; str
+// methods (strip, split, startswith, replace, upper, ...) and dict get/items/keys/values;
+// common filters and tests; undefined values as jinja2's default Undefined. Not supported:
+// include/extends/block/call/filter/with tags, loop.cycle, recursive loops, string % and
+// format(), undefined values inside list or dict literals; tuples print as lists.
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>

@@ -1,8 +1,12 @@
 // jinja_builtins.cpp: tests, str/dict methods and globals (filters are in jinja_filters.cpp).
 #include "text/jinja_builtins.h"
 
+#include <locale.h>
+
 #include <cctype>
+#include <clocale>
 #include <ctime>
+#include <cwctype>
 #include <set>
 
 #include "text/jinja_ast.h"
@@ -17,14 +21,14 @@ constexpr int64_t kMaxRange = 100000;
 const std::string& string_arg(const Value* value, const char* what) {
   DSMOE_CHECK(value && value->is_string(), "{} must be a string, not {}", what,
               value ? type_name(*value) : "nothing");
-  return value->data.get_ref<const std::string&>();
+  return value->data().get_ref<const std::string&>();
 }
 
 int64_t int_arg(const Value* value, const char* what) {
-  DSMOE_CHECK(
-      value && value->is_data() && (value->data.is_number_integer() || value->data.is_boolean()),
-      "{} must be an integer, not {}", what, value ? type_name(*value) : "nothing");
-  return value->data.is_boolean() ? value->data.get<bool>() : value->data.get<int64_t>();
+  DSMOE_CHECK(value && value->is_data() &&
+                  (value->data().is_number_integer() || value->data().is_boolean()),
+              "{} must be an integer, not {}", what, value ? type_name(*value) : "nothing");
+  return value->data().is_boolean() ? value->data().get<bool>() : value->data().get<int64_t>();
 }
 
 // str.strip/lstrip/rstrip: chars given, or Python whitespace.
@@ -62,8 +66,7 @@ Json split(const std::string& s, const Value* sep_arg, int64_t max_split) {
       std::string part;
       if (max_split >= 0 && static_cast<int64_t>(parts.size()) == max_split) {
         for (; i < cps.size(); ++i) part += cps[i];
-        size_t keep = rstrip_size(part);
-        parts.push_back(part.substr(0, keep));
+        parts.push_back(part);  // Python keeps the remainder's trailing whitespace
         break;
       }
       while (i < cps.size() && !space(i)) part += cps[i++];
@@ -90,8 +93,8 @@ bool affix_matches(const std::string& s, const Value* affix, bool prefix) {
     return prefix ? s.compare(0, a.size(), a) == 0
                   : s.compare(s.size() - a.size(), a.size(), a) == 0;
   };
-  if (affix && affix->is_data() && affix->data.is_array()) {
-    for (const auto& a : affix->data) {
+  if (affix && affix->is_data() && affix->data().is_array()) {
+    for (const auto& a : affix->data()) {
       DSMOE_CHECK(a.is_string(), "startswith/endswith takes strings");
       if (one(a.get<std::string>())) return true;
     }
@@ -100,12 +103,16 @@ bool affix_matches(const std::string& s, const Value* affix, bool prefix) {
   return one(string_arg(affix, "startswith/endswith argument"));
 }
 
+// Python's str.title(): a cased character after an uncased one is upper-cased, others lowered.
 std::string title_case(const std::string& s) {
-  std::string out = s;
+  std::string out;
   bool previous_cased = false;
-  for (char& c : out) {
-    const bool cased = std::isalpha(static_cast<unsigned char>(c));
-    if (cased) c = previous_cased ? std::tolower(c) : std::toupper(c);
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const int32_t cp = next_code_point(s, &pos);
+    const bool cased = cp >= 0 && is_cased(cp);
+    append_utf8(
+        out, cp < 0 ? 0xFFFD : (cased ? (previous_cased ? lower_case(cp) : upper_case(cp)) : cp));
     previous_cased = cased;
   }
   return out;
@@ -145,13 +152,13 @@ bool string_method(const std::string& s, const std::string& name, const Args& ar
     *result =
         Value::of(affix_matches(s, find_arg(args, kwargs, 0, "prefix"), name == "startswith"));
   } else if (name == "upper" || name == "lower") {
-    *result = Value::of(name == "upper" ? ascii_upper(s) : ascii_lower(s));
+    *result = Value::of(name == "upper" ? to_upper(s) : to_lower(s));
   } else if (name == "title") {
     *result = Value::of(title_case(s));
   } else if (name == "capitalize") {
-    std::string out = ascii_lower(s);
-    if (!out.empty()) out[0] = std::toupper(static_cast<unsigned char>(out[0]));
-    *result = Value::of(out);
+    size_t first = 0;
+    if (!s.empty()) next_code_point(s, &first);
+    *result = Value::of(to_upper(s.substr(0, first)) + to_lower(s.substr(first)));
   } else if (name == "replace") {
     const Value* count = find_arg(args, kwargs, 2, "count");
     *result =
@@ -183,13 +190,17 @@ bool string_method(const std::string& s, const std::string& name, const Args& ar
   return true;
 }
 
-bool dict_method(const Json& dict, const std::string& name, const Args& args, const Kwargs& kwargs,
-                 Value* result) {
+bool dict_method(const Value& object, const std::string& name, const Args& args,
+                 const Kwargs& kwargs, Value* result) {
+  const Json& dict = object.data();
   if (name == "get") {
     const Value* key = find_arg(args, kwargs, 0, "key");
     const Value* fallback = find_arg(args, kwargs, 1, "default");
-    const auto it = key && key->is_string() ? dict.find(key->data.get<std::string>()) : dict.end();
-    *result = it != dict.end() ? Value::of(*it) : fallback ? *fallback : Value::of(nullptr);
+    const auto it =
+        key && key->is_string() ? dict.find(key->data().get<std::string>()) : dict.end();
+    *result = it != dict.end() ? Value::part_of(object, *it)
+              : fallback       ? *fallback
+                               : Value::of(nullptr);
     return true;
   }
   if (name != "items" && name != "keys" && name != "values") return false;
@@ -208,15 +219,42 @@ bool dict_method(const Json& dict, const std::string& name, const Args& args, co
 
 }  // namespace
 
-std::string ascii_upper(std::string s) {
-  for (char& c : s) c = std::toupper(static_cast<unsigned char>(c));
-  return s;
+namespace {
+// Unicode simple case mapping from the C library's C.UTF-8 locale (ASCII only without it).
+locale_t utf8_locale() {
+  static const locale_t locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", static_cast<locale_t>(0));
+  return locale;
 }
 
-std::string ascii_lower(std::string s) {
-  for (char& c : s) c = std::tolower(static_cast<unsigned char>(c));
-  return s;
+std::string map_case(const std::string& s, bool upper) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const size_t start = pos;
+    const int32_t cp = next_code_point(s, &pos);
+    if (cp < 0)
+      out.append(s, start, pos - start);
+    else
+      append_utf8(out, upper ? upper_case(cp) : lower_case(cp));
+  }
+  return out;
 }
+}  // namespace
+
+int32_t upper_case(int32_t cp) {
+  if (cp < 0x80 || !utf8_locale()) return cp < 0x80 ? std::toupper(cp) : cp;
+  return static_cast<int32_t>(towupper_l(static_cast<wint_t>(cp), utf8_locale()));
+}
+
+int32_t lower_case(int32_t cp) {
+  if (cp < 0x80 || !utf8_locale()) return cp < 0x80 ? std::tolower(cp) : cp;
+  return static_cast<int32_t>(towlower_l(static_cast<wint_t>(cp), utf8_locale()));
+}
+
+bool is_cased(int32_t cp) { return upper_case(cp) != cp || lower_case(cp) != cp; }
+
+std::string to_upper(const std::string& s) { return map_case(s, true); }
+std::string to_lower(const std::string& s) { return map_case(s, false); }
 
 const Value* find_arg(const Args& args, const Kwargs& kwargs, size_t index, const char* name) {
   if (index < args.size()) return &args[index];
@@ -226,7 +264,7 @@ const Value* find_arg(const Args& args, const Kwargs& kwargs, size_t index, cons
 }
 
 bool call_test(const std::string& name, const Value& input, const Args& args) {
-  const Json& j = input.data;
+  const Json& j = input.data();
   const bool data = input.is_data();
   const Value* arg = args.empty() ? nullptr : &args[0];
   if (name == "defined") return !input.is_undefined();
@@ -234,7 +272,7 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "none") return input.is_none();
   if (name == "string") return input.is_string();
   if (name == "mapping") return (data && j.is_object()) || input.kind == Value::Kind::kNamespace;
-  if (name == "number") return data && j.is_number();
+  if (name == "number") return data && (j.is_number() || j.is_boolean());  // bool is an int
   if (name == "integer") return data && j.is_number_integer();
   if (name == "float") return data && j.is_number_float();
   if (name == "boolean") return data && j.is_boolean();
@@ -244,10 +282,11 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "iterable") return data && (j.is_array() || j.is_string() || j.is_object());
   if (name == "callable")
     return input.kind == Value::Kind::kMacro || input.kind == Value::Kind::kBuiltin;
-  if (name == "lower")
-    return input.is_string() && ascii_lower(j.get<std::string>()) == j.get<std::string>();
-  if (name == "upper")
-    return input.is_string() && ascii_upper(j.get<std::string>()) == j.get<std::string>();
+  if (name == "lower" || name == "upper") {  // str.islower(): cased characters, all lower
+    const std::string s = to_str(input);
+    const bool has_cased = to_lower(s) != to_upper(s);
+    return has_cased && (name == "lower" ? to_lower(s) : to_upper(s)) == s;
+  }
   if (name == "odd" || name == "even" || name == "divisibleby") {
     const int64_t n = int_arg(&input, "the value tested");
     if (name == "divisibleby") return n % int_arg(arg, "divisibleby argument") == 0;
@@ -262,7 +301,8 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
   if (name == "ge" || name == ">=") return !py_less(input, *arg);
   if (name == "in") return contains(*arg, input);
   if (name == "sameas") {
-    if (input.is_data() && arg->is_data() && (j.is_null() || j.is_boolean())) return j == arg->data;
+    if (input.is_data() && arg->is_data() && (j.is_null() || j.is_boolean()))
+      return j == arg->data();
     return input.kind != Value::Kind::kData && py_equal(input, *arg);
   }
   fail(fmt::format("no test named '{}'", name));
@@ -271,9 +311,9 @@ bool call_test(const std::string& name, const Value& input, const Args& args) {
 bool call_method(const Value& object, const std::string& name, const Args& args,
                  const Kwargs& kwargs, Value* result) {
   if (object.is_string())
-    return string_method(object.data.get_ref<const std::string&>(), name, args, kwargs, result);
-  if (object.is_data() && object.data.is_object())
-    return dict_method(object.data, name, args, kwargs, result);
+    return string_method(object.data().get_ref<const std::string&>(), name, args, kwargs, result);
+  if (object.is_data() && object.data().is_object())
+    return dict_method(object, name, args, kwargs, result);
   return false;
 }
 
@@ -313,9 +353,9 @@ Value call_global(const std::string& name, const Args& args, const Kwargs& kwarg
   // namespace(...) and dict(...): from an optional mapping and keyword arguments.
   std::vector<std::pair<std::string, Value>> entries;
   if (!args.empty()) {
-    DSMOE_CHECK(args.size() == 1 && args[0].is_data() && args[0].data.is_object(),
+    DSMOE_CHECK(args.size() == 1 && args[0].is_data() && args[0].data().is_object(),
                 "{}() takes one mapping and keyword arguments", name);
-    for (const auto& item : args[0].data.items())
+    for (const auto& item : args[0].data().items())
       entries.emplace_back(item.key(), Value::of(item.value()));
   }
   for (const auto& entry : kwargs) entries.push_back(entry);
@@ -330,7 +370,7 @@ Value call_global(const std::string& name, const Args& args, const Kwargs& kwarg
   Json out = Json::object();
   for (auto& [key, value] : entries) {
     DSMOE_CHECK(value.is_data(), "dict() values must be plain data, not {}", type_name(value));
-    out[key] = value.data;
+    out[key] = value.data();
   }
   return Value::of(out);
 }

@@ -26,8 +26,11 @@ bool call_method(const Value& object, const std::string& name, const Args& args,
 bool is_global_function(const std::string& name);
 Value call_global(const std::string& name, const Args& args, const Kwargs& kwargs);
 
-// Case mapping of ASCII letters (other characters are left as they are).
-std::string ascii_upper(std::string s);
-std::string ascii_lower(std::string s);
+// Unicode simple case mapping (one code point to one: not Python's "ß".upper() == "SS").
+int32_t upper_case(int32_t code_point);
+int32_t lower_case(int32_t code_point);
+bool is_cased(int32_t code_point);
+std::string to_upper(const std::string& s);
+std::string to_lower(const std::string& s);
 
 }  // namespace dsmoe::text::jinja

@@ -2,9 +2,13 @@
 #include "text/jinja_eval.h"
 
 #include "text/jinja_lexer.h"
+#include "text/jinja_scoping.h"
 
 namespace dsmoe::text::jinja {
 namespace {
+
+// Nested macro calls allowed (Python's recursion limit stops jinja2 somewhat later).
+constexpr int kMaxMacroDepth = 200;
 
 // An error that already names its line:column (inner statements locate errors first).
 class LocatedError : public Error {
@@ -14,19 +18,30 @@ class LocatedError : public Error {
 
 std::optional<int64_t> slice_bound(const Value& value) {
   if (value.is_undefined() || value.is_none()) return std::nullopt;
-  DSMOE_CHECK(value.is_data() && value.data.is_number_integer(),
+  DSMOE_CHECK(value.is_data() && value.data().is_number_integer(),
               "slice indices must be integers or None, not {}", type_name(value));
-  return value.data.get<int64_t>();
+  return value.data().get<int64_t>();
 }
 
 }  // namespace
 
-Interpreter::Interpreter(const Json& context) : context_(context) {
+Interpreter::Interpreter(const Json& context) {
+  context_.kind = Value::Kind::kData;
+  context_.json = std::shared_ptr<const Json>(&context, [](const Json*) {});
   DSMOE_CHECK(context.is_object(), "chat template context must be a JSON object");
   scopes_.emplace_back();
 }
 
-std::string Interpreter::render(const Body& body) { return capture(body); }
+std::string Interpreter::render(const Body& body) {
+  late_names_ = names_undefined_until_assigned(body);
+  scopes_[0].late = late_names(body);
+  return capture(body);
+}
+
+const std::set<std::string>* Interpreter::late_names(const Body& body) {
+  const auto it = late_names_.find(&body);
+  return it == late_names_.end() ? nullptr : &it->second;
+}
 
 std::string Interpreter::capture(const Body& body) {
   std::string text;
@@ -127,9 +142,9 @@ Interpreter::Flow Interpreter::exec_for(const Stmt& stmt) {
         {"index0", i},     {"index", i + 1},     {"revindex", n - i}, {"revindex0", n - i - 1},
         {"first", i == 0}, {"last", i == n - 1}, {"length", n},       {"depth", 1},
         {"depth0", 0}};
-    if (i > 0 && items[i - 1].is_data()) loop["previtem"] = items[i - 1].data;
-    if (i + 1 < n && items[i + 1].is_data()) loop["nextitem"] = items[i + 1].data;
-    scopes_.emplace_back();  // a fresh scope per iteration, as jinja2 has
+    if (i > 0 && items[i - 1].is_data()) loop["previtem"] = items[i - 1].data();
+    if (i + 1 < n && items[i + 1].is_data()) loop["nextitem"] = items[i + 1].data();
+    scopes_.push_back({{}, late_names(stmt.body)});  // a fresh scope per iteration, as jinja2 has
     Flow flow;
     try {
       assign("loop", Value::of(std::move(loop)));
@@ -158,23 +173,29 @@ void Interpreter::exec_set(const Stmt& stmt) {
 Value Interpreter::lookup(const std::string& name) const {
   for (size_t i = scopes_.size(); i-- > 0;) {
     if (i < frame_base_ && i > 0) continue;  // a macro sees its own frames and the top level
-    const auto it = scopes_[i].find(name);
-    if (it != scopes_[i].end()) return it->second;
+    const auto it = scopes_[i].vars.find(name);
+    if (it != scopes_[i].vars.end()) return it->second;
+    if (scopes_[i].late && scopes_[i].late->count(name))
+      return Value::undefined(fmt::format("'{}' is undefined", name));
   }
-  const auto it = context_.find(name);
-  if (it != context_.end()) return Value::of(*it);
+  const auto it = context_.data().find(name);
+  if (it != context_.data().end()) return Value::part_of(context_, *it);
   if (is_global_function(name)) return Value::builtin(name);
   return Value::undefined(fmt::format("'{}' is undefined", name));
 }
 
 void Interpreter::assign(const std::string& name, Value value) {
-  scopes_.back()[name] = std::move(value);
+  scopes_.back().vars[name] = std::move(value);
 }
 
 Value Interpreter::eval(const Expr& expr) {
   switch (expr.kind) {
-    case ExprKind::kLiteral:
-      return Value::of(expr.literal);
+    case ExprKind::kLiteral: {  // points at the parsed literal, which outlives the render
+      Value literal;
+      literal.kind = Value::Kind::kData;
+      literal.json = std::shared_ptr<const Json>(std::shared_ptr<const Json>(), &expr.literal);
+      return literal;
+    }
     case ExprKind::kName:
       return lookup(expr.name);
     case ExprKind::kList: {
@@ -182,7 +203,7 @@ Value Interpreter::eval(const Expr& expr) {
       for (const ExprPtr& child : expr.children) {
         Value item = eval(*child);
         DSMOE_CHECK(item.is_data(), "a list can only hold plain data, not {}", type_name(item));
-        list.push_back(std::move(item.data));
+        list.push_back(std::move(item.data()));
       }
       return Value::of(std::move(list));
     }
@@ -193,7 +214,7 @@ Value Interpreter::eval(const Expr& expr) {
         Value value = eval(*expr.children[i + 1]);
         DSMOE_CHECK(key.is_string(), "dict keys must be strings, not {}", type_name(key));
         DSMOE_CHECK(value.is_data(), "a dict can only hold plain data, not {}", type_name(value));
-        dict[key.data.get<std::string>()] = std::move(value.data);
+        dict[key.data().get<std::string>()] = std::move(value.data());
       }
       return Value::of(std::move(dict));
     }
@@ -309,15 +330,15 @@ Value Interpreter::call_macro(const Macro& macro, const Args& args, const Kwargs
   DSMOE_CHECK(args.size() <= definition.targets.size(),
               "macro '{}' takes not more than {} argument(s)", definition.text,
               definition.targets.size());
-  Scope frame;
+  Scope frame{{}, late_names(definition.body)};
   for (size_t i = 0; i < definition.targets.size(); ++i) {
     const std::string& parameter = definition.targets[i];
     if (const Value* given = find_arg(args, kwargs, i, parameter.c_str())) {
-      frame[parameter] = *given;
+      frame.vars[parameter] = *given;
     } else if (definition.defaults[i]) {
-      frame[parameter] = eval(*definition.defaults[i]);
+      frame.vars[parameter] = eval(*definition.defaults[i]);
     } else {
-      frame[parameter] = Value::undefined(fmt::format("'{}' is undefined", parameter));
+      frame.vars[parameter] = Value::undefined(fmt::format("'{}' is undefined", parameter));
     }
   }
   for (const auto& [key, unused] : kwargs) {
@@ -325,6 +346,9 @@ Value Interpreter::call_macro(const Macro& macro, const Args& args, const Kwargs
     DSMOE_CHECK(std::find(names.begin(), names.end(), key) != names.end(),
                 "macro '{}' takes no keyword argument '{}'", definition.text, key);
   }
+  DSMOE_CHECK(macro_depth_ < kMaxMacroDepth, "maximum macro recursion depth ({}) exceeded",
+              kMaxMacroDepth);
+  ++macro_depth_;
   const size_t saved_base = frame_base_;
   frame_base_ = scopes_.size();
   scopes_.push_back(std::move(frame));
@@ -334,10 +358,12 @@ Value Interpreter::call_macro(const Macro& macro, const Args& args, const Kwargs
   } catch (...) {
     scopes_.pop_back();
     frame_base_ = saved_base;
+    --macro_depth_;
     throw;
   }
   scopes_.pop_back();
   frame_base_ = saved_base;
+  --macro_depth_;
   return Value::of(text);
 }
 

@@ -2,6 +2,7 @@
 // own, `if` does not), loops with `loop`, set/namespace, macros, break/continue.
 #pragma once
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,12 @@ class Interpreter {
 
  private:
   enum class Flow { kNormal, kBreak, kContinue };
-  using Scope = std::map<std::string, Value>;
+  // A frame's variables: the top level, a loop iteration, a macro call. `late`: the names the
+  // frame's body assigns before reading them, undefined until assigned (jinja_scoping.h).
+  struct Scope {
+    std::map<std::string, Value> vars;
+    const std::set<std::string>* late = nullptr;
+  };
 
   Flow exec_body(const Body& body);
   Flow exec(const Stmt& stmt);
@@ -40,10 +46,13 @@ class Interpreter {
   void assign(const std::string& name, Value value);
   std::string capture(const Body& body);
 
-  const Json& context_;
+  Value context_;  // the context, not owned (it outlives the interpreter)
+  const std::set<std::string>* late_names(const Body& body);
+  std::map<const Body*, std::set<std::string>> late_names_;  // per frame body
   std::vector<Scope> scopes_;  // [0]: the template's top level; then loops and macros
   size_t frame_base_ = 0;      // inside a macro: its first scope (scopes below it are hidden)
   std::string* out_ = nullptr;
+  int macro_depth_ = 0;
 };
 
 }  // namespace dsmoe::text::jinja

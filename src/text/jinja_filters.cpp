@@ -11,7 +11,7 @@ Value json_list(const std::vector<Value>& items) {
   Json out = Json::array();
   for (const Value& item : items) {
     DSMOE_CHECK(item.is_data(), "a list can only hold plain data, not {}", type_name(item));
-    out.push_back(item.data);
+    out.push_back(item.data());
   }
   return Value::of(out);
 }
@@ -38,17 +38,17 @@ Value tojson(const Value& input, const Args& args, const Kwargs& kwargs) {
   const Value* indent = find_arg(args, kwargs, 1, "indent");
   if (indent && !indent->is_none()) {
     if (indent->is_string()) {
-      options.indent = indent->data.get<std::string>();
+      options.indent = indent->data().get<std::string>();
     } else {
-      DSMOE_CHECK(indent->is_data() && indent->data.is_number_integer(),
+      DSMOE_CHECK(indent->is_data() && indent->data().is_number_integer(),
                   "tojson indent must be an integer or a string");
-      options.indent = std::string(std::max<int64_t>(0, indent->data.get<int64_t>()), ' ');
+      options.indent = std::string(std::max<int64_t>(0, indent->data().get<int64_t>()), ' ');
     }
     options.item_separator = ",";
   }
   const Value* separators = find_arg(args, kwargs, 2, "separators");
   if (separators && !separators->is_none()) {
-    const Json& pair = separators->data;
+    const Json& pair = separators->data();
     DSMOE_CHECK(separators->is_data() && pair.is_array() && pair.size() == 2 &&
                     pair[0].is_string() && pair[1].is_string(),
                 "tojson separators must be two strings");
@@ -57,7 +57,7 @@ Value tojson(const Value& input, const Args& args, const Kwargs& kwargs) {
   }
   if (const Value* sort_keys = find_arg(args, kwargs, 3, "sort_keys"))
     options.sort_keys = truthy(*sort_keys);
-  return Value::of(py_json_dumps(input.data, options));
+  return Value::of(py_json_dumps(input.data(), options));
 }
 
 // select / reject / selectattr / rejectattr.
@@ -68,12 +68,12 @@ Value select(const std::string& name, const Value& input, const Args& args) {
   std::string attribute;
   if (by_attribute) {
     DSMOE_CHECK(!args.empty() && args[0].is_string(), "{} needs an attribute name", name);
-    attribute = args[next++].data.get<std::string>();
+    attribute = args[next++].data().get<std::string>();
   }
   std::string test;
   if (next < args.size()) {
     DSMOE_CHECK(args[next].is_string(), "{} needs a test name", name);
-    test = args[next++].data.get<std::string>();
+    test = args[next++].data().get<std::string>();
   }
   const Args test_args(args.begin() + next, args.end());
   std::vector<Value> kept;
@@ -88,7 +88,7 @@ Value select(const std::string& name, const Value& input, const Args& args) {
 Value map(const Value& input, const Args& args, const Kwargs& kwargs) {
   std::vector<Value> out;
   if (const Value* attribute = find_arg({}, kwargs, 0, "attribute")) {
-    const std::string& path = attribute->data.get_ref<const std::string&>();
+    const std::string& path = attribute->data().get_ref<const std::string&>();
     const Value* fallback = find_arg({}, kwargs, 0, "default");
     for (const Value& item : iterate(input)) {
       Value value = attribute_path(item, path);
@@ -99,7 +99,7 @@ Value map(const Value& input, const Args& args, const Kwargs& kwargs) {
   DSMOE_CHECK(!args.empty() && args[0].is_string(), "map needs a filter name or attribute=");
   const Args filter_args(args.begin() + 1, args.end());
   for (const Value& item : iterate(input))
-    out.push_back(call_filter(args[0].data.get<std::string>(), item, filter_args, kwargs));
+    out.push_back(call_filter(args[0].data().get<std::string>(), item, filter_args, kwargs));
   return json_list(out);
 }
 
@@ -109,7 +109,7 @@ std::vector<Value> sorted(std::vector<Value> items, bool case_sensitive,
   const auto key = [&](const Value& item) {
     Value value = attribute.empty() ? item : attribute_path(item, attribute);
     if (!case_sensitive && value.is_string())
-      value = Value::of(ascii_lower(value.data.get<std::string>()));
+      value = Value::of(to_lower(value.data().get<std::string>()));
     return value;
   };
   std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) {
@@ -121,9 +121,9 @@ std::vector<Value> sorted(std::vector<Value> items, bool case_sensitive,
 std::string indent(const std::string& s, const Value* width, bool first, bool blank) {
   std::string indentation = "    ";
   if (width && width->is_string())
-    indentation = width->data.get<std::string>();
+    indentation = width->data().get<std::string>();
   else if (width && width->is_number())
-    indentation = std::string(width->data.get<int64_t>(), ' ');
+    indentation = std::string(width->data().get<int64_t>(), ' ');
   std::vector<std::string> lines;
   size_t start = 0;
   for (size_t nl; (nl = s.find('\n', start)) != std::string::npos; start = nl + 1)
@@ -161,25 +161,32 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
+// int and float filters: numbers convert; strings parse as Python's int()/float() do (with
+// jinja2's fallback of "42.23" | int == 42); anything else gives the default.
 Value number_filter(const Value& input, const Value* fallback, bool integer) {
   const Value default_value = fallback ? *fallback : Value::of(integer ? Json(0) : Json(0.0));
-  if (input.is_number() || (input.is_data() && input.data.is_boolean())) {
-    const double v = input.data.is_boolean() ? input.data.get<bool>() : input.data.get<double>();
+  if (input.is_number() || (input.is_data() && input.data().is_boolean())) {
+    if (integer && input.data().is_number_integer()) return input;
+    const double v =
+        input.data().is_boolean() ? input.data().get<bool>() : input.data().get<double>();
     return integer ? Value::of(static_cast<int64_t>(v)) : Value::of(v);
   }
   if (!input.is_string()) return default_value;
+  const std::string& raw = input.data().get_ref<const std::string&>();
+  const size_t begin = raw.size() - lstrip_size(raw);
+  const std::string s = raw.substr(begin, rstrip_size(raw) - begin);
   try {
     size_t used = 0;
-    const std::string s = input.data.get<std::string>();
     if (integer) {
       const int64_t v = std::stoll(s, &used);
-      return used == s.size() ? Value::of(v) : default_value;
+      if (used == s.size()) return Value::of(v);
     }
     const double v = std::stod(s, &used);
-    return used == s.size() ? Value::of(v) : default_value;
+    if (used == s.size() && !s.empty())
+      return integer ? Value::of(static_cast<int64_t>(v)) : Value::of(v);
   } catch (const std::exception&) {
-    return default_value;
   }
+  return default_value;
 }
 
 }  // namespace
@@ -242,7 +249,7 @@ Value call_filter(const std::string& name, const Value& input, const Args& args,
   }
   if (name == "reverse") {
     if (input.is_string()) {
-      std::vector<std::string> cps = code_points(input.data.get<std::string>());
+      std::vector<std::string> cps = code_points(input.data().get<std::string>());
       std::string out;
       for (auto it = cps.rbegin(); it != cps.rend(); ++it) out += *it;
       return Value::of(out);
@@ -271,7 +278,9 @@ Value call_filter(const std::string& name, const Value& input, const Args& args,
     return number_filter(input, find_arg(args, kwargs, 0, "default"), name == "int");
   if (name == "abs") {
     require_defined(input);
-    DSMOE_CHECK(input.is_number(), "bad operand type for abs(): '{}'", type_name(input));
+    DSMOE_CHECK(input.is_number() || (input.is_data() && input.data().is_boolean()),
+                "bad operand type for abs(): '{}'", type_name(input));
+    if (input.data().is_boolean()) return Value::of(input.data().get<bool>() ? 1 : 0);
     return py_less(input, Value::of(0)) ? negate(input) : input;
   }
   if (name == "indent") {

@@ -168,9 +168,10 @@ class Lexer {
   void locate(Token* token, size_t offset) const {
     const auto it = std::upper_bound(line_starts_.begin(), line_starts_.end(), offset) - 1;
     token->line = static_cast<int>(it - line_starts_.begin()) + 1;
-    token->column =
-        static_cast<int>(code_points(std::string_view(source_).substr(*it, offset - *it)).size()) +
-        1;
+    int column = 1;  // code points from the line start: count the bytes that begin one
+    for (size_t i = *it; i < offset; ++i)
+      if ((static_cast<uint8_t>(source_[i]) & 0xC0) != 0x80) ++column;
+    token->column = column;
   }
 
   [[noreturn]] void fail_at(size_t offset, const std::string& message) const {

@@ -35,6 +35,9 @@ std::string describe(const Token& token) {
   }
 }
 
+// Deeper nesting (of expressions or of block tags) is refused rather than risking the stack.
+constexpr int kMaxNesting = 256;
+
 class Parser {
  public:
   explicit Parser(std::vector<Token> tokens) : tokens_(std::move(tokens)) {}
@@ -139,7 +142,20 @@ class Parser {
     return left;
   }
 
+  // Counts one level of recursion while alive; too many is a syntax error.
+  class NestingGuard {
+   public:
+    explicit NestingGuard(Parser* parser) : parser_(parser) {
+      if (++parser_->depth_ > kMaxNesting) parser_->fail_here("less deeply nested template");
+    }
+    ~NestingGuard() { --parser_->depth_; }
+
+   private:
+    Parser* parser_;
+  };
+
   ExprPtr parse_not() {
+    const NestingGuard guard(this);
     if (is_name("not")) {
       const Token at = advance();
       auto expr = node(ExprKind::kNot, at);
@@ -213,6 +229,7 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter = true) {
+    const NestingGuard guard(this);
     ExprPtr expr;
     if (is_op("-")) {
       const Token at = advance();
@@ -441,6 +458,7 @@ class Parser {
   }
 
   StmtPtr parse_statement(const Token& at) {
+    const NestingGuard guard(this);
     const Token tag = current();
     const std::string keyword = tag.kind == TokenKind::kName ? tag.value : "";
     if (keyword == "if") return parse_if(at);
@@ -468,7 +486,7 @@ class Parser {
   StmtPtr parse_if(const Token& at) {
     advance();
     auto stmt = statement(StmtKind::kIf, at);
-    ExprPtr condition = parse_tuple();
+    ExprPtr condition = parse_tuple(false);  // jinja2: no `a if b else c` directly in an if tag
     while (true) {
       expect(TokenKind::kBlockEnd, "'%}'");
       std::string end;
@@ -476,7 +494,7 @@ class Parser {
       stmt->branches.emplace_back(std::move(condition), std::move(body));
       if (end == "endif") break;
       if (end == "elif") {
-        condition = parse_tuple();
+        condition = parse_tuple(false);
         continue;
       }
       expect(TokenKind::kBlockEnd, "'%}'");
@@ -555,6 +573,7 @@ class Parser {
 
   std::vector<Token> tokens_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -159,7 +159,12 @@ int64_t floor_div(int64_t a, int64_t b) {
 
 Json number(double v, bool integral) { return integral ? Json(static_cast<int64_t>(v)) : Json(v); }
 
+// The largest string or list `*` may make (Python would run out of memory instead).
+constexpr int64_t kMaxRepeatBytes = int64_t{1} << 30;
+
 std::string repeat(const std::string& s, int64_t times) {
+  DSMOE_CHECK(times <= 0 || static_cast<int64_t>(s.size()) <= kMaxRepeatBytes / times,
+              "repetition result too large");
   std::string out;
   for (int64_t i = 0; i < times; ++i) out += s;
   return out;
@@ -185,7 +190,7 @@ std::string type_name(const Value& value) {
     case Value::Kind::kData:
       break;
   }
-  const Json& j = value.data;
+  const Json& j = value.data();
   if (j.is_null()) return "NoneType";
   if (j.is_boolean()) return "bool";
   if (j.is_number_integer()) return "int";
@@ -201,7 +206,7 @@ void require_defined(const Value& value) {
 
 bool truthy(const Value& value) {
   if (value.kind != Value::Kind::kData) return value.kind != Value::Kind::kUndefined;
-  const Json& j = value.data;
+  const Json& j = value.data();
   if (j.is_null()) return false;
   if (j.is_boolean()) return j.get<bool>();
   if (j.is_number_integer()) return j.get<int64_t>() != 0;
@@ -264,8 +269,8 @@ std::string to_str(const Value& value) {
     case Value::Kind::kData:
       break;
   }
-  if (value.data.is_string()) return value.data.get<std::string>();
-  return py_repr(value.data);
+  if (value.data().is_string()) return value.data().get<std::string>();
+  return py_repr(value.data());
 }
 
 std::string py_json_dumps(const Json& json, const DumpOptions& options) {
@@ -311,7 +316,7 @@ bool py_equal(const Value& a, const Value& b) {
     case Value::Kind::kBuiltin:
       return a.name == b.name;
     case Value::Kind::kData:
-      return json_equal(a.data, b.data);
+      return json_equal(a.data(), b.data());
   }
   return false;
 }
@@ -320,8 +325,8 @@ bool py_less(const Value& a, const Value& b) {
   require_defined(a);
   require_defined(b);
   if (a.is_data() && b.is_data()) {
-    const Json& x = a.data;
-    const Json& y = b.data;
+    const Json& x = a.data();
+    const Json& y = b.data();
     if (is_numeric(x) && is_numeric(y)) {
       if (is_integral(x) && is_integral(y)) return as_int(x) < as_int(y);
       return as_double(x) < as_double(y);
@@ -346,9 +351,9 @@ Value get_attr(const Value& object, const std::string& name) {
     if (it != object.ns->attributes.end()) return it->second;
     return Value::undefined(fmt::format("'Namespace' object has no attribute '{}'", name));
   }
-  if (object.is_data() && object.data.is_object()) {
-    const auto it = object.data.find(name);
-    if (it != object.data.end()) return Value::of(*it);
+  if (object.is_data() && object.data().is_object()) {
+    const auto it = object.data().find(name);
+    if (it != object.data().end()) return Value::part_of(object, *it);
     return Value::undefined(fmt::format("'dict object' has no attribute '{}'", name));
   }
   return Value::undefined(fmt::format("'{}' has no attribute '{}'", type_name(object), name));
@@ -356,15 +361,15 @@ Value get_attr(const Value& object, const std::string& name) {
 
 Value get_item(const Value& object, const Value& key) {
   require_defined(object);
-  if (key.is_string()) return get_attr(object, key.data.get<std::string>());
-  if (object.is_data() && key.is_data() && is_integral(key.data)) {
-    int64_t index = as_int(key.data);
-    if (object.data.is_array() || object.data.is_string()) {
+  if (key.is_string()) return get_attr(object, key.data().get<std::string>());
+  if (object.is_data() && key.is_data() && is_integral(key.data())) {
+    int64_t index = as_int(key.data());
+    if (object.data().is_array() || object.data().is_string()) {
       const int64_t n = length(object);
       if (index < 0) index += n;
       if (index >= 0 && index < n) {
-        if (object.data.is_array()) return Value::of(object.data[index]);
-        return Value::of(code_points(object.data.get<std::string>())[index]);
+        if (object.data().is_array()) return Value::part_of(object, object.data()[index]);
+        return Value::of(code_points(object.data().get<std::string>())[index]);
       }
     }
   }
@@ -376,12 +381,12 @@ Value slice(const Value& object, const std::optional<int64_t>& start,
             const std::optional<int64_t>& stop, const std::optional<int64_t>& step_arg) {
   require_defined(object);
   const bool is_string = object.is_string();
-  DSMOE_CHECK(is_string || (object.is_data() && object.data.is_array()),
+  DSMOE_CHECK(is_string || (object.is_data() && object.data().is_array()),
               "'{}' object is not subscriptable", type_name(object));
   const int64_t step = step_arg.value_or(1);
   DSMOE_CHECK(step != 0, "slice step cannot be zero");
   const std::vector<std::string> chars =
-      is_string ? code_points(object.data.get<std::string>()) : std::vector<std::string>{};
+      is_string ? code_points(object.data().get<std::string>()) : std::vector<std::string>{};
   const int64_t n = length(object);
   // Python's slice.indices().
   const auto clamp = [&](std::optional<int64_t> index, int64_t fallback) {
@@ -398,7 +403,7 @@ Value slice(const Value& object, const std::optional<int64_t>& start,
     if (is_string)
       text += chars[i];
     else
-      list.push_back(object.data[i]);
+      list.push_back(object.data()[i]);
   }
   return is_string ? Value::of(text) : Value::of(list);
 }
@@ -408,8 +413,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   require_defined(a);
   require_defined(b);
   if (!a.is_data() || !b.is_data()) unsupported(op, a, b);
-  const Json& x = a.data;
-  const Json& y = b.data;
+  const Json& x = a.data();
+  const Json& y = b.data();
   if (op == "+") {
     if (x.is_string() && y.is_string())
       return Value::of(x.get<std::string>() + y.get<std::string>());
@@ -422,6 +427,16 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   if (op == "*") {
     if (x.is_string() && is_integral(y)) return Value::of(repeat(x.get<std::string>(), as_int(y)));
     if (is_integral(x) && y.is_string()) return Value::of(repeat(y.get<std::string>(), as_int(x)));
+    if (x.is_array() != y.is_array() && (is_integral(x) || is_integral(y))) {
+      const Json& list = x.is_array() ? x : y;
+      const int64_t times = as_int(x.is_array() ? y : x);
+      DSMOE_CHECK(times <= 0 || static_cast<int64_t>(list.size()) <= kMaxRepeatBytes / times,
+                  "repetition result too large");
+      Json out = Json::array();
+      for (int64_t i = 0, n = as_int(x.is_array() ? y : x); i < n; ++i)
+        for (const auto& item : list) out.push_back(item);
+      return Value::of(out);
+    }
   }
   if (!is_numeric(x) || !is_numeric(y)) {
     if (op == "+" && (x.is_string() || y.is_string()))
@@ -453,27 +468,27 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
 
 Value negate(const Value& value) {
   require_defined(value);
-  DSMOE_CHECK(value.is_data() && is_numeric(value.data), "bad operand type for unary -: '{}'",
+  DSMOE_CHECK(value.is_data() && is_numeric(value.data()), "bad operand type for unary -: '{}'",
               type_name(value));
-  if (is_integral(value.data)) return Value::of(-as_int(value.data));
-  return Value::of(-value.data.get<double>());
+  if (is_integral(value.data())) return Value::of(-as_int(value.data()));
+  return Value::of(-value.data().get<double>());
 }
 
 bool contains(const Value& container, const Value& item) {
   if (container.is_undefined()) return false;
   if (container.kind == Value::Kind::kNamespace)
-    return item.is_string() && container.ns->attributes.count(item.data.get<std::string>()) > 0;
+    return item.is_string() && container.ns->attributes.count(item.data().get<std::string>()) > 0;
   DSMOE_CHECK(container.is_data(), "argument of type '{}' is not iterable", type_name(container));
-  const Json& c = container.data;
+  const Json& c = container.data();
   if (c.is_string()) {
     DSMOE_CHECK(item.is_string(), "'in <string>' requires string as left operand, not {}",
                 type_name(item));
-    return c.get<std::string>().find(item.data.get<std::string>()) != std::string::npos;
+    return c.get<std::string>().find(item.data().get<std::string>()) != std::string::npos;
   }
-  if (c.is_object()) return item.is_string() && c.contains(item.data.get<std::string>());
+  if (c.is_object()) return item.is_string() && c.contains(item.data().get<std::string>());
   DSMOE_CHECK(c.is_array(), "argument of type '{}' is not iterable", type_name(container));
   for (const auto& element : c)
-    if (py_equal(Value::of(element), item)) return true;
+    if (py_equal(Value::part_of(container, element), item)) return true;
   return false;
 }
 
@@ -485,14 +500,14 @@ std::vector<Value> iterate(const Value& value) {
     return items;
   }
   DSMOE_CHECK(value.is_data(), "'{}' object is not iterable", type_name(value));
-  const Json& j = value.data;
+  const Json& j = value.data();
   if (j.is_string()) {
     for (auto& c : code_points(j.get<std::string>())) items.push_back(Value::of(c));
   } else if (j.is_object()) {
     for (const auto& item : j.items()) items.push_back(Value::of(item.key()));
   } else {
     DSMOE_CHECK(j.is_array(), "'{}' object is not iterable", type_name(value));
-    for (const auto& element : j) items.push_back(Value::of(element));
+    for (const auto& element : j) items.push_back(Value::part_of(value, element));
   }
   return items;
 }
@@ -501,10 +516,10 @@ int64_t length(const Value& value) {
   if (value.is_undefined()) return 0;
   if (value.kind == Value::Kind::kNamespace) return value.ns->attributes.size();
   DSMOE_CHECK(value.is_data() &&
-                  (value.data.is_string() || value.data.is_array() || value.data.is_object()),
+                  (value.data().is_string() || value.data().is_array() || value.data().is_object()),
               "object of type '{}' has no len()", type_name(value));
-  if (value.data.is_string()) return code_points(value.data.get<std::string>()).size();
-  return value.data.size();
+  if (value.data().is_string()) return code_points(value.data().get<std::string>()).size();
+  return value.data().size();
 }
 
 bool is_py_space(int32_t cp) {

@@ -23,7 +23,9 @@ struct Macro;
 struct Value {
   enum class Kind { kUndefined, kData, kNamespace, kMacro, kBuiltin };
   Kind kind = Kind::kUndefined;
-  Json data;                           // kData
+  // kData: shared and immutable, so that copies of a Value (lookups, loop items, attributes) are
+  // cheap; an attribute or item of a value points into its parent and keeps the parent alive.
+  std::shared_ptr<const Json> json;
   std::shared_ptr<Namespace> ns;       // kNamespace: shared, so `ns.x = ...` is seen everywhere
   std::shared_ptr<const Macro> macro;  // kMacro
   // kUndefined: the message jinja2 gives when the undefined value is used ("'x' is undefined");
@@ -35,11 +37,22 @@ struct Value {
     v.name = std::move(message);
     return v;
   }
-  static Value of(Json json) {
+  static Value of(Json value) {
     Value v;
     v.kind = Kind::kData;
-    v.data = std::move(json);
+    v.json = std::make_shared<const Json>(std::move(value));
     return v;
+  }
+  // A part of `parent`'s data (an attribute, an item), sharing its ownership.
+  static Value part_of(const Value& parent, const Json& part) {
+    Value v;
+    v.kind = Kind::kData;
+    v.json = std::shared_ptr<const Json>(parent.json, &part);
+    return v;
+  }
+  const Json& data() const {
+    static const Json kNull;
+    return json ? *json : kNull;
   }
   static Value builtin(std::string function) {
     Value v;
@@ -49,9 +62,9 @@ struct Value {
   }
   bool is_undefined() const { return kind == Kind::kUndefined; }
   bool is_data() const { return kind == Kind::kData; }
-  bool is_string() const { return is_data() && data.is_string(); }
-  bool is_number() const { return is_data() && data.is_number(); }
-  bool is_none() const { return is_data() && data.is_null(); }
+  bool is_string() const { return is_data() && data().is_string(); }
+  bool is_number() const { return is_data() && data().is_number(); }
+  bool is_none() const { return is_data() && data().is_null(); }
 };
 
 // The object of jinja2's namespace(): attributes assignable with `{% set ns.x = ... %}`.
