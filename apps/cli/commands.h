@@ -15,5 +15,6 @@ Command add_train(CLI::App& app);
 Command add_report(CLI::App& app);
 Command add_corpus(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_export(CLI::App& app);
 
 }  // namespace dsmoe::cli
