@@ -154,7 +154,8 @@ void add_model_metadata(GgufWriter& w, const ModelConfig& c, const std::string& 
   w.add_kv(
       arch + ".expert_gating_func",
       GgufValue::u32(c.scoring_func == ScoringFunc::kSigmoid ? kGatingSigmoid : kGatingSoftmax));
-  if (c.topk_method != TopkMethod::kGreedy && c.n_group > 1) {
+  // Groups only where they select (llama.cpp asserts expert_group_used_count < expert_group_count).
+  if (c.topk_method != TopkMethod::kGreedy && c.n_group > 1 && c.topk_group < c.n_group) {
     w.add_kv(arch + ".expert_group_count", GgufValue::u32(u32(c.n_group)));
     w.add_kv(arch + ".expert_group_used_count", GgufValue::u32(u32(c.topk_group)));
   }
