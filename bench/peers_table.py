@@ -118,15 +118,25 @@ def table(args):
             for line in f:
                 if line.startswith("{"):
                     c = json.loads(line)
+                    own = (f" (the format's own effect on dsmoe's logits: cosine min "
+                           f"{c['format_vs_f32_min_cosine']:.6f})"
+                           if "format_vs_f32_min_cosine" in c else "")
                     out(f"- same model, {c['label']}: cosine min {c['min_cosine']:.6f}, argmax "
                         f"{c['argmax_agree']}/{c['positions']}, max |diff| / max |logit| "
-                        f"{c['max_rel_diff']:.1e}")
+                        f"{c['max_rel_diff']:.1e}{own}")
+    isa_path = os.path.join(args.dir, "llama-isa.txt")
+    if os.path.exists(isa_path):
+        with open(isa_path) as f:
+            out(f"- {f.read().strip()}")
     loads = sorted(float(r["load"][0]) for rs in runs_by_format.values() for r in rs)
     out(f"- CPU: {cpu_family()}; llama.cpp saw: {first['llama_test']['cpu_info']}")
     out(f"- load average (1 min) at the pairs: {loads[0]:.2f}-{loads[-1]:.2f}"
         + ("  (LOADED MACHINE: other work was running; the figures are not speeds of the engines)"
            if loads[-1] > 1.5 else ""))
-    out(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    finished = max(os.path.getmtime(path)
+                   for path in glob.glob(os.path.join(args.dir, "runs", "*", "pair*", "bw_after.json")))
+    out(f"- date (last pair): "
+        f"{datetime.datetime.fromtimestamp(finished, datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print("\n".join(lines))
 
 
