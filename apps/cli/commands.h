@@ -18,5 +18,6 @@ Command add_corpus(CLI::App& app);
 Command add_bench(CLI::App& app);
 Command add_serve(CLI::App& app);  // apps/server/cmd_serve.cpp
 Command add_tokenize(CLI::App& app);
+Command add_export(CLI::App& app);
 
 }  // namespace dsmoe::cli

@@ -1,4 +1,4 @@
-// main.cpp: the dsmoe command: forward, generate, init, train, report, corpus, bench.
+// main.cpp: the dsmoe command: forward, generate, init, train, report, corpus, bench, export.
 #include <malloc.h>
 
 #include <CLI/CLI.hpp>
@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
   add("bench", "Measure prefill, decode and training tokens/s against the machine's roofline",
       dsmoe::cli::add_bench);
   add("serve", "OpenAI-compatible HTTP server with batched decoding", dsmoe::cli::add_serve);
+  add("export", "Write a checkpoint as GGUF (llama.cpp's deepseek2) in f32, bf16, q8_0 or q4_0",
+      dsmoe::cli::add_export);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

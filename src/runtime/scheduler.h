@@ -31,7 +31,21 @@ struct GenerationRequest {
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
 // "stop", "length", "cancelled", "error" (OpenAI's finish_reason for the first two).
-const char* finish_reason_name(FinishReason reason);
+inline const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
+    case FinishReason::kNone:
+      break;
+  }
+  return "none";
+}
 
 // New output of one sequence since the consumer last looked.
 struct StreamUpdate {
