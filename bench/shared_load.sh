@@ -4,12 +4,12 @@
 # the cores this process may use), in one run, with no OpenMP variable set (as a new user would):
 #   train    `dsmoe train` on configs/train-demo-v3.json (the README's main job: batch 8 x 128),
 #            the median tokens/s of its steps after the first 5
-#   prefill  `dsmoe bench` on a ~40 M-parameter V3-style model: a 512-token prompt (median of 5)
-#   decode   the same: 128 tokens after it
+#   prefill  `dsmoe bench` on a ~40 M-parameter V3-style model: a 256-token prompt (median of 3)
+#   decode   the same: 64 tokens after it
 # and prints each slowdown (idle tokens/s / loaded tokens/s) against the fair share (P + C) / P:
 # "ok" when it is within 1.5x of it. SPIN=1 adds a loaded run with OMP_WAIT_POLICY=active (the
 # spinning that dsmoe now turns off by default) for comparison.
-# Environment: DSMOE (default build/release/dsmoe), LOAD (C), STEPS (training steps, default 60),
+# Environment: DSMOE (default build/release/dsmoe), LOAD (C), STEPS (training steps, default 40),
 # SHARED_DIR (scratch, default bench/out/shared), SPIN=1.
 # The numbers mean something only when nothing else runs: "idle" is whatever the machine was
 # doing besides this script (the load average is printed before each phase).
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 dsmoe=${DSMOE:-build/release/dsmoe}
 cores=$(nproc)  # the cores this process may use (affinity)
 load=${LOAD:-$cores}
-steps=${STEPS:-60}
+steps=${STEPS:-40}
 dir=${SHARED_DIR:-bench/out/shared}
 command -v stress >/dev/null || { echo "shared_load.sh: needs stress (scripts/setup.sh)"; exit 1; }
 [ -x "$dsmoe" ] || { echo "shared_load.sh: no $dsmoe (bash scripts/build.sh release)"; exit 1; }
@@ -53,7 +53,7 @@ measure() {
 import json, statistics, sys
 rates = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[1])][5:]
 print(f"{statistics.median(rates):.1f}")' "$dir/run/metrics.jsonl")
-  "${clean_env[@]}" "$@" "$dsmoe" bench --model "$dir/model" --prompt 512 --decode 128 --reps 5 \
+  "${clean_env[@]}" "$@" "$dsmoe" bench --model "$dir/model" --prompt 256 --decode 64 --reps 3 \
     --json --no-roofline 2>/dev/null >"$dir/bench.json"
   python3 -c '
 import json, sys

@@ -46,7 +46,8 @@ struct Exit {
 class Child {
  public:
   struct Options {
-    std::vector<std::string> env;  // extra NAME=VALUE entries
+    std::vector<std::string> env;    // extra NAME=VALUE entries
+    std::vector<std::string> unset;  // NAMEs removed from the environment
     rlim_t max_file_bytes = RLIM_INFINITY;
   };
 
@@ -55,7 +56,12 @@ class Child {
       : stderr_path_(stderr_path) {
     // Everything the child needs is built before fork: after it, only async-signal-safe calls.
     std::vector<std::string> env_strings(options.env);
-    for (char** e = environ; *e != nullptr; e++) env_strings.emplace_back(*e);
+    for (char** e = environ; *e != nullptr; e++) {
+      const std::string entry(*e);
+      bool removed = false;
+      for (const std::string& name : options.unset) removed |= entry.rfind(name + "=", 0) == 0;
+      if (!removed) env_strings.push_back(entry);
+    }
     std::vector<char*> argv, envp;
     argv.push_back(const_cast<char*>(kCli.c_str()));
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -140,6 +146,13 @@ class Child {
   bool waited_ = false;
   Exit exit_;
 };
+
+// The options of a child run with DSMOE_FAILPOINT=`value` (train/failpoint.h).
+Child::Options failpoint(const std::string& value) {
+  Child::Options options;
+  options.env = {"DSMOE_FAILPOINT=" + value};
+  return options;
+}
 
 // A tiny model and a data file in `dir`, and the arguments of a training run on them.
 class TrainRun {
@@ -266,8 +279,8 @@ TEST(Faults, KillsAtRandomMomentsAndInCheckpointWritesResumeBitExact) {
     std::string pause_file;
     for (const auto& [index, file] : pauses)
       if (index == attempt) pause_file = file;
-    Child::Options options;
-    if (!pause_file.empty()) options.env = {"DSMOE_FAILPOINT=checkpoint_pause:60000:" + pause_file};
+    const Child::Options options =
+        pause_file.empty() ? Child::Options{} : failpoint("checkpoint_pause:60000:" + pause_file);
     Child child(run.args(killed), dir / "stderr.txt", options);
     if (!pause_file.empty()) {
       if (!child.kill_when_stderr_has("failpoint: checkpoint_pause", 60)) {
@@ -317,9 +330,8 @@ TEST(Faults, DiskFullDuringACheckpointIsAClearErrorAndResumes) {
   const TrainRun run(dir, 6, 2);
   const std::string straight = dir / "straight", full = dir / "full";
   ASSERT_EQ(run.run(straight).first.code, 0);
-  Child::Options options;
-  options.env = {"DSMOE_FAILPOINT=checkpoint_write:ENOSPC:step-00000004/optimizer.safetensors"};
-  const auto [exit, log] = run.run(full, options);
+  const auto [exit, log] =
+      run.run(full, failpoint("checkpoint_write:ENOSPC:step-00000004/optimizer.safetensors"));
   EXPECT_EQ(exit.code, 1) << log;
   EXPECT_NE(log.find("dsmoe: error: step 4: checkpoint not saved: " + step_dir(full, 4) +
                      "/optimizer.safetensors.tmp: write failed: No space left on device"),
@@ -343,7 +355,7 @@ TEST(Faults, RealWriteErrorDuringACheckpointKeepsThePreviousOne) {
   ASSERT_EQ(run.run(straight).first.code, 0);
   {  // A checkpoint at step 2 only: killed before step 4 is published.
     Child child(run.args(limited), dir / "stderr.txt",
-                {{"DSMOE_FAILPOINT=checkpoint_pause:60000:step-00000004/config.json"}});
+                failpoint("checkpoint_pause:60000:step-00000004/config.json"));
     ASSERT_TRUE(child.kill_when_stderr_has("failpoint: checkpoint_pause", 60));
   }
   ASSERT_EQ(load_latest(limited), 2);
@@ -361,6 +373,22 @@ TEST(Faults, RealWriteErrorDuringACheckpointKeepsThePreviousOne) {
   expect_same_checkpoint(straight, limited, 6);
 }
 
+// metrics.jsonl that cannot grow (here: files over 2 KiB, a few steps' lines) stops the run with
+// an error naming it, rather than training on without a record.
+TEST(Faults, MetricsWriteErrorStopsTheRun) {
+  TempDir dir;
+  const TrainRun run(dir, 40, 0);
+  const std::string out = dir / "run";
+  Child::Options options;
+  options.max_file_bytes = 2 << 10;
+  const auto [exit, log] = run.run(out, options);
+  EXPECT_EQ(exit.code, 1) << log;
+  EXPECT_NE(log.find("dsmoe: error: " + out + "/metrics.jsonl: cannot write step"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("the newest checkpoint is none"), std::string::npos) << log;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Non-finite steps
 
@@ -370,7 +398,7 @@ TEST(Faults, NonFiniteStepsAreSkippedAndCounted) {
   TempDir dir;
   const TrainRun run(dir, 8, 4);
   const std::string out = dir / "run";
-  const auto [exit, log] = run.run(out, {{"DSMOE_FAILPOINT=nan_loss:3-4,nan_grad:6"}});
+  const auto [exit, log] = run.run(out, failpoint("nan_loss:3-4,nan_grad:6"));
   ASSERT_EQ(exit.code, 0) << log;
   EXPECT_NE(log.find("warning: step 3: non-finite loss nan"), std::string::npos) << log;
   EXPECT_NE(log.find("step skipped (2 in a row, 2 in all)"), std::string::npos) << log;
@@ -395,7 +423,7 @@ TEST(Faults, NonFiniteStepsInARowStopTheRun) {
   TempDir dir;
   const TrainRun run(dir, 20, 4);
   const std::string out = dir / "run";
-  const auto [exit, log] = run.run(out, {{"DSMOE_FAILPOINT=nan_grad:3-"}});
+  const auto [exit, log] = run.run(out, failpoint("nan_grad:3-"));
   EXPECT_EQ(exit.code, 1) << log;
   EXPECT_NE(log.find("dsmoe: error: step 7: 5 non-finite steps in a row"), std::string::npos)
       << log;
@@ -404,7 +432,7 @@ TEST(Faults, NonFiniteStepsInARowStopTheRun) {
   // Step 4's checkpoint holds 2 in a row: with a limit of 3, the first skip after it stops.
   EXPECT_EQ(load_latest(out), 4);
   const auto [again, again_log] =
-      run.run(out, {{"DSMOE_FAILPOINT=nan_grad:3-"}}, {"--max-nonfinite-steps", "3"});
+      run.run(out, failpoint("nan_grad:3-"), {"--max-nonfinite-steps", "3"});
   EXPECT_EQ(again.code, 1) << again_log;
   EXPECT_NE(again_log.find("step 5: 3 non-finite steps in a row"), std::string::npos) << again_log;
   // Without the fault it resumes and ends normally.
@@ -415,9 +443,43 @@ TEST(Faults, NonFiniteStepsInARowStopTheRun) {
 TEST(Faults, MalformedFailpointIsAnErrorNamingTheVariable) {
   TempDir dir;
   const TrainRun run(dir, 2, 0);
-  const auto [exit, log] = run.run(dir / "run", {{"DSMOE_FAILPOINT=checkpoint_write:EPERM"}});
+  const auto [exit, log] = run.run(dir / "run", failpoint("checkpoint_write:EPERM"));
   EXPECT_EQ(exit.code, 1);
   EXPECT_NE(log.find("DSMOE_FAILPOINT: 'checkpoint_write:EPERM'"), std::string::npos) << log;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A shared machine
+
+// With no OpenMP variable set, dsmoe runs with OMP_WAIT_POLICY=passive (it re-executes itself
+// with it: libgomp reads it before main); a user's setting is kept. `dsmoe bench --json` reports
+// the policy it ran with.
+TEST(Faults, IdleThreadsSleepUnlessTheUserSaysOtherwise) {
+  TempDir dir;
+  const std::vector<std::string> args = {"bench",
+                                         "--model",
+                                         std::string(DSMOE_TEST_DATA) + "/v3-tiny/model",
+                                         "--prompt",
+                                         "4",
+                                         "--decode",
+                                         "2",
+                                         "--reps",
+                                         "1",
+                                         "--json",
+                                         "--no-roofline"};
+  const std::vector<std::string> variables = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"};
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{}, "passive"}, {{"OMP_WAIT_POLICY=active"}, "active"}, {{"GOMP_SPINCOUNT=1000"}, ""}};
+  for (const auto& [env, policy] : cases) {
+    SCOPED_TRACE(env.empty() ? "no variable" : env[0]);
+    Child::Options options;
+    options.env = env;
+    options.unset = variables;
+    Child child(args, dir / "out.txt", options);
+    ASSERT_EQ(child.wait().code, 0) << child.stderr_text();
+    EXPECT_NE(child.stderr_text().find("\"omp_wait_policy\":\"" + policy + "\""), std::string::npos)
+        << child.stderr_text();
+  }
 }
 
 }  // namespace
