@@ -8,9 +8,11 @@
 #   decode   the same: 64 tokens after it
 # and prints each slowdown (idle tokens/s / loaded tokens/s) against the fair share (P + C) / P:
 # "ok" when it is within 1.5x of it. SPIN=1 adds a loaded run with OMP_WAIT_POLICY=active (the
-# spinning that dsmoe now turns off by default) for comparison.
+# spinning that dsmoe now turns off by default) for comparison; it is 10-100x slower, so each of
+# its commands stops after SPIN_LIMIT seconds (default 120): training then reports the steps it
+# made, and a bench that did not finish shows 0.
 # Environment: DSMOE (default build/release/dsmoe), LOAD (C), STEPS (training steps, default 40),
-# SHARED_DIR (scratch, default bench/out/shared), SPIN=1.
+# SHARED_DIR (scratch, default bench/out/shared), SPIN=1, SPIN_LIMIT.
 # The numbers mean something only when nothing else runs: "idle" is whatever the machine was
 # doing besides this script (the load average is printed before each phase).
 set -euo pipefail
@@ -42,39 +44,44 @@ EOF
   "$dsmoe" init --config "$dir/bench-config.json" --out "$dir/model" >/dev/null 2>&1
 fi
 
-# Prints "TRAIN PREFILL DECODE" tokens/s; arguments: extra NAME=VALUE for the environment.
+# Prints "TRAIN PREFILL DECODE" tokens/s; arguments: a time limit per command in seconds (0: none),
+# then extra NAME=VALUE for the environment.
 measure() {
-  rm -rf "$dir/run"
-  "${clean_env[@]}" "$@" "$dsmoe" train --model-config configs/train-demo-v3.json \
+  local limit=$1
+  shift
+  rm -rf "$dir/run" "$dir/bench.json"
+  timeout "$limit" "${clean_env[@]}" "$@" "$dsmoe" train --model-config configs/train-demo-v3.json \
     --data "$dir/corpus.txt" --out "$dir/run" --steps "$steps" --batch-size 8 --seq-len 128 \
-    --lr 3e-3 --warmup 10 --analytics-every 0 --quiet 2>/dev/null
+    --lr 3e-3 --warmup 10 --analytics-every 0 --quiet 2>/dev/null || true
   local train
   train=$(python3 -c '
-import json, statistics, sys
-rates = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[1])][5:]
-print(f"{statistics.median(rates):.1f}")' "$dir/run/metrics.jsonl")
-  "${clean_env[@]}" "$@" "$dsmoe" bench --model "$dir/model" --prompt 256 --decode 64 --reps 3 \
-    --json --no-roofline 2>/dev/null >"$dir/bench.json"
+import json, os, statistics, sys
+lines = open(sys.argv[1]).readlines() if os.path.exists(sys.argv[1]) else []
+rates = [json.loads(l)["tokens_per_s"] for l in lines if l.endswith("\n")]
+print(f"{statistics.median(rates[5:] or rates or [0]):.1f}")' "$dir/run/metrics.jsonl")
+  timeout "$limit" "${clean_env[@]}" "$@" "$dsmoe" bench --model "$dir/model" --prompt 256 \
+    --decode 64 --reps 3 --json --no-roofline 2>/dev/null >"$dir/bench.json" || true
   python3 -c '
 import json, sys
-b = json.load(open(sys.argv[1]))
-prefill, decode = (b[k]["median_tokens_per_s"] for k in ("prefill", "decode"))
+text = open(sys.argv[1]).read()
+b = json.loads(text) if text.strip() else {}
+prefill, decode = (b.get(k, {}).get("median_tokens_per_s", 0) for k in ("prefill", "decode"))
 print(sys.argv[2], f"{prefill:.1f}", f"{decode:.1f}")' "$dir/bench.json" "$train"
 }
 
 say() { printf '== [%s] %s (load average %s)\n' "$(date +%H:%M:%S)" "$*" "$(cut -d' ' -f1 /proc/loadavg)"; }
 say "idle: $cores usable cores"
-idle=$(measure)
+idle=$(measure 0)
 say "under stress -c $load"
 setsid stress -c "$load" >/dev/null 2>&1 &
 stress_pid=$!
 trap 'kill -TERM -- -"$stress_pid" 2>/dev/null || true' EXIT
 sleep 2
-loaded=$(measure)
+loaded=$(measure 0)
 spin=""
 if [ "${SPIN:-0}" = 1 ]; then
   say "under stress -c $load, OMP_WAIT_POLICY=active"
-  spin=$(measure OMP_WAIT_POLICY=active)
+  spin=$(measure "${SPIN_LIMIT:-120}" OMP_WAIT_POLICY=active)
 fi
 kill -TERM -- -"$stress_pid" 2>/dev/null || true
 trap - EXIT
@@ -94,6 +101,7 @@ for i, job in enumerate(["train", "prefill", "decode"]):
     slowdown = idle[i] / loaded[i]
     line = (f"{job:<8} {idle[i]:>11.1f} {loaded[i]:>13.1f} {slowdown:>8.2f}x {slowdown / fair:>7.2f}x"
             f" {'ok' if slowdown <= 1.5 * fair else 'SLOW'}")
-    if spin: line += f" {spin[i]:>11.1f} {idle[i] / spin[i]:>8.2f}x"
+    if spin:
+        line += f" {spin[i]:>11.1f} " + (f"{idle[i] / spin[i]:>8.2f}x" if spin[i] else "  timeout")
     print(line)
 EOF
