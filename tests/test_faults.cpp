@@ -6,6 +6,7 @@
 // (train/failpoint.h) and a file-size limit.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -49,6 +50,7 @@ class Child {
     std::vector<std::string> env;    // extra NAME=VALUE entries
     std::vector<std::string> unset;  // NAMEs removed from the environment
     rlim_t max_file_bytes = RLIM_INFINITY;
+    bool one_cpu = false;  // run on the first CPU of the affinity mask only
   };
 
   Child(const std::vector<std::string>& args, const std::string& stderr_path,
@@ -68,6 +70,14 @@ class Child {
     argv.push_back(nullptr);
     for (std::string& e : env_strings) envp.push_back(e.data());
     envp.push_back(nullptr);
+    cpu_set_t all, one_cpu_set;
+    CPU_ZERO(&one_cpu_set);
+    if (sched_getaffinity(0, sizeof all, &all) == 0)
+      for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &all)) {
+          CPU_SET(cpu, &one_cpu_set);
+          break;
+        }
     write_text(stderr_path, "");  // empty before the parent looks at it
     pid_ = fork();
     if (pid_ == 0) {
@@ -80,6 +90,7 @@ class Child {
         const rlimit limit = {options.max_file_bytes, options.max_file_bytes};
         setrlimit(RLIMIT_FSIZE, &limit);
       }
+      if (options.one_cpu) sched_setaffinity(0, sizeof one_cpu_set, &one_cpu_set);
       execve(kCli.c_str(), argv.data(), envp.data());
       _exit(127);
     }
@@ -480,6 +491,19 @@ TEST(Faults, IdleThreadsSleepUnlessTheUserSaysOtherwise) {
     EXPECT_NE(child.stderr_text().find("\"omp_wait_policy\":\"" + policy + "\""), std::string::npos)
         << child.stderr_text();
   }
+}
+
+// By default dsmoe runs as many threads as the cores it may use: here one (its affinity mask).
+TEST(Faults, DefaultThreadsAreTheCoresTheProcessMayUse) {
+  TempDir dir;
+  Child::Options options;
+  options.unset = {"OMP_NUM_THREADS"};
+  options.one_cpu = true;
+  Child child({"bench", "--model", std::string(DSMOE_TEST_DATA) + "/v3-tiny/model", "--prompt", "4",
+               "--decode", "2", "--reps", "1", "--no-roofline"},
+              dir / "out.txt", options);
+  ASSERT_EQ(child.wait().code, 0) << child.stderr_text();
+  EXPECT_NE(child.stderr_text().find(", 1 threads,"), std::string::npos) << child.stderr_text();
 }
 
 }  // namespace
