@@ -253,8 +253,9 @@ double train(const TrainConfig& tc) {
       line["expert_tokens"] = routing_analytics(config, acts, ids);
     metrics << line.dump() << "\n";
     metrics.flush();
-    DSMOE_CHECK(metrics.good(), "{}: cannot write step {} (disk full?); the newest checkpoint is {}",
-                metrics_path, state.step + 1, latest_or_none(tc.out_dir));
+    DSMOE_CHECK(metrics.good(),
+                "{}: cannot write step {} (disk full?); the newest checkpoint is {}", metrics_path,
+                state.step + 1, latest_or_none(tc.out_dir));
     DSMOE_CHECK(tc.max_nonfinite_steps == 0 || state.nonfinite_in_a_row < tc.max_nonfinite_steps,
                 "step {}: {} non-finite steps in a row (loss {}, gradient norm {}): training "
                 "stopped; the newest checkpoint is {}. Lower --lr or --grad-clip, or raise "
