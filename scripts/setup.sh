@@ -17,6 +17,7 @@ packages=(
   openmpi-bin libopenmpi-dev  # expert / data parallelism over MPI
   clang libclang-rt-14-dev    # libFuzzer targets (fuzz/)
   nodejs                      # the OpenAI client in the server tests; tokenizer peer bench
+  stress                      # bench/shared_load.sh: busy processes competing for the cores
 )
 # Debian's nodejs comes without npm (a separate package); NodeSource's carries its own npm and
 # conflicts with Debian's.

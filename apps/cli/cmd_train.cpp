@@ -45,6 +45,8 @@ Command add_train(CLI::App& app) {
   app.add_option("--beta1", c.adamw.beta1, "AdamW beta1");
   app.add_option("--beta2", c.adamw.beta2, "AdamW beta2");
   app.add_option("--grad-clip", c.grad_clip, "max global gradient norm (0: off)");
+  app.add_option("--max-nonfinite-steps", c.max_nonfinite_steps,
+                 "stop after this many non-finite (skipped) steps in a row (0: never)");
   app.add_option("--log-every", c.log_every, "progress line every N steps");
   app.add_option("--analytics-every", c.analytics_every,
                  "record which tokens each expert takes every N steps (0: never)");

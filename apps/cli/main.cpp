@@ -8,8 +8,11 @@
 
 #include "apps/cli/commands.h"
 #include "util/check.h"
+#include "util/threads.h"
 
 int main(int argc, char** argv) {
+  // Idle OpenMP threads sleep instead of spinning (may re-execute the program once: threads.h).
+  dsmoe::reexec_with_passive_wait_policy(argv);
   // Activation and gradient buffers are freed and reallocated every step; keep freed memory in
   // the heap instead of returning it to the kernel, which would zero fresh pages again each time
   // (15% of a training step on train-s).

@@ -1,10 +1,12 @@
 #include "train/checkpoint.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "io/safetensors.h"
+#include "train/failpoint.h"
 #include "util/check.h"
 
 namespace dsmoe {
@@ -26,9 +28,9 @@ json rng_to_json(const Rng::Snapshot& s) {
 }
 
 Rng::Snapshot rng_from_json(const json& j, const std::string& where) {
-  DSMOE_CHECK(j.is_object() && j.contains("state") && j.contains("has_spare") &&
-                  j.contains("spare"),
-              "{}: malformed random generator state", where);
+  DSMOE_CHECK(
+      j.is_object() && j.contains("state") && j.contains("has_spare") && j.contains("spare"),
+      "{}: malformed random generator state", where);
   return {j["state"].get<uint64_t>(), j["has_spare"].get<bool>(), j["spare"].get<float>()};
 }
 
@@ -64,35 +66,59 @@ void save_model_safetensors(const ModelConfig& config, ModelWeights& weights,
 void save_checkpoint(const std::string& out_dir, const nlohmann::ordered_json& config_json,
                      const ModelConfig& config, ModelWeights& weights, AdamWState& adam,
                      const TrainerState& state, int keep_last) {
+  const Failpoints failpoints = read_failpoints();
+  auto hook = [&](const fs::path& path) { failpoint_before_write(failpoints, path.string()); };
   const std::string step_name = fmt::format("step-{:08d}", state.step);
   const fs::path step_dir = fs::path(out_dir) / step_name;
-  fs::create_directories(step_dir);
   const std::string config_text = config_json.dump(2) + "\n";
-  write_file_atomic((step_dir / "config.json").string(), config_text);
-  save_model_safetensors(config, weights, (step_dir / "model.safetensors").string());
-  SafetensorsWriter optimizer;
-  for_each_tensor(config, adam.m, [&](const std::string& name, const Shape&, TensorRole,
-                                      Tensor& tensor) { optimizer.add_f32("m." + name, tensor); });
-  for_each_tensor(config, adam.v, [&](const std::string& name, const Shape&, TensorRole,
-                                      Tensor& tensor) { optimizer.add_f32("v." + name, tensor); });
-  optimizer.add_i64("step", {}, &adam.step);
-  optimizer.write((step_dir / "optimizer.safetensors").string());
-  const json trainer = {{"step", state.step},
-                        {"data_rng", rng_to_json(state.data_rng)},
-                        {"noise_rng", rng_to_json(state.noise_rng)},
-                        {"skipped_steps", state.skipped_steps}};
-  write_file_atomic((step_dir / "trainer_state.json").string(), trainer.dump(2) + "\n");
+  try {
+    fs::create_directories(step_dir);
+    hook(step_dir / "config.json");
+    write_file_atomic((step_dir / "config.json").string(), config_text);
+    hook(step_dir / "model.safetensors");
+    save_model_safetensors(config, weights, (step_dir / "model.safetensors").string());
+    SafetensorsWriter optimizer;
+    for_each_tensor(config, adam.m,
+                    [&](const std::string& name, const Shape&, TensorRole, Tensor& tensor) {
+                      optimizer.add_f32("m." + name, tensor);
+                    });
+    for_each_tensor(config, adam.v,
+                    [&](const std::string& name, const Shape&, TensorRole, Tensor& tensor) {
+                      optimizer.add_f32("v." + name, tensor);
+                    });
+    optimizer.add_i64("step", {}, &adam.step);
+    hook(step_dir / "optimizer.safetensors");
+    optimizer.write((step_dir / "optimizer.safetensors").string());
+    const json trainer = {{"step", state.step},
+                          {"data_rng", rng_to_json(state.data_rng)},
+                          {"noise_rng", rng_to_json(state.noise_rng)},
+                          {"skipped_steps", state.skipped_steps},
+                          {"nonfinite_in_a_row", state.nonfinite_in_a_row}};
+    hook(step_dir / "trainer_state.json");
+    write_file_atomic((step_dir / "trainer_state.json").string(), trainer.dump(2) + "\n");
+    hook(fs::path(out_dir) / "latest");
+  } catch (const std::exception&) {
+    // Unpublished, so nothing refers to it: free its space (a full disk is the likely cause).
+    std::error_code ignored;
+    if (fs::path(latest_checkpoint_dir(out_dir)) != step_dir) fs::remove_all(step_dir, ignored);
+    throw;
+  }
   // The step directory is complete: publish it, then the top-level copy for `generate`.
   write_file_atomic((fs::path(out_dir) / "latest").string(), step_name + "\n");
+  hook(fs::path(out_dir) / "config.json");
   write_file_atomic((fs::path(out_dir) / "config.json").string(), config_text);
+  hook(fs::path(out_dir) / "model.safetensors");
   save_model_safetensors(config, weights, (fs::path(out_dir) / "model.safetensors").string());
-  // Keep the newest keep_last step directories.
+  // Keep the newest keep_last step directories up to this one. A newer one was left by a run
+  // killed while writing it (this run resumed from an older checkpoint): it is rewritten when
+  // this run gets there, and never counts toward keep_last (which could remove `latest`).
   std::vector<std::string> steps;
   for (const auto& entry : fs::directory_iterator(out_dir))
     if (entry.is_directory() && entry.path().filename().string().rfind("step-", 0) == 0)
       steps.push_back(entry.path().filename().string());
   std::sort(steps.begin(), steps.end());
-  for (size_t i = 0; i + keep_last < steps.size(); i++) fs::remove_all(fs::path(out_dir) / steps[i]);
+  const size_t n_kept = std::upper_bound(steps.begin(), steps.end(), step_name) - steps.begin();
+  for (size_t i = 0; i + keep_last < n_kept; i++) fs::remove_all(fs::path(out_dir) / steps[i]);
 }
 
 std::string latest_checkpoint_dir(const std::string& out_dir) {
@@ -105,19 +131,25 @@ std::string latest_checkpoint_dir(const std::string& out_dir) {
   return (fs::path(out_dir) / name).string();
 }
 
-void load_checkpoint(const std::string& out_dir, const ModelConfig& config,
-                     ModelWeights& weights, AdamWState& adam, TrainerState& state) {
+void load_checkpoint(const std::string& out_dir, const ModelConfig& config, ModelWeights& weights,
+                     AdamWState& adam, TrainerState& state) {
   const std::string dir = latest_checkpoint_dir(out_dir);
   DSMOE_CHECK(!dir.empty(), "{}: no checkpoint to resume (no 'latest' file)", out_dir);
   const SafetensorsFile model(dir + "/model.safetensors");
-  for_each_tensor(config, weights, [&](const std::string& name, const Shape&, TensorRole,
-                                       Tensor& tensor) { load_into(model, name, tensor); });
+  for_each_tensor(config, weights,
+                  [&](const std::string& name, const Shape&, TensorRole, Tensor& tensor) {
+                    load_into(model, name, tensor);
+                  });
   const std::string optimizer_path = dir + "/optimizer.safetensors";
   const SafetensorsFile optimizer(optimizer_path);
-  for_each_tensor(config, adam.m, [&](const std::string& name, const Shape&, TensorRole,
-                                      Tensor& tensor) { load_into(optimizer, "m." + name, tensor); });
-  for_each_tensor(config, adam.v, [&](const std::string& name, const Shape&, TensorRole,
-                                      Tensor& tensor) { load_into(optimizer, "v." + name, tensor); });
+  for_each_tensor(config, adam.m,
+                  [&](const std::string& name, const Shape&, TensorRole, Tensor& tensor) {
+                    load_into(optimizer, "m." + name, tensor);
+                  });
+  for_each_tensor(config, adam.v,
+                  [&](const std::string& name, const Shape&, TensorRole, Tensor& tensor) {
+                    load_into(optimizer, "v." + name, tensor);
+                  });
   const TensorInfo* step = optimizer.find("step");
   DSMOE_CHECK(step != nullptr, "{}: missing tensor 'step'", optimizer_path);
   adam.step = read_i64(*step).at(0);
@@ -129,9 +161,10 @@ void load_checkpoint(const std::string& out_dir, const ModelConfig& config,
   state.data_rng = rng_from_json(trainer["data_rng"], state_path);
   state.noise_rng = rng_from_json(trainer["noise_rng"], state_path);
   state.skipped_steps = trainer.value("skipped_steps", int64_t{0});
+  state.nonfinite_in_a_row = trainer.value("nonfinite_in_a_row", int64_t{0});
   DSMOE_CHECK(state.step == adam.step + state.skipped_steps,
-              "{}: step {} does not match the optimizer's {} (+{} skipped)", state_path,
-              state.step, adam.step, state.skipped_steps);
+              "{}: step {} does not match the optimizer's {} (+{} skipped)", state_path, state.step,
+              adam.step, state.skipped_steps);
 }
 
 }  // namespace dsmoe

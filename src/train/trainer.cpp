@@ -15,6 +15,7 @@
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/failpoint.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/threads.h"
@@ -105,12 +106,24 @@ void print_progress(int64_t step, int64_t steps, const StepStats& s, double toke
   std::fflush(stderr);
 }
 
+// The newest published checkpoint, for messages.
+std::string latest_or_none(const std::string& out_dir) {
+  try {
+    const std::string latest = latest_checkpoint_dir(out_dir);
+    return latest.empty() ? "none" : latest;
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 }  // namespace
 
 double train(const TrainConfig& tc) {
   DSMOE_CHECK(!tc.out_dir.empty(), "--out is required");
   DSMOE_CHECK(tc.steps > 0 && tc.batch_size > 0 && tc.seq_len > 1 && tc.grad_accum > 0,
               "steps, batch size, grad accumulation must be positive and seq_len >= 2");
+  DSMOE_CHECK(tc.max_nonfinite_steps >= 0, "--max-nonfinite-steps must be >= 0");
+  const Failpoints failpoints = read_failpoints();  // test hooks; none in normal use
   DSMOE_CHECK(tc.precision == "f32" || tc.precision == "bf16",
               "--precision must be f32 or bf16, got '{}'", tc.precision);
   const cpu::MatmulPrecisionScope precision(tc.precision == "bf16" ? cpu::MatmulPrecision::kBF16
@@ -190,6 +203,8 @@ double train(const TrainConfig& tc) {
       }
     }
     if (tc.grad_accum > 1) scale_grads(config, grads, 1.0f / tc.grad_accum);
+    if (failpoints.nan_loss.contains(state.step + 1)) total.loss = NAN;
+    if (failpoints.nan_grad.contains(state.step + 1)) grads.embed_tokens.data[0] = NAN;
     double grad_norm = global_grad_norm(config, grads);
     const float lr = learning_rate(schedule, state.step);
     const bool finite = std::isfinite(total.loss + total.aux_loss) && std::isfinite(grad_norm);
@@ -200,11 +215,15 @@ double train(const TrainConfig& tc) {
       adamw_step(config, model.mutable_weights(), grads, adam, lr, tc.adamw, clip);
       if (config.expert_bias_update) update_expert_bias(config, model.mutable_weights(), loads);
       last_loss = total.loss;
+      state.nonfinite_in_a_row = 0;
     } else {
       zero_grads(config, grads);
       state.skipped_steps++;
-      log_info("\nwarning: step {}: non-finite loss {} or gradient norm {}; step skipped",
-               state.step + 1, total.loss, grad_norm);
+      state.nonfinite_in_a_row++;
+      log_info(
+          "\nwarning: step {}: non-finite loss {} or gradient norm {}; step skipped ({} in a "
+          "row, {} in all)",
+          state.step + 1, total.loss, grad_norm, state.nonfinite_in_a_row, state.skipped_steps);
     }
     const double seconds = timer.seconds();
     const double tokens_per_s = tc.grad_accum * tc.batch_size * tc.seq_len / seconds;
@@ -227,12 +246,22 @@ double train(const TrainConfig& tc) {
                            {"load_max_over_mean", worst_ratio},
                            {"dropped", total.n_dropped},
                            {"skipped", !finite},
+                           {"skipped_steps", state.skipped_steps},
                            {"expert_load", load_json}};
     if (!bias_json.empty()) line["expert_bias"] = bias_json;
     if (tc.analytics_every > 0 && (state.step + 1) % tc.analytics_every == 0)
       line["expert_tokens"] = routing_analytics(config, acts, ids);
     metrics << line.dump() << "\n";
     metrics.flush();
+    DSMOE_CHECK(metrics.good(),
+                "{}: cannot write step {} (disk full?); the newest checkpoint is {}", metrics_path,
+                state.step + 1, latest_or_none(tc.out_dir));
+    DSMOE_CHECK(tc.max_nonfinite_steps == 0 || state.nonfinite_in_a_row < tc.max_nonfinite_steps,
+                "step {}: {} non-finite steps in a row (loss {}, gradient norm {}): training "
+                "stopped; the newest checkpoint is {}. Lower --lr or --grad-clip, or raise "
+                "--max-nonfinite-steps",
+                state.step + 1, state.nonfinite_in_a_row, total.loss, grad_norm,
+                latest_or_none(tc.out_dir));
     if (!tc.quiet && ((state.step + 1) % tc.log_every == 0 || state.step + 1 == tc.steps))
       print_progress(state.step, tc.steps, total, tokens_per_s, worst_ratio, tty);
     const bool last = state.step + 1 == tc.steps;
@@ -241,7 +270,14 @@ double train(const TrainConfig& tc) {
       saved.step = state.step + 1;
       saved.data_rng = sampler.rng().snapshot();
       saved.noise_rng = noise_rng.snapshot();
-      save_checkpoint(tc.out_dir, config_json, config, model.mutable_weights(), adam, saved);
+      try {
+        save_checkpoint(tc.out_dir, config_json, config, model.mutable_weights(), adam, saved);
+      } catch (const std::exception& e) {  // dsmoe::Error, or std::filesystem's
+        fail(
+            fmt::format("step {}: checkpoint not saved: {}; the newest checkpoint is {} (resume "
+                        "from it with --resume)",
+                        saved.step, e.what(), latest_or_none(tc.out_dir)));
+      }
     }
   }
   if (tty) std::fprintf(stderr, "\n");

@@ -25,6 +25,8 @@ struct TrainConfig {
   int64_t analytics_every = 50;  // routing analytics (which tokens each expert takes)
   uint64_t seed = 0;
   bool resume = false;
+  // A non-finite loss or gradient skips the step; this many in a row stop the run (0: never).
+  int64_t max_nonfinite_steps = 5;
   bool quiet = false;  // no progress bar
   // "f32", or "bf16": mixed precision, the matrix products' inputs rounded to bf16 with float32
   // sums (cpu::MatmulPrecision::kBF16); weights, gradients and AdamW state stay float32, and so

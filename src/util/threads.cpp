@@ -1,13 +1,66 @@
 #include "util/threads.h"
 
 #include <omp.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "util/log.h"
 
 namespace dsmoe {
+namespace {
+
+// The CPU quota of this process's cgroup (v2 cpu.max: "QUOTA PERIOD" or "max PERIOD") in cores,
+// rounded up; 0 when there is none or it cannot be read.
+int cgroup_quota_cores() {
+  std::ifstream self("/proc/self/cgroup");
+  std::string line, group;
+  while (std::getline(self, line))
+    if (line.rfind("0::", 0) == 0) group = line.substr(3);
+  for (const std::string& dir : {"/sys/fs/cgroup" + group, std::string("/sys/fs/cgroup")}) {
+    std::ifstream in(dir + "/cpu.max");
+    std::string quota;
+    double period = 0;
+    if (!(in >> quota >> period)) continue;
+    if (quota == "max" || period <= 0) return 0;
+    return std::max(1, static_cast<int>(std::ceil(std::stod(quota) / period)));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int usable_cores() {
+  cpu_set_t set;
+  int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+  if (cores <= 0) cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  const int quota = cgroup_quota_cores();
+  return quota > 0 ? std::min(cores, quota) : cores;
+}
 
 void set_num_threads(int n) {
-  if (n > 0) omp_set_num_threads(n);
+  if (n > 0) {
+    const int cores = usable_cores();
+    if (n > cores)
+      log_info("warning: {} threads on {} usable cores: they will wait for each other", n, cores);
+    omp_set_num_threads(n);
+  } else if (std::getenv("OMP_NUM_THREADS") == nullptr) {
+    omp_set_num_threads(usable_cores());
+  }
 }
 
 int num_threads() { return omp_get_max_threads(); }
+
+void reexec_with_passive_wait_policy(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+  execv("/proc/self/exe", argv);
+  unsetenv("OMP_WAIT_POLICY");  // exec failed: carry on as before, spinning
+}
 
 }  // namespace dsmoe
