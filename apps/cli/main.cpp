@@ -1,4 +1,5 @@
-// main.cpp: the dsmoe command: forward, generate, init, train, report, corpus, bench, export.
+// main.cpp: the dsmoe command: forward, generate, chat, init, train, report, corpus, tokenize, bench,
+// serve, export.
 #include <malloc.h>
 
 #include <CLI/CLI.hpp>
