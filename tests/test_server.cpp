@@ -407,7 +407,10 @@ TEST(Server, ConcurrentClientsGetTheirOwnAnswers) {
       auto result =
           server.client().Post("/v1/completions", auth(),
                                completion_body("shared", 12, stream).dump(), "application/json");
-      if (!result) return;
+      if (!result) {
+        ADD_FAILURE() << "client " << i << ": " << httplib::to_string(result.error());
+        return;
+      }
       statuses[i] = result->status;
       if (!stream) {
         texts[i] = json::parse(result->body)["choices"][0]["text"];
