@@ -11,7 +11,8 @@ if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
   exit 77
 fi
 if [ ! -d "$here/node_modules/openai" ]; then
-  if ! npm install --prefix "$here" --no-save --no-audit --no-fund --loglevel=error openai; then
+  if ! timeout 300 npm install --prefix "$here" --no-save --no-audit --no-fund --loglevel=error \
+    --fetch-timeout=60000 --fetch-retries=1 openai; then
     echo "SKIP: npm could not install the 'openai' package (no registry access?)"
     exit 77
   fi
