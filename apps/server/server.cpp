@@ -348,6 +348,7 @@ int Server::bind() {
 }
 
 void Server::run() {
+  if (impl_->stopping) return;  // stopped before it ran (a signal right after bind)
   impl_->scheduler.start();
   impl_->http.listen_after_bind();
 }
