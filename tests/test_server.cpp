@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -186,18 +187,34 @@ TEST(Server, HealthModelsMetricsAndAuth) {
   EXPECT_EQ(post(server, "/v1/completions", completion_body("hi", 2), {}).first, 401);
 
   EXPECT_EQ(post(server, "/v1/completions", completion_body("hi", 3)).first, 200);
-  auto metrics = client.Get("/metrics");
-  ASSERT_TRUE(metrics);
-  EXPECT_EQ(metrics->status, 200);
-  for (const char* line :
-       {"dsmoe_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 1",
-        "dsmoe_requests_total{endpoint=\"/v1/completions\",status=\"401\"} 1",
-        "dsmoe_requests_total{endpoint=\"/v1/models\",status=\"401\"} 2",
-        "dsmoe_prompt_tokens_total 2", "dsmoe_completion_tokens_total 3", "dsmoe_queue_length 0",
-        "dsmoe_running_sequences 0", "dsmoe_time_to_first_token_seconds_count 1",
-        "dsmoe_inter_token_latency_seconds_count 2",
-        "dsmoe_request_duration_seconds_bucket{le=\"+Inf\"} 1"})
-    EXPECT_NE(metrics->body.find(line), std::string::npos) << line << "\n" << metrics->body;
+  // The response can reach the client a moment before the server books the request (its
+  // sequence leaves the running set at the end of the step, its counts once the response is
+  // written): wait for the numbers to settle.
+  const std::vector<std::string> lines = {
+      "dsmoe_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 1",
+      "dsmoe_requests_total{endpoint=\"/v1/completions\",status=\"401\"} 1",
+      "dsmoe_requests_total{endpoint=\"/v1/models\",status=\"401\"} 2",
+      "dsmoe_prompt_tokens_total 2",
+      "dsmoe_completion_tokens_total 3",
+      "dsmoe_queue_length 0",
+      "dsmoe_running_sequences 0",
+      "dsmoe_time_to_first_token_seconds_count 1",
+      "dsmoe_inter_token_latency_seconds_count 2",
+      "dsmoe_request_duration_seconds_bucket{le=\"+Inf\"} 1"};
+  std::string metrics;
+  for (int attempt = 0; attempt < 500; attempt++) {
+    auto answer = client.Get("/metrics");
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->status, 200);
+    metrics = answer->body;
+    if (std::all_of(lines.begin(), lines.end(), [&](const std::string& line) {
+          return metrics.find(line) != std::string::npos;
+        }))
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (const std::string& line : lines)
+    EXPECT_NE(metrics.find(line), std::string::npos) << line << "\n" << metrics;
 }
 
 TEST(Server, CompletionsAndChatStreamingAndNot) {
