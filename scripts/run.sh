@@ -6,7 +6,9 @@
 #     tokens each expert takes);
 #  2. samples from it;
 #  3. runs inference on the DeepSeek-V3 reference model shipped in tests/data, with and without
-#     the latent KV cache.
+#     the latent KV cache;
+#  4. text through DeepSeek-V3's own tokenizer and chat template (tests/data/tokenizer-v3) on a
+#     random-weight model with V3's vocabulary: tokenize, generate --prompt, a two-turn chat.
 # Everything goes to out/demo/ (override with DSMOE_DEMO_DIR); STEPS=N changes the training length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,3 +51,16 @@ say "5. Inference on the reference DeepSeek-V3 model $model: latent KV cache + a
 $dsmoe generate --model "$model" --prompt-ids 5,17,3,42,7 --max-new-tokens 16 --print-ids
 say "   the same without a cache (recomputing every step): the tokens agree"
 $dsmoe generate --model "$model" --prompt-ids 5,17,3,42,7 --max-new-tokens 16 --print-ids --no-cache
+
+chat=$demo/chat-v3
+say "6. DeepSeek-V3's tokenizer.json and chat template on a random-weight model with its vocabulary"
+$dsmoe init --config configs/chat-v3-tiny.json --out "$chat" 2>&1 | tail -n 1
+cp tests/data/tokenizer-v3/tokenizer.json tests/data/tokenizer-v3/tokenizer_config.json "$chat/"
+echo '{"text": "DeepSeek-V3 在 14.8T tokens 上训练"}' | $dsmoe tokenize --tokenizer "$chat"
+echo '{"messages": [{"role": "user", "content": "Hi!"}], "add_generation_prompt": true}' \
+  | $dsmoe tokenize --tokenizer "$chat"
+say "   generate --prompt: the text is encoded with tokenizer.json (random weights: random words)"
+$dsmoe generate --model "$chat" --prompt "The capital of France is" --max-new-tokens 12 2>/dev/null
+say "   dsmoe chat, two turns on stdin: the second reuses the KV cache of the first"
+printf 'Hello!\nTell me more.\n' | $dsmoe chat --model "$chat" --max-new-tokens 12 --seed 1 \
+  --temperature 0.7 2>&1 | grep -v '^loaded'

@@ -81,7 +81,8 @@ Command add_serve(CLI::App& app) {
                  "requests that may wait for a slot; more get 503 (default 256)")
       ->check(CLI::Range(int64_t{0}, int64_t{100000}));
   app.add_option("--ctx-size", o.scheduler.ctx_size,
-                 "prompt + completion tokens per request (default: max_position_embeddings)")
+                 "prompt + completion tokens per request (default: the model's "
+                 "max_position_embeddings, at most 4096)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--prefill-chunk", o.scheduler.prefill_chunk,
                  "prompt tokens per sequence and step (default 256)")

@@ -1,6 +1,7 @@
 #include "apps/server/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -111,6 +112,7 @@ struct Server::Impl {
   httplib::Server http;
   std::atomic<bool> stopping{false};
   std::atomic<uint64_t> n_requests{0};
+  int listen_fd = -1;  // the listening socket, seen as httplib creates it
 };
 
 void Server::Impl::routes() {
@@ -119,6 +121,13 @@ void Server::Impl::routes() {
       o.scheduler.max_concurrent + o.scheduler.max_queue + 8, kMinHttpThreads, kMaxHttpThreads);
   http.new_task_queue = [n_threads] { return new httplib::ThreadPool(n_threads); };
   http.set_payload_max_length(static_cast<size_t>(o.max_body_bytes));
+  // httplib's default sets SO_REUSEPORT, with which a second server binds the same port and the
+  // kernel splits the connections between them; SO_REUSEADDR alone refuses a port in use.
+  http.set_socket_options([this](socket_t socket) {
+    const int yes = 1;
+    ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = socket;
+  });
   http.Get("/health", [](const Request&, Response& res) {
     res.set_content(R"({"status":"ok"})", "application/json");
   });
@@ -170,7 +179,12 @@ void Server::Impl::routes() {
     }
     reply_error(res, {500, what, "server_error"});
   });
-  http.set_logger([this](const Request& req, const Response& res) { log_request(req, res); });
+  http.set_logger([this](const Request& req, const Response& res) {
+    try {
+      log_request(req, res);
+    } catch (const std::exception&) {  // stderr gone: the server goes on
+    }
+  });
 }
 
 void Server::Impl::authorized_then(const Request& req, Response& res,
@@ -212,10 +226,20 @@ void Server::Impl::generate(Endpoint endpoint, const Request& req, Response& res
   // probes that notice a client gone.
   res.set_chunked_content_provider(
       generation->stream ? "text/event-stream" : "application/json; charset=utf-8",
-      [this, generation](size_t, httplib::DataSink& sink) { return pump(*generation, sink); },
-      [this, generation](bool) {
+      [this, generation](size_t, httplib::DataSink& sink) {
+        try {  // httplib does not catch what a content provider throws
+          return pump(*generation, sink);
+        } catch (const std::exception&) {
+          generation->sequence->cancel();
+          return false;
+        }
+      },
+      [this, generation](bool) noexcept {
         generation->sequence->cancel();  // a no-op when it finished
-        finish_request(*generation);
+        try {
+          finish_request(*generation);
+        } catch (const std::exception&) {  // stderr gone: the server goes on
+        }
       });
 }
 
@@ -317,10 +341,14 @@ int Server::bind() {
               "cannot listen on {}:{} (the port is in use, or the host is not an "
               "address of this machine)",
               o.host, o.port);
+  // httplib listens with a backlog of 5: a burst of clients overflows it, and connections get
+  // reset. Listening again on the bound socket raises the backlog.
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
   return port;
 }
 
 void Server::run() {
+  if (impl_->stopping) return;  // stopped before it ran (a signal right after bind)
   impl_->scheduler.start();
   impl_->http.listen_after_bind();
 }

@@ -119,7 +119,11 @@ struct Scheduler::Sequence {
 Scheduler::Scheduler(const Model& model, const TextCodec& codec, SchedulerOptions options,
                      SchedulerObserver* observer)
     : model_(model), codec_(codec), options_(options), observer_(observer) {
-  if (options_.ctx_size <= 0) options_.ctx_size = model.config().max_position_embeddings;
+  const int64_t max_positions = model.config().max_position_embeddings;
+  if (options_.ctx_size <= 0) options_.ctx_size = std::min(max_positions, kDefaultMaxCtxSize);
+  DSMOE_CHECK(options_.ctx_size <= max_positions,
+              "the context of {} tokens exceeds the model's max_position_embeddings ({})",
+              options_.ctx_size, max_positions);
   DSMOE_CHECK(options_.max_concurrent >= 1, "max concurrent sequences must be >= 1, got {}",
               options_.max_concurrent);
   DSMOE_CHECK(options_.max_queue >= 0, "max queue must be >= 0, got {}", options_.max_queue);

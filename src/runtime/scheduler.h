@@ -102,6 +102,10 @@ class SchedulerObserver {
   virtual void on_next_token(double seconds_since_previous) = 0;
 };
 
+// The default context per sequence when the model allows more (llama-server's default): each
+// running sequence may hold a KV cache this long.
+constexpr int64_t kDefaultMaxCtxSize = 4096;
+
 struct SchedulerOptions {
   int64_t max_concurrent = 8;   // sequences decoded together (each holds a KV cache)
   int64_t max_queue = 256;      // waiting requests beyond the running ones; then submit refuses
