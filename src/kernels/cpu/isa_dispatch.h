@@ -1,0 +1,14 @@
+// isa_dispatch.h: DSMOE_MAX_ISA (util/cpu_cap.h) applied to Highway's run-time dispatch.
+#pragma once
+
+#include <cstdint>
+
+namespace dsmoe::cpu {
+
+// Disables the Highway targets above the cap (hwy::DisableTargets) the first time it is called
+// and returns that mask (0 without a cap). Every file that dispatches with HWY_DYNAMIC_DISPATCH
+// calls it from a static initializer, so the cap holds before the first kernel runs and before
+// a test lists hwy::SupportedTargets().
+int64_t apply_isa_cap();
+
+}  // namespace dsmoe::cpu
