@@ -32,4 +32,11 @@ int64_t apply_isa_cap() {
   return disabled;
 }
 
+int64_t supported_targets() {
+  apply_isa_cap();
+  const int64_t targets = hwy::SupportedTargets();
+  hwy::GetChosenTarget().Update(targets);
+  return targets;
+}
+
 }  // namespace dsmoe::cpu

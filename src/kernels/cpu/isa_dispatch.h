@@ -11,4 +11,10 @@ namespace dsmoe::cpu {
 // a test lists hwy::SupportedTargets().
 int64_t apply_isa_cap();
 
+// hwy::SupportedTargets() (the cap applied), for code that lists targets. Highway 1.0.3's
+// SupportedTargets(), called directly, also sets the dispatch to every target the CPU has,
+// the disabled ones included, until the next DisableTargets or SetSupportedTargetsForTest;
+// this sets it back to what it returns.
+int64_t supported_targets();
+
 }  // namespace dsmoe::cpu
