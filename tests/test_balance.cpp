@@ -99,10 +99,7 @@ bool check_tensor(Model& model, const Eval& base, const std::vector<int64_t>& id
         central_difference(objective, FLT_EPSILON, std::fabs(base.stats.objective) + w_magnitude,
                            analytic, analytic_magnitude, fd_steps(FLT_EPSILON));
     if (!check) continue;
-    EXPECT_TRUE(check->holds()) << name
-                                << (cross_entropy ? " (whole objective)"
-                                                  : " (balance losses alone)")
-                                << ": " << *check;
+    expect_holds(*check, name + (cross_entropy ? " (whole objective)" : " (balance losses alone)"));
     return true;
   }
   return false;
@@ -354,8 +351,7 @@ TEST(BalanceLossValues, NormalisedScoreGradientMatchesDifferences) {
       const std::optional<FdCheck> check =
           central_difference(objective, FLT_EPSILON, std::fabs(loss), d[i], std::fabs(d[i]), steps);
       ASSERT_TRUE(check.has_value());
-      EXPECT_TRUE(check->holds()) << "score " << i << (seq_aux ? " (per sequence)" : "") << ": "
-                                  << *check;
+      expect_holds(*check, fmt::format("score {}{}", i, seq_aux ? " (per sequence)" : ""));
     }
   }
 }

@@ -256,7 +256,7 @@ void expect_reference_gradients(const char* op, const std::function<void()>& for
         central_difference(f, DBL_EPSILON, kMaxTerms * f_magnitude + x_magnitude / 2, analytic,
                            analytic_magnitude, fd_steps(DBL_EPSILON));
     ASSERT_TRUE(check.has_value());
-    EXPECT_TRUE(check->holds()) << op << " d/d " << in.name << ": " << *check;
+    expect_holds(*check, std::string(op) + " d/d " + in.name);
   }
 }
 

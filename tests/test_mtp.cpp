@@ -169,13 +169,13 @@ TEST_P(MtpGradient, MatchesCentralDifferences) {
       const std::optional<FdCheck> check_whole = central_difference(
           whole, FLT_EPSILON, f_on + w_on, analytic_on, magnitude_on, fd_steps(FLT_EPSILON));
       if (!check_whole) continue;
-      EXPECT_TRUE(check_whole->holds()) << "whole objective: " << *check_whole;
+      expect_holds(*check_whole, name + " (whole objective)");
       // The MTP part: a difference of two objectives, each with its own rounding.
       const std::optional<FdCheck> check_mtp = central_difference(
           mtp_part, FLT_EPSILON, f_on + f_off + w_on + w_off, analytic_on - analytic_off,
           magnitude_on + magnitude_off, fd_steps(FLT_EPSILON));
       ASSERT_TRUE(check_mtp.has_value());  // the steps that kept the routing above are cached
-      EXPECT_TRUE(check_mtp->holds()) << "MTP part: " << *check_mtp;
+      expect_holds(*check_mtp, name + " (MTP part)");
       EXPECT_GT(std::fabs(analytic_on - analytic_off), 1e-3) << "MTP must reach this tensor";
       checked = true;
     }
