@@ -15,13 +15,13 @@
 
 #include "kernels/cpu/peak_probe.h"
 
-#include "kernels/cpu/isa_dispatch.h"
-#include "util/cpu_cap.h"
-
 #include <omp.h>
 
 #include <chrono>
 #include <cstdint>
+
+#include "kernels/cpu/isa_dispatch.h"
+#include "util/cpu_cap.h"
 
 HWY_BEFORE_NAMESPACE();
 #if HWY_TARGET == HWY_AVX3_DL

@@ -141,7 +141,8 @@ DSMOE_AVX512 void ValuesNative(const AttentionShape& s, const ChunkTask& t, cons
 }
 #undef DSMOE_AVX512
 
-bool HasAvx512() { return cpu_allows_avx512(); }  // and DSMOE_MAX_ISA allows it
+// The CPU has AVX-512 and DSMOE_MAX_ISA allows it.
+bool HasAvx512() { return cpu_allows_avx512(); }
 #endif  // __x86_64__
 
 // The online softmax over one block: the running maximum m moves to m' = max(m, the block's
