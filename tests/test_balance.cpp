@@ -1,6 +1,9 @@
 // Tests for the balance losses (model/balance.h and the training paths of model/router.h and
 // model/moe.h): every differentiable option against central differences of the objective on tiny
 // random V2/V3 models, and the losses by hand (DeepSeek-V2 eq. 12-20, V3 eq. 17-20).
+#include <cfloat>
+
+#include "fd_check.h"
 #include "tiny_models.h"
 
 namespace dsmoe {
@@ -34,10 +37,15 @@ Eval evaluate(const Model& model, const std::vector<int64_t>& ids, int64_t n_seq
   return e;
 }
 
-double dot(const Tensor& a, const std::vector<float>& d) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < a.numel(); i++) sum += static_cast<double>(a.data[i]) * d[i];
-  return sum;
+// <g, d> and sum |g_i d_i| (the magnitude its rounding scales with), in double.
+std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
+  double sum = 0.0, magnitude = 0.0;
+  for (int64_t i = 0; i < g.numel(); i++) {
+    const double term = static_cast<double>(g.data[i]) * d[i];
+    sum += term;
+    magnitude += std::fabs(term);
+  }
+  return {sum, magnitude};
 }
 
 struct FdCase {
@@ -50,9 +58,11 @@ struct FdCase {
 
 void PrintTo(const FdCase& c, std::ostream* os) { *os << c.name; }
 
-// d objective / d w along random directions u, central differences against <grad, u>. The
-// selection must be the same at w + eps u and w - eps u (the objective is only piecewise smooth);
-// otherwise another direction is drawn. Returns false when no direction kept the routing.
+// d objective / d w along random directions u: central differences (fd_check.h: step and bound
+// from float32 rounding and the measured truncation) against <grad, u>. The selection must stay
+// the same at w +- h u and w +- 2h u (the objective is only piecewise smooth); fd_check tries
+// smaller steps, then another direction is drawn. Returns false when no direction kept the
+// routing.
 bool check_tensor(Model& model, const Eval& base, const std::vector<int64_t>& ids, int64_t n_seqs,
                   int64_t n_tokens, const std::string& name, bool cross_entropy) {
   const ModelConfig& c = model.config();
@@ -63,28 +73,33 @@ bool check_tensor(Model& model, const Eval& base, const std::vector<int64_t>& id
   if (weights.count(name) == 0) return true;
   Tensor& p = weights[name];
   const std::vector<float> saved(p.data, p.data + p.numel());
-  const float eps = 1e-3f;
   const double norm =
-      std::sqrt(dot(grad[name], std::vector<float>(grad[name].data, grad[name].data + p.numel())));
+      std::sqrt(dot_and_magnitude(grad[name],
+                                  std::vector<float>(grad[name].data, grad[name].data + p.numel()))
+                    .first);
   // A gradient that is zero everywhere would pass trivially: each tensor here reaches J.
   EXPECT_GT(norm, 1e-4) << name;
+  // w + t u is stored in float32 (off by eps |w_i| / 2 per element): f moves by up to
+  // eps / 2 sum |g_i w_i| per evaluation, counted with |f| in the rounding term.
+  const double w_magnitude = dot_and_magnitude(grad[name], saved).second;
   for (uint64_t attempt = 0; attempt < 20; attempt++) {
     const std::vector<float> u = random_normal(p.numel(), 1.0f, 77 + attempt);
-    auto shifted = [&](float sign) {
-      for (int64_t i = 0; i < p.numel(); i++) p.data[i] = saved[i] + sign * eps * u[i];
-      Eval e = evaluate(model, ids, n_seqs, n_tokens, cross_entropy);
-      std::copy(saved.begin(), saved.end(), p.data);
-      return e;
-    };
-    const double analytic = dot(grad[name], u);
+    const auto [analytic, analytic_magnitude] = dot_and_magnitude(grad[name], u);
     // A direction nearly orthogonal to the gradient leaves a difference at the level of float
     // rounding in J: draw another (E <u, g>^2 = |g|^2).
     if (std::fabs(analytic) < 0.1 * norm) continue;
-    const Eval plus = shifted(1.0f), minus = shifted(-1.0f);
-    if (plus.routes != base.routes || minus.routes != base.routes) continue;
-    const double fd = (plus.stats.objective - minus.stats.objective) / (2.0 * eps);
-    EXPECT_NEAR(fd, analytic, 0.02 * std::fabs(analytic))
-        << name << (cross_entropy ? " (whole objective)" : " (balance losses alone)");
+    const FdObjective objective = [&](double t) -> std::optional<double> {
+      for (int64_t i = 0; i < p.numel(); i++) p.data[i] = saved[i] + static_cast<float>(t) * u[i];
+      Eval e = evaluate(model, ids, n_seqs, n_tokens, cross_entropy);
+      std::copy(saved.begin(), saved.end(), p.data);
+      if (e.routes != base.routes) return std::nullopt;
+      return e.stats.objective;
+    };
+    const std::optional<FdCheck> check =
+        central_difference(objective, FLT_EPSILON, std::fabs(base.stats.objective) + w_magnitude,
+                           analytic, analytic_magnitude, fd_steps(FLT_EPSILON));
+    if (!check) continue;
+    expect_holds(*check, name + (cross_entropy ? " (whole objective)" : " (balance losses alone)"));
     return true;
   }
   return false;
@@ -313,21 +328,30 @@ TEST(BalanceLossValues, ScoreGradientByHand) {
 }
 
 // Under sigmoid scores the gradient goes through the per-token normalisation: central
-// differences on every raw score.
+// differences on every raw score (fd_check.h). The normalised scores are float32 (|f| carries
+// their rounding); the steps are powers of two, and s +- t is exact in float32 for these scores
+// (checked), so the differences see the intended steps. The scores are O(1): scale 1.
 TEST(BalanceLossValues, NormalisedScoreGradientMatchesDifferences) {
   HandCase h = hand_case(ScoringFunc::kSigmoid);
+  std::vector<double> steps;
+  for (double t : fd_steps(FLT_EPSILON)) steps.push_back(std::exp2(std::round(std::log2(t))));
   for (bool seq_aux : {false, true}) {
     h.config.seq_aux = seq_aux;
     std::vector<float> d(16, 0.0f);
-    balance_losses(h.config, h.routing, 2, 2, d.data());
+    const double loss = balance_losses(h.config, h.routing, 2, 2, d.data()).total();
     for (int i = 0; i < 16; i++) {
-      Routing r = h.routing;
-      const float eps = 1e-3f;
-      r.scores[i] = h.routing.scores[i] + eps;
-      const double plus = balance_losses(h.config, r, 2, 2, nullptr).total();
-      r.scores[i] = h.routing.scores[i] - eps;
-      const double minus = balance_losses(h.config, r, 2, 2, nullptr).total();
-      EXPECT_NEAR(d[i], (plus - minus) / (2 * eps), 2e-5) << "score " << i;
+      const float score = h.routing.scores[i];
+      const FdObjective objective = [&](double t) -> std::optional<double> {
+        Routing r = h.routing;
+        r.scores[i] = score + static_cast<float>(t);
+        EXPECT_EQ(static_cast<double>(r.scores[i]) - score, t) << "score " << i;
+        return balance_losses(h.config, r, 2, 2, nullptr).total();
+      };
+      // The direction is the unit vector of score i: <d, u> = d[i].
+      const std::optional<FdCheck> check =
+          central_difference(objective, FLT_EPSILON, std::fabs(loss), d[i], std::fabs(d[i]), steps);
+      ASSERT_TRUE(check.has_value());
+      expect_holds(*check, fmt::format("score {}{}", i, seq_aux ? " (per sequence)" : ""));
     }
   }
 }

@@ -21,10 +21,16 @@
 #include <random>
 #include <vector>
 
+#include "hwy/targets.h"
 #include "kernels/attention_shape.h"
+#include "kernels/cpu/gemm_bf16.h"
+#include "kernels/cpu/gemm_quant.h"
+#include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_ops.h"
 #include "kernels/cpu/shared_kv_attention.h"
 #include "kernels/ref/ops.h"
+#include "util/cpu_cap.h"
 #include "util/threads.h"
 
 namespace dsmoe {
@@ -531,6 +537,36 @@ TEST(KernelsAttention, Causality) {
   check_causal(dense_case(8, 8, 0, 6, 3, 12, 8, 2), 11);
   check_causal(dense_case(6, 10, 4, 4, 2, 16, 16, 0), 12);
   check_causal(absorbed_mla_case(8, 8, 0, 4, 16, 8, 3), 13);
+}
+
+// DSMOE_MAX_ISA (util/cpu_cap.h): under avx2 or sse4 nothing that needs AVX-512 runs: no
+// Highway AVX3 target in the dispatch, no AVX512-BF16 / VNNI kernels, the baseline copies of
+// util/multiversion.h. Without a cap, what the CPU has.
+TEST(IsaCap, HoldsForEveryDispatch) {
+  const IsaCap cap = isa_cap();
+  std::printf("DSMOE_MAX_ISA: %s; quant kernels on %s\n", isa_cap_name(cap),
+              hwy::TargetName(cpu::quant_dispatch_target()));
+  if (cap > IsaCap::kAvx2) {
+#if defined(__x86_64__)
+    EXPECT_EQ(cpu_allows_avx512(),
+              __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512cd"));
+#endif
+    return;
+  }
+  const int64_t above_avx2 = HWY_AVX2 - 1;  // Highway: wider targets have lower bits
+  EXPECT_FALSE(cpu_allows_avx512());
+  EXPECT_FALSE(cpu_allows_avx512_bf16());
+  EXPECT_FALSE(cpu_allows_avx512_vnni());
+  EXPECT_EQ(cpu::supported_targets() & above_avx2, 0);
+  EXPECT_EQ(cpu::quant_dispatch_target() & above_avx2, 0);
+  EXPECT_FALSE(cpu::gemm_bf16_native());
+  EXPECT_FALSE(cpu::gemm_quant_native());
+  if (cap == IsaCap::kSse4) {
+    EXPECT_FALSE(cpu_allows_avx2());
+    EXPECT_EQ(cpu::quant_dispatch_target() & (HWY_SSE4 - 1), 0);
+  }
 }
 
 }  // namespace

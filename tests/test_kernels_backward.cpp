@@ -2,13 +2,17 @@
 // kernels/ref (run in double), and the GEMM path of attention (>= 8 queries) in both directions.
 // Tolerance: float32 sums of at most a few hundred products of O(1) values: 1e-4 of the largest
 // reference magnitude (about 2^-13, far above the ~sqrt(n) * 2^-24 rounding of the sums).
+// The references themselves are proven in double against central differences (fd_check.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <vector>
 
+#include "fd_check.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ref/ops.h"
 #include "util/threads.h"
@@ -196,6 +200,107 @@ TEST(Backward, RopeBackwardUndoesRopeForward) {
     cpu::rope_backward(x.data(), T, heads, stride, dim, dim, cos.data(), sin.data(), interleaved);
     for (size_t i = 0; i < x.size(); i++) ASSERT_NEAR(x[i], original[i], 1e-5) << i;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The references' backward against double-precision central differences: for each input x of
+// an op, f(t) = <dout, op(x + t u)> along a random u against <dx, u> from the backward.
+// Rounding of f: each output is a sum of at most kMaxTerms products, so its relative error is
+// below kMaxTerms DBL_EPSILON (Higham's gamma_n), and f's below that times sum |dout_i y_i|;
+// the shifted input x + t u adds DBL_EPSILON / 2 sum |dx_i x_i|. Steps at the optimum for O(1)
+// inputs (cbrt(eps) ~ 6e-6 times 4, 2, 1, ...): there is no routing to keep.
+
+constexpr double kMaxTerms = 64;  // the longest sum below: head dimension, K, C, keys (<= 64)
+
+std::vector<double> random_doubles(size_t n, uint32_t seed) {
+  return to_double(random_vector(n, seed));
+}
+
+struct RefInput {
+  const char* name;
+  std::vector<double>* x;
+  const std::vector<double>* grad;  // d <dout, y> / d x from the backward
+};
+
+// forward() writes y from the inputs (read in place); f = <dout, y>.
+void expect_reference_gradients(const char* op, const std::function<void()>& forward,
+                                const std::vector<double>& y, const std::vector<double>& dout,
+                                const std::vector<RefInput>& inputs) {
+  auto objective = [&](double* magnitude) {
+    forward();
+    double f = 0.0;
+    for (size_t i = 0; i < y.size(); i++) {
+      f += dout[i] * y[i];
+      if (magnitude != nullptr) *magnitude += std::fabs(dout[i] * y[i]);
+    }
+    return f;
+  };
+  for (uint32_t which = 0; which < inputs.size(); which++) {
+    const RefInput& in = inputs[which];
+    std::vector<double>& x = *in.x;
+    const std::vector<double> saved = x, u = random_doubles(x.size(), 500 + which);
+    double f_magnitude = 0.0, analytic = 0.0, analytic_magnitude = 0.0, x_magnitude = 0.0;
+    objective(&f_magnitude);
+    for (size_t i = 0; i < x.size(); i++) {
+      analytic += (*in.grad)[i] * u[i];
+      analytic_magnitude += std::fabs((*in.grad)[i] * u[i]);
+      x_magnitude += std::fabs((*in.grad)[i] * x[i]);
+    }
+    const FdObjective f = [&](double t) -> std::optional<double> {
+      for (size_t i = 0; i < x.size(); i++) x[i] = saved[i] + t * u[i];
+      const double value = objective(nullptr);
+      x = saved;
+      return value;
+    };
+    const std::optional<FdCheck> check =
+        central_difference(f, DBL_EPSILON, kMaxTerms * f_magnitude + x_magnitude / 2, analytic,
+                           analytic_magnitude, fd_steps(DBL_EPSILON));
+    ASSERT_TRUE(check.has_value());
+    expect_holds(*check, std::string(op) + " d/d " + in.name);
+  }
+}
+
+TEST(ReferenceGradients, LinearRmsnormSiluMatchDoubleCentralDifferences) {
+  const int64_t M = 3, K = 7, N = 5;
+  std::vector<double> x = random_doubles(M * K, 21), w = random_doubles(N * K, 22);
+  std::vector<double> y(M * N), dout = random_doubles(M * N, 23);
+  std::vector<double> dx(M * K, 0.0), dw(N * K, 0.0);
+  ref::linear_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), M, K, N);
+  expect_reference_gradients("linear",
+                             [&] { ref::linear_forward(y.data(), x.data(), w.data(), M, K, N); }, y,
+                             dout, {{"inp", &x, &dx}, {"weight", &w, &dw}});
+
+  std::vector<double> g = random_doubles(K, 24), z(M * K), dz = random_doubles(M * K, 25);
+  std::vector<double> rx(M * K, 0.0), rg(K, 0.0);
+  ref::rmsnorm_backward(rx.data(), rg.data(), dz.data(), x.data(), g.data(), M, K, 1e-6f);
+  expect_reference_gradients(
+      "rmsnorm", [&] { ref::rmsnorm_forward(z.data(), x.data(), g.data(), M, K, 1e-6f); }, z, dz,
+      {{"inp", &x, &rx}, {"weight", &g, &rg}});
+
+  const int64_t n = 13;
+  std::vector<double> gate = random_doubles(n, 26), up = random_doubles(n, 27), h(n);
+  std::vector<double> dh = random_doubles(n, 28), dgate(n), dup(n);
+  ref::silu_mul_backward(dgate.data(), dup.data(), dh.data(), gate.data(), up.data(), n);
+  expect_reference_gradients("silu_mul",
+                             [&] { ref::silu_mul_forward(h.data(), gate.data(), up.data(), n); }, h,
+                             dh, {{"gate", &gate, &dgate}, {"up", &up, &dup}});
+}
+
+TEST(ReferenceGradients, AttentionMatchesDoubleCentralDifferences) {
+  // GQA with a cached prefix (5 queries over 7 keys) and padded strides.
+  const AttentionShape s = gqa_shape(5, 7, 4, 2, 8);
+  Buffers b = make_buffers(s, 31);
+  std::vector<double> q = to_double(b.q), k = to_double(b.k), v = to_double(b.v);
+  const std::vector<double> dout = to_double(b.dout);
+  std::vector<double> out(b.out.size(), 0.0);
+  ref::attention_forward(out.data(), q.data(), k.data(), v.data(), s);
+  std::vector<double> dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+  ref::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
+                          v.data(), out.data(), s);
+  std::vector<double> y(out.size(), 0.0);
+  expect_reference_gradients(
+      "attention", [&] { ref::attention_forward(y.data(), q.data(), k.data(), v.data(), s); }, y,
+      dout, {{"q", &q, &dq}, {"k", &k, &dk}, {"v", &v, &dv}});
 }
 
 }  // namespace

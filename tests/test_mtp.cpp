@@ -3,12 +3,14 @@
 // computation built by hand per sequence, and the paths where MTP is off or absent.
 #include <gtest/gtest.h>
 
+#include <cfloat>
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "fd_check.h"
 #include "kernels/cpu/ops.h"
 #include "model/config.h"
 #include "model/layer.h"
@@ -84,10 +86,15 @@ Step train_step(const Model& model, const std::vector<int64_t>& ids, int64_t n_s
   return s;
 }
 
-double dot(const Tensor& a, const std::vector<float>& d) {
-  double sum = 0;
-  for (int64_t i = 0; i < a.numel(); i++) sum += static_cast<double>(a.data[i]) * d[i];
-  return sum;
+// <g, d> and sum |g_i d_i| (the magnitude its rounding scales with), in double.
+std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
+  double sum = 0.0, magnitude = 0.0;
+  for (int64_t i = 0; i < g.numel(); i++) {
+    const double term = static_cast<double>(g.data[i]) * d[i];
+    sum += term;
+    magnitude += std::fabs(term);
+  }
+  return {sum, magnitude};
 }
 
 class MtpGradient : public ::testing::TestWithParam<bool> {};
@@ -114,7 +121,6 @@ TEST_P(MtpGradient, MatchesCentralDifferences) {
   std::map<std::string, Tensor> weights = by_name(c, model.mutable_weights());
   std::map<std::string, Tensor> g_on = by_name(c, base_on.grads);
   std::map<std::string, Tensor> g_off = by_name(c, base_off.grads);
-  const float eps = 1e-3f;
   for (const std::string name :
        {"model.layers.2.eh_proj.weight", "model.layers.2.enorm.weight",
         "model.layers.3.hnorm.weight", "model.layers.3.eh_proj.weight",
@@ -126,30 +132,51 @@ TEST_P(MtpGradient, MatchesCentralDifferences) {
     ASSERT_EQ(weights.count(name), 1u);
     Tensor& p = weights[name];
     const std::vector<float> saved(p.data, p.data + p.numel());
+    // w + t d is stored in float32: f moves by up to eps / 2 sum |g_i w_i| per evaluation.
+    const double w_on = dot_and_magnitude(g_on[name], saved).second,
+                 w_off = dot_and_magnitude(g_off[name], saved).second;
     bool checked = false;
     for (uint64_t attempt = 0; attempt < 6 && !checked; attempt++) {
       Rng rng(100 + attempt);
       std::vector<float> d(p.numel());
       for (float& v : d) v = rng.normal();
-      auto shifted = [&](float sign) {
-        for (int64_t i = 0; i < p.numel(); i++) p.data[i] = saved[i] + sign * eps * d[i];
-        Step s_on = train_step(model, ids, n_seqs, T, on),
-             s_off = train_step(model, ids, n_seqs, T, off);
+      // Both objectives at w + t d (nullopt when the routing moved), cached per step.
+      std::map<double, std::optional<std::pair<double, double>>> at;
+      auto shifted = [&](double t) {
+        auto it = at.find(t);
+        if (it != at.end()) return it->second;
+        for (int64_t i = 0; i < p.numel(); i++) p.data[i] = saved[i] + static_cast<float>(t) * d[i];
+        const Step s_on = train_step(model, ids, n_seqs, T, on),
+                   s_off = train_step(model, ids, n_seqs, T, off);
         std::copy(saved.begin(), saved.end(), p.data);
-        return std::make_pair(std::move(s_on), std::move(s_off));
+        std::optional<std::pair<double, double>> value;
+        if (s_on.routes == base_on.routes && s_off.routes == base_off.routes)
+          value = std::make_pair(s_on.stats.objective, s_off.stats.objective);
+        return at.emplace(t, value).first->second;
       };
-      const auto [plus_on, plus_off] = shifted(1.0f);
-      const auto [minus_on, minus_off] = shifted(-1.0f);
-      if (plus_on.routes != base_on.routes || minus_on.routes != base_on.routes) continue;
-      const double fd = (plus_on.stats.objective - minus_on.stats.objective) / (2.0 * eps);
-      const double analytic = dot(g_on[name], d);
-      EXPECT_NEAR(fd, analytic, 0.02 * std::fabs(analytic) + 2e-4) << "whole objective";
-      const double fd_mtp = ((plus_on.stats.objective - plus_off.stats.objective) -
-                             (minus_on.stats.objective - minus_off.stats.objective)) /
-                            (2.0 * eps);
-      const double analytic_mtp = analytic - dot(g_off[name], d);
-      EXPECT_NEAR(fd_mtp, analytic_mtp, 0.02 * std::fabs(analytic_mtp) + 2e-4) << "MTP part";
-      EXPECT_GT(std::fabs(analytic_mtp), 1e-3) << "MTP must reach this tensor";
+      const FdObjective whole = [&](double t) -> std::optional<double> {
+        const auto v = shifted(t);
+        return v ? std::optional<double>(v->first) : std::nullopt;
+      };
+      const FdObjective mtp_part = [&](double t) -> std::optional<double> {
+        const auto v = shifted(t);
+        return v ? std::optional<double>(v->first - v->second) : std::nullopt;
+      };
+      const auto [analytic_on, magnitude_on] = dot_and_magnitude(g_on[name], d);
+      const auto [analytic_off, magnitude_off] = dot_and_magnitude(g_off[name], d);
+      const double f_on = std::fabs(base_on.stats.objective),
+                   f_off = std::fabs(base_off.stats.objective);
+      const std::optional<FdCheck> check_whole = central_difference(
+          whole, FLT_EPSILON, f_on + w_on, analytic_on, magnitude_on, fd_steps(FLT_EPSILON));
+      if (!check_whole) continue;
+      expect_holds(*check_whole, name + " (whole objective)");
+      // The MTP part: a difference of two objectives, each with its own rounding.
+      const std::optional<FdCheck> check_mtp = central_difference(
+          mtp_part, FLT_EPSILON, f_on + f_off + w_on + w_off, analytic_on - analytic_off,
+          magnitude_on + magnitude_off, fd_steps(FLT_EPSILON));
+      ASSERT_TRUE(check_mtp.has_value());  // the steps that kept the routing above are cached
+      expect_holds(*check_mtp, name + " (MTP part)");
+      EXPECT_GT(std::fabs(analytic_on - analytic_off), 1e-3) << "MTP must reach this tensor";
       checked = true;
     }
     EXPECT_TRUE(checked) << "the routing changed under every direction tried";

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "hwy/targets.h"
+#include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 #include "kernels/ref/quant_ops.h"
@@ -359,7 +360,7 @@ class ScopedTarget {
 
 // Every target the kernels were compiled for that this CPU can run, best first.
 std::vector<int64_t> runnable_targets() {
-  const int64_t mask = hwy::SupportedTargets() & cpu::quant_compiled_targets();
+  const int64_t mask = cpu::supported_targets() & cpu::quant_compiled_targets();
   std::vector<int64_t> targets;
   for (int bit = 0; bit < 63; bit++)
     if (mask & (int64_t{1} << bit)) targets.push_back(int64_t{1} << bit);

@@ -76,7 +76,7 @@ int32_t round_half_away(float v) { return static_cast<int32_t>(v + std::copysign
 // quantizes every product's activations with quantize_block_q8_0, and loading a Q4_0 model was
 // ~20% quantize_block_q4_0.
 // llama.cpp's quantize_row_q8_0_ref, per block: d = amax / 127, q = round(x / d).
-DSMOE_MULTIVERSION bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
+DSMOE_MULTIVERSION_BODY bool quantize_block_q8_0_body(const float* x, BlockQ8_0* y) {
   const uint32_t amax_bits = block_amax_bits(x);
   const std::optional<float> d =
       amax_bits < kExponentMask
@@ -93,10 +93,14 @@ DSMOE_MULTIVERSION bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
   return true;
 }
 
+bool quantize_block_q8_0(const float* x, BlockQ8_0* y) {
+  return multiversion<quantize_block_q8_0_body>(x, y);
+}
+
 // llama.cpp's quantize_row_q4_0_ref, per block: d = max / -8 with max the signed element of
 // largest magnitude (the first such, so max maps to nibble 0), nibble = (int)(x / d + 8.5)
 // clamped to 15; elements 0..15 go to the low nibbles, 16..31 to the high nibbles.
-DSMOE_MULTIVERSION bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
+DSMOE_MULTIVERSION_BODY bool quantize_block_q4_0_body(const float* x, BlockQ4_0* y) {
   constexpr int64_t kHalf = kQuantBlock / 2;
   const uint32_t amax_bits = block_amax_bits(x);
   float max = 0.0f;  // (+0 when every element is +-0)
@@ -121,6 +125,10 @@ DSMOE_MULTIVERSION bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
   for (int64_t j = 0; j < kHalf; j++)
     y->q[j] = static_cast<uint8_t>(nibble[j] | (nibble[j + kHalf] << 4));
   return true;
+}
+
+bool quantize_block_q4_0(const float* x, BlockQ4_0* y) {
+  return multiversion<quantize_block_q4_0_body>(x, y);
 }
 
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) {

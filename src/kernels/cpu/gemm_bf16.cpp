@@ -35,8 +35,10 @@
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "kernels/cpu/isa_dispatch.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
+#include "util/cpu_cap.h"
 
 // Definitions shared by all targets (this file is compiled once per target).
 #ifndef DSMOE_KERNELS_CPU_GEMM_BF16_SHARED_
@@ -110,7 +112,7 @@ constexpr int64_t kChunkGroups = 8;
 static_assert(kGroupCols == kPanelGroupRows && kLanes == kPanelLanes);
 
 bool CpuHasAvx512Bf16() {
-  static const bool has = __builtin_cpu_supports("avx512bf16");
+  static const bool has = cpu_allows_avx512_bf16();
   return has;
 }
 
@@ -493,6 +495,10 @@ namespace dsmoe::cpu {
 
 HWY_EXPORT(GemmBf16Native);
 HWY_EXPORT(HasNative);
+namespace {
+// DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
+[[maybe_unused]] const int64_t kIsaCapApplied = apply_isa_cap();
+}  // namespace
 
 namespace {
 namespace detail = gemm_bf16_detail;

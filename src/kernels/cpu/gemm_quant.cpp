@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 
@@ -484,6 +485,10 @@ namespace dsmoe::cpu {
 
 HWY_EXPORT(GemmQuantVNNI);
 HWY_EXPORT(NativeTarget);
+namespace {
+// DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
+[[maybe_unused]] const int64_t kIsaCapApplied = apply_isa_cap();
+}  // namespace
 
 bool gemm_quant_native() { return HWY_DYNAMIC_DISPATCH(NativeTarget)(); }
 

@@ -65,7 +65,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               C, static_cast<int>(ldc));
 }
 
-DSMOE_MULTIVERSION double dot_f64(const float* a, const float* b, int64_t n) {
+DSMOE_MULTIVERSION_BODY double dot_f64_body(const float* a, const float* b, int64_t n) {
   constexpr int64_t kLanes = 8;
   const int64_t n_blocked = n / kLanes * kLanes;
   double lane[kLanes] = {};
@@ -76,6 +76,10 @@ DSMOE_MULTIVERSION double dot_f64(const float* a, const float* b, int64_t n) {
   for (int64_t i = n_blocked; i < n; i++) sum += static_cast<double>(a[i]) * b[i];
   for (int64_t l = 0; l < kLanes; l++) sum += lane[l];
   return sum;
+}
+
+double dot_f64(const float* a, const float* b, int64_t n) {
+  return multiversion<dot_f64_body>(a, b, n);
 }
 
 namespace {
@@ -89,8 +93,8 @@ float row_rstd(const float* x, int64_t C, float eps) {
 }
 
 // dinp[C] += rstd * (dy * weight - xhat * mean(dy * weight * xhat)), xhat = x * rstd.
-DSMOE_MULTIVERSION void rmsnorm_backward_row(float* dinp, const float* dy, const float* x,
-                                             const float* weight, float rstd, int64_t C) {
+DSMOE_MULTIVERSION_BODY void rmsnorm_backward_row_body(float* dinp, const float* dy, const float* x,
+                                                       const float* weight, float rstd, int64_t C) {
   const int64_t n_blocked = C / kNormLanes * kNormLanes;
   double lane[kNormLanes] = {};
   for (int64_t c = 0; c < n_blocked; c += kNormLanes)
@@ -105,6 +109,11 @@ DSMOE_MULTIVERSION void rmsnorm_backward_row(float* dinp, const float* dy, const
     const float xhat = x[c] * rstd;
     dinp[c] += rstd * (dy[c] * weight[c] - xhat * mean_dot);
   }
+}
+
+void rmsnorm_backward_row(float* dinp, const float* dy, const float* x, const float* weight,
+                          float rstd, int64_t C) {
+  multiversion<rmsnorm_backward_row_body>(dinp, dy, x, weight, rstd, C);
 }
 
 }  // namespace
@@ -164,20 +173,30 @@ void rmsnorm_forward(float* out, const float* inp, const float* weight, int64_t 
 
 namespace {
 
-// Compiled also for AVX-512 and picked at load time (GCC function multi-versioning): the
-// elementwise loops run 16 lanes wide where the CPU allows, 4 (SSE2) elsewhere.
-DSMOE_MULTIVERSION void silu_mul_forward_chunk(float* out, const float* gate, const float* up,
-                                               int64_t n) {
+// Compiled also for AVX-512 and picked at run time (util/multiversion.h): the elementwise loops
+// run 16 lanes wide where the CPU (and DSMOE_MAX_ISA) allows, 4 (SSE2) elsewhere.
+DSMOE_MULTIVERSION_BODY void silu_mul_forward_chunk_body(float* out, const float* gate,
+                                                         const float* up, int64_t n) {
   for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + exp_vectorizable(-gate[i])) * up[i];
 }
 
-DSMOE_MULTIVERSION void silu_mul_backward_chunk(float* dgate, float* dup, const float* dout,
-                                                const float* gate, const float* up, int64_t n) {
+void silu_mul_forward_chunk(float* out, const float* gate, const float* up, int64_t n) {
+  multiversion<silu_mul_forward_chunk_body>(out, gate, up, n);
+}
+
+DSMOE_MULTIVERSION_BODY void silu_mul_backward_chunk_body(float* dgate, float* dup,
+                                                          const float* dout, const float* gate,
+                                                          const float* up, int64_t n) {
   for (int64_t i = 0; i < n; i++) {  // as ref::silu_mul_backward
     const float sigma = 1.0f / (1.0f + exp_vectorizable(-gate[i]));
     dup[i] = dout[i] * gate[i] * sigma;
     dgate[i] = dout[i] * up[i] * sigma * (1.0f + gate[i] * (1.0f - sigma));
   }
+}
+
+void silu_mul_backward_chunk(float* dgate, float* dup, const float* dout, const float* gate,
+                             const float* up, int64_t n) {
+  multiversion<silu_mul_backward_chunk_body>(dgate, dup, dout, gate, up, n);
 }
 
 // Partial results of the row loops below (softmax, cross-entropy): they vectorize at any width,
@@ -200,7 +219,7 @@ inline float max_in_lanes(const float* x, int64_t n) {
 // In place: softmax over row[0, n_visible), zeros after (the causal mask). The max and the sum
 // are kept in kLanes partial results (so the loops vectorize at any width and the order of the
 // sum is fixed).
-DSMOE_MULTIVERSION void masked_softmax_row(float* row, int64_t n_visible, int64_t S) {
+DSMOE_MULTIVERSION_BODY void masked_softmax_row_body(float* row, int64_t n_visible, int64_t S) {
   constexpr int64_t kLanes = kRowLanes;
   const int64_t n_blocked = n_visible / kLanes * kLanes;
   const float max_score = max_in_lanes(row, n_visible);
@@ -222,6 +241,10 @@ DSMOE_MULTIVERSION void masked_softmax_row(float* row, int64_t n_visible, int64_
   std::fill(row + n_visible, row + S, 0.0f);
 }
 
+void masked_softmax_row(float* row, int64_t n_visible, int64_t S) {
+  multiversion<masked_softmax_row_body>(row, n_visible, S);
+}
+
 }  // namespace
 
 void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n) {
@@ -234,9 +257,9 @@ void silu_mul_forward(float* out, const float* gate, const float* up, int64_t n)
   }
 }
 
-DSMOE_MULTIVERSION double cross_entropy_row(const float* __restrict__ logits, int64_t n,
-                                            int64_t target, float scale,
-                                            float* __restrict__ dlogits) {
+DSMOE_MULTIVERSION_BODY double cross_entropy_row_body(const float* __restrict__ logits, int64_t n,
+                                                      int64_t target, float scale,
+                                                      float* __restrict__ dlogits) {
   // Max, then the exponentials in float32 summed in double: kLanes partial results each, so that
   // the loops vectorize and the order of the sum is fixed.
   constexpr int64_t kLanes = kRowLanes;
@@ -262,6 +285,11 @@ DSMOE_MULTIVERSION double cross_entropy_row(const float* __restrict__ logits, in
     dlogits[target] -= scale;
   }
   return std::log(sum) + max_value - logits[target];
+}
+
+double cross_entropy_row(const float* __restrict__ logits, int64_t n, int64_t target, float scale,
+                         float* __restrict__ dlogits) {
+  return multiversion<cross_entropy_row_body>(logits, n, target, scale, dlogits);
 }
 
 void rope_forward(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride,

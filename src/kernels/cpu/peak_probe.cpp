@@ -20,6 +20,9 @@
 #include <chrono>
 #include <cstdint>
 
+#include "kernels/cpu/isa_dispatch.h"
+#include "util/cpu_cap.h"
+
 HWY_BEFORE_NAMESPACE();
 #if HWY_TARGET == HWY_AVX3_DL
 HWY_PUSH_ATTRIBUTES("avx512vnni")
@@ -95,7 +98,7 @@ double Int8Loop(int64_t iterations) {
 double RunLoop(int kind, int64_t iterations) {
   if (kind == 0) return FmaLoop(iterations);
 #if HWY_TARGET == HWY_AVX3_DL
-  if (kind == 1) return __builtin_cpu_supports("avx512bf16") ? Bf16Loop(iterations) : 0.0;
+  if (kind == 1) return cpu_allows_avx512_bf16() ? Bf16Loop(iterations) : 0.0;
   if (kind == 2) return Int8Loop(iterations);
 #endif
   return 0.0;
@@ -112,6 +115,10 @@ HWY_AFTER_NAMESPACE();
 namespace dsmoe::cpu {
 
 HWY_EXPORT(RunLoop);
+namespace {
+// DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
+[[maybe_unused]] const int64_t kIsaCapApplied = apply_isa_cap();
+}  // namespace
 
 namespace {
 

@@ -32,11 +32,13 @@
 #include "kernels/cpu/bf16_panels.h"
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_quant.h"
+#include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_acts.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
 #include "util/check.h"
+#include "util/cpu_cap.h"
 
 // Per target: the row kernels. Conventions shared by all of them:
 //  * out is [M, N] with N = w.rows; rows of w are split between threads, and for M > 1 each
@@ -165,7 +167,7 @@ __attribute__((target("avx512bf16"))) void DotBF16Native4(const uint16_t* HWY_RE
 }
 
 static bool CpuHasAvx512Bf16() {
-  static const bool has = __builtin_cpu_supports("avx512bf16");
+  static const bool has = cpu_allows_avx512_bf16();
   return has;
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
@@ -417,6 +419,10 @@ namespace dsmoe::cpu {
 
 HWY_EXPORT(Rows);
 HWY_EXPORT(CompiledTarget);
+namespace {
+// DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
+[[maybe_unused]] const int64_t kIsaCapApplied = apply_isa_cap();
+}  // namespace
 
 namespace {
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/cpu/exp.h"
+#include "util/cpu_cap.h"
 #include "util/multiversion.h"
 
 namespace dsmoe::cpu {
@@ -140,16 +141,14 @@ DSMOE_AVX512 void ValuesNative(const AttentionShape& s, const ChunkTask& t, cons
 }
 #undef DSMOE_AVX512
 
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
+// The CPU has AVX-512 and DSMOE_MAX_ISA allows it.
+bool HasAvx512() { return cpu_allows_avx512(); }
 #endif  // __x86_64__
 
 // The online softmax over one block: the running maximum m moves to m' = max(m, the block's
 // visible scores); o and sum are to be scaled by exp(m - m') (0 while nothing was visible); the
 // block's scores become exp(score - m'), 0 where masked.
-DSMOE_MULTIVERSION void SoftmaxBlock(const ChunkTask& t, const Block& b) {
+DSMOE_MULTIVERSION_BODY void SoftmaxBlockBody(const ChunkTask& t, const Block& b) {
   float m[kLanes], block_sum[kLanes] = {};
   std::copy_n(t.max_score, kLanes, m);
   for (int64_t key = b.b0; key < b.b1; key++)
@@ -168,6 +167,8 @@ DSMOE_MULTIVERSION void SoftmaxBlock(const ChunkTask& t, const Block& b) {
     t.max_score[l] = m[l];
   }
 }
+
+void SoftmaxBlock(const ChunkTask& t, const Block& b) { multiversion<SoftmaxBlockBody>(t, b); }
 
 // The chunk's keys block by block: scores, softmax, values while the block's rows are in L2
 // (the cache is read from memory once).
