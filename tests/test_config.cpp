@@ -312,6 +312,18 @@ TEST(Config, IntegralFloatsAcceptedAsIntegers) {
   expect_error(j, {"hidden_size"});
 }
 
+// Found by fuzz/fuzz_config (fuzz/corpus/config/crash-float-overflow-int): an integral float
+// beyond int64_t was converted anyway (undefined behaviour).
+TEST(ConfigErrors, IntegersBeyondTheRangeOfADouble) {
+  json j = v3_minimal();
+  j["intermediate_size"] = 1.2222222222e28;
+  expect_error(j, {"intermediate_size", "out of range"});
+  j["intermediate_size"] = 18446744073709551615u;
+  expect_error(j, {"intermediate_size", "out of range"});
+  j["intermediate_size"] = -1e300;
+  expect_error(j, {"intermediate_size", "out of range"});
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors: each names the file and the field.
 

@@ -24,9 +24,20 @@ class Fields {
   int64_t integer(const char* key, int64_t fallback) const {
     if (!present(key)) return fallback;
     const json& value = object_[key];
-    DSMOE_CHECK(value.is_number_integer() || (value.is_number_float() && std::floor(value.get<double>()) == value.get<double>()),
-                "{}: field '{}' must be an integer, found {}", source_, key, value.dump());
-    return value.get<int64_t>();
+    // Integers, and floats with an integral value (2048.0), within +-2^53 (where every integer is
+    // a double): a larger one would overflow int64_t or every size computed from it.
+    constexpr double kLimit = 9007199254740992.0;  // 2^53
+    const bool integral =
+        value.is_number_integer() ||
+        (value.is_number_float() && std::floor(value.get<double>()) == value.get<double>());
+    DSMOE_CHECK(integral, "{}: field '{}' must be an integer, found {}", source_, key, value.dump());
+    const double magnitude = value.is_number_unsigned()
+                                 ? static_cast<double>(value.get<uint64_t>())
+                                 : std::fabs(value.get<double>());
+    DSMOE_CHECK(magnitude <= kLimit, "{}: field '{}' is out of range, found {}", source_, key,
+                value.dump());
+    return value.is_number_float() ? static_cast<int64_t>(value.get<double>())
+                                   : value.get<int64_t>();
   }
   int64_t positive(const char* key, int64_t fallback) const {
     int64_t value = integer(key, fallback);
