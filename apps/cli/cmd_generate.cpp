@@ -8,6 +8,7 @@
 
 #include "apps/cli/commands.h"
 #include "apps/cli/common.h"
+#include "apps/cli/parallel.h"
 #include "model/transformer.h"
 #include "runtime/generate.h"
 #include "util/check.h"
@@ -69,8 +70,15 @@ int run_generate(const GenerateArgs& args) {
   const bool text_mode = !args.prompt_text.empty();
   const std::vector<int64_t> prompt =
       text_mode ? byte_tokens(args.prompt_text) : parse_ids(args.prompt_ids);
-  Model model = load_inference_model(args.model_dir, args.weights);
+  // Under mpirun rank 0 generates and prints; the other ranks hold their share of the experts
+  // and serve rank 0's tokens until it is done.
+  Comm& comm = world_comm();
+  Model model = load_parallel_model(comm, args.model_dir, args.weights);
   const ModelConfig& c = model.config();
+  if (comm.rank() != 0) {
+    serve_experts(c, model.weights());
+    return 0;
+  }
   for (size_t i = 0; i < prompt.size(); i++)
     DSMOE_CHECK(prompt[i] >= 0 && prompt[i] < c.vocab_size,
                 "--prompt-ids: id {} at position {} is outside the vocabulary [0, {})", prompt[i],
@@ -94,6 +102,7 @@ int run_generate(const GenerateArgs& args) {
     };
   GenerateStats stats;
   std::vector<int64_t> tokens = generate(model, prompt, options, &stats);
+  release_expert_servers(c, model.weights());
   if (!args.print_ids) std::printf("\n");
   if (options.use_cache)
     log_info("KV cache: {} bytes per token ({}: {} floats per layer x {} layers)",
@@ -131,7 +140,7 @@ Command add_generate(CLI::App& app) {
   app.add_option("--threads", args->threads, "threads (default: all cores)");
   app.add_option("--weights", args->weights,
                  "weight format for inference: f32 (default), bf16, q8_0, q4_0");
-  return [args] { return run_generate(*args); };
+  return [args] { return run_on_ranks([args] { return run_generate(*args); }); };
 }
 
 }  // namespace dsmoe::cli

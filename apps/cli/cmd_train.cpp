@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "apps/cli/commands.h"
+#include "apps/cli/parallel.h"
 #include "train/trainer.h"
 #include "util/log.h"
 #include "util/threads.h"
@@ -54,7 +55,7 @@ Command add_train(CLI::App& app) {
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--quiet", c.quiet, "no progress output");
   app.add_option("--threads", args->threads, "threads (default: all cores)");
-  return [args] { return run_train(*args); };
+  return [args] { return run_on_ranks([args] { return run_train(*args); }); };
 }
 
 }  // namespace dsmoe::cli

@@ -31,6 +31,20 @@ void LocalComm::allgather(const void* send, int64_t bytes, void* recv) {
 
 void LocalComm::abort(int code) { std::exit(code); }
 
+std::vector<char> gatherv(Comm& comm, const void* send, int64_t bytes, int root) {
+  const int R = comm.size();
+  std::vector<int64_t> sizes(R);
+  comm.allgather(&bytes, sizeof(bytes), sizes.data());
+  std::vector<int64_t> send_bytes(R, 0), recv_bytes(R, 0);
+  send_bytes[root] = bytes;
+  if (comm.rank() == root) recv_bytes = sizes;
+  int64_t n_total = 0;
+  for (int64_t n : recv_bytes) n_total += n;
+  std::vector<char> out(n_total);
+  comm.alltoallv(send, send_bytes, out.data(), recv_bytes);
+  return out;
+}
+
 bool mpi_available() {
 #ifdef DSMOE_HAVE_MPI
   return true;

@@ -71,6 +71,10 @@ class LocalComm final : public Comm {
   [[noreturn]] void abort(int code) override;
 };
 
+// Each rank's send[bytes] (the sizes may differ) concatenated in rank order at `root`; other
+// ranks get an empty vector. (Counted as all-to-all traffic in the stats.)
+std::vector<char> gatherv(Comm& comm, const void* send, int64_t bytes, int root);
+
 // Whether this binary was built with MPI (CMake option DSMOE_MPI).
 bool mpi_available();
 
