@@ -28,6 +28,14 @@ class Comm {
   // order) and receives recv_bytes[r] from rank r (stored likewise).
   virtual void alltoallv(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                          const std::vector<int64_t>& recv_bytes) = 0;
+  // The same exchange without blocking: start it, compute, then wait_alltoallv() completes it
+  // (the buffers must stay untouched until then; one exchange in flight at a time). By default
+  // (one process) the exchange happens at the start.
+  virtual void start_alltoallv(const void* send, const std::vector<int64_t>& send_bytes,
+                               void* recv, const std::vector<int64_t>& recv_bytes) {
+    alltoallv(send, send_bytes, recv, recv_bytes);
+  }
+  virtual void wait_alltoallv() {}
   // recv[r] = the value rank r put at send[this rank]; both [size].
   virtual void alltoall(const int64_t* send, int64_t* recv) = 0;
   // data[n] <- sum over ranks, added in rank order ((x0 + x1) + x2) + ...: the same bits on

@@ -61,13 +61,23 @@ class MpiComm final : public Comm {
 
   void alltoallv(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                  const std::vector<int64_t>& recv_bytes) override {
+    start_alltoallv(send, send_bytes, recv, recv_bytes);
+    wait_alltoallv();
+  }
+
+  void start_alltoallv(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                       const std::vector<int64_t>& recv_bytes) override {
+    DSMOE_CHECK(request_ == MPI_REQUEST_NULL, "start_alltoallv: an exchange is in flight");
     DSMOE_CHECK(static_cast<int>(send_bytes.size()) == size_ &&
                     static_cast<int>(recv_bytes.size()) == size_,
                 "alltoallv: {} send and {} receive sizes for {} ranks", send_bytes.size(),
                 recv_bytes.size(), size_);
     CommTimer timer(stats_);
-    std::vector<int> send_counts(size_), send_offsets(size_), recv_counts(size_),
-        recv_offsets(size_);
+    std::vector<int>& send_counts = pending_[0];
+    std::vector<int>& send_offsets = pending_[1];
+    std::vector<int>& recv_counts = pending_[2];
+    std::vector<int>& recv_offsets = pending_[3];
+    for (std::vector<int>& v : pending_) v.assign(size_, 0);
     int64_t send_at = 0, recv_at = 0;
     for (int r = 0; r < size_; r++) {
       send_counts[r] = checked_int(send_bytes[r], "alltoallv send size");
@@ -78,9 +88,15 @@ class MpiComm final : public Comm {
       recv_at += recv_bytes[r];
       if (r != rank_) stats_.bytes_sent += send_bytes[r], stats_.bytes_received += recv_bytes[r];
     }
-    check_mpi(MPI_Alltoallv(send, send_counts.data(), send_offsets.data(), MPI_BYTE, recv,
-                            recv_counts.data(), recv_offsets.data(), MPI_BYTE, MPI_COMM_WORLD),
-              "MPI_Alltoallv");
+    check_mpi(MPI_Ialltoallv(send, send_counts.data(), send_offsets.data(), MPI_BYTE, recv,
+                             recv_counts.data(), recv_offsets.data(), MPI_BYTE, MPI_COMM_WORLD,
+                             &request_),
+              "MPI_Ialltoallv");
+  }
+
+  void wait_alltoallv() override {
+    CommTimer timer(stats_);
+    check_mpi(MPI_Wait(&request_, MPI_STATUS_IGNORE), "MPI_Wait (alltoallv)");
   }
 
   void alltoall(const int64_t* send, int64_t* recv) override {
@@ -172,6 +188,8 @@ class MpiComm final : public Comm {
   }
 
   int rank_ = 0, size_ = 1;
+  MPI_Request request_ = MPI_REQUEST_NULL;  // the alltoallv in flight
+  std::vector<int> pending_[4];             // its counts and offsets (live until it completes)
 };
 
 }  // namespace

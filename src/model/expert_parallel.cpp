@@ -1,6 +1,7 @@
 #include "model/expert_parallel.h"
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -24,12 +25,11 @@ std::vector<int64_t> times(const std::vector<int64_t>& rows, int64_t bytes_per_r
 
 int64_t total(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), 0L); }
 
-// Dispatch of one layer: packs each local token once per rank holding one of its kept experts
-// (ranks in order, tokens in order within a rank), exchanges the row counts (or a stop signal)
-// and the rows, and unpacks what this rank's experts take into acts.exchange and slot_expert.
-// Returns false when a peer sent the stop signal instead of rows.
-bool dispatch(const ModelConfig& c, ExpertParallel& ep, const float* x, int64_t n_tokens,
-              bool stop, MoeActs& a) {
+// Dispatch of one layer, started: packs each local token once per rank holding one of its kept
+// experts (ranks in order, tokens in order within a rank), exchanges the row counts (or a stop
+// signal) and starts sending the rows. Returns false when a peer sent the stop signal instead.
+bool start_dispatch(const ModelConfig& c, ExpertParallel& ep, const float* x, int64_t n_tokens,
+                    bool stop, MoeActs& a) {
   const int64_t H = c.hidden_size, K = c.num_experts_per_tok, W = dispatch_width(c);
   const int R = ep.size();
   ExpertExchange& ex = a.exchange;
@@ -37,7 +37,8 @@ bool dispatch(const ModelConfig& c, ExpertParallel& ep, const float* x, int64_t 
   auto kept = [&](int64_t i) { return routing.dropped.empty() || !routing.dropped[i]; };
   ex.send_rows.assign(R, 0);
   ex.sent_token.clear();
-  std::vector<float> send;  // (rows, W)
+  std::vector<float>& send = ex.send;  // (rows, W)
+  send.clear();
   for (int q = 0; q < R && !stop; q++) {
     for (int64_t t = 0; t < n_tokens; t++) {
       bool to_q = false;
@@ -64,10 +65,22 @@ bool dispatch(const ModelConfig& c, ExpertParallel& ep, const float* x, int64_t 
   if (stop) return false;
   if (std::any_of(ex.recv_rows.begin(), ex.recv_rows.end(), [](int64_t n) { return n < 0; }))
     return false;
+  ex.recv.resize(total(ex.recv_rows) * W);
+  ep.comm().start_alltoallv(send.data(), times(ex.send_rows, W * sizeof(float)), ex.recv.data(),
+                            times(ex.recv_rows, W * sizeof(float)));
+  ep.traffic().rows_sent += total(ex.send_rows);
+  ep.traffic().tokens_sent += n_tokens;
+  return true;
+}
+
+// Completes the dispatch: unpacks what this rank's experts take into acts.exchange (x_rows,
+// row_weight) and acts.slot_expert.
+void finish_dispatch(const ModelConfig& c, ExpertParallel& ep, MoeActs& a) {
+  const int64_t H = c.hidden_size, K = c.num_experts_per_tok, W = dispatch_width(c);
+  ExpertExchange& ex = a.exchange;
+  ep.comm().wait_alltoallv();
   const int64_t n_rows = total(ex.recv_rows);
-  std::vector<float> recv(n_rows * W);
-  ep.comm().alltoallv(send.data(), times(ex.send_rows, W * sizeof(float)), recv.data(),
-                      times(ex.recv_rows, W * sizeof(float)));
+  const std::vector<float>& recv = ex.recv;
   ex.x_rows.resize(n_rows * H);
   ex.row_weight.resize(n_rows * K);
   a.slot_expert.resize(n_rows * K);
@@ -80,8 +93,6 @@ bool dispatch(const ModelConfig& c, ExpertParallel& ep, const float* x, int64_t 
     }
   }
   ep.traffic().tokens_received += n_rows;
-  ep.traffic().rows_sent += total(ex.send_rows) - ex.send_rows[ep.rank()];
-  return true;
 }
 
 // Sends each received row's reply [n_rows, width] back to the rank it came from; returns the
@@ -95,12 +106,16 @@ std::vector<T> reply(ExpertParallel& ep, const ExpertExchange& ex, const std::ve
   return back;
 }
 
-// One MoE layer's routed experts across ranks; false when stopped (expert servers).
+// One MoE layer's routed experts across ranks, `overlap` (the shared experts, writing out)
+// running while the dispatch is in flight; false when stopped (expert servers).
 bool routed_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, float* out,
-                    int64_t n_tokens, bool stop, MoeActs& a) {
+                    int64_t n_tokens, bool stop, MoeActs& a,
+                    const std::function<void()>& overlap = nullptr) {
   const int64_t H = c.hidden_size;
   ExpertParallel& ep = *moe.expert_parallel;
-  if (!dispatch(c, ep, x, n_tokens, stop, a)) return false;
+  if (!start_dispatch(c, ep, x, n_tokens, stop, a)) return false;
+  if (overlap) overlap();
+  finish_dispatch(c, ep, a);
   const ExpertExchange& ex = a.exchange;
   const int64_t n_rows = total(ex.recv_rows);
   std::vector<double> partial(n_rows * H);  // (rows, H) this rank's experts' sums per row
@@ -129,6 +144,24 @@ ExpertParallel::ExpertParallel(Comm& comm, const ModelConfig& config)
               config.n_routed_experts);
 }
 
+int64_t ExpertParallel::max_ranks_per_token(const ModelConfig& c, bool node_limit) const {
+  const int64_t K = c.num_experts_per_tok, R = size();
+  const bool grouped = c.topk_method != TopkMethod::kGreedy;
+  if (!node_limit)
+    return grouped && c.n_group % R == 0 ? std::min(c.topk_group, R) : std::min(K, R);
+  // Nodes: consecutive blocks of ranks of equal size, each holding whole groups.
+  const std::vector<int>& node = comm_.node_of_rank();
+  const int64_t n_nodes = comm_.n_nodes(), per_node = R / n_nodes;
+  bool blocks = R % n_nodes == 0;
+  for (int r = 0; r < R && blocks; r++) blocks = node[r] == r / per_node;
+  DSMOE_CHECK(grouped && blocks && c.n_group % n_nodes == 0,
+              "--ep-node-limit: the routing groups do not map onto the {} nodes (n_group={}, {}, "
+              "{} ranks{})",
+              n_nodes, c.n_group, grouped ? "group-limited routing" : "greedy routing has none",
+              R, blocks ? "" : ", nodes not in equal consecutive rank blocks");
+  return std::min(c.topk_group, n_nodes);
+}
+
 void use_expert_parallel(const ModelConfig& c, ModelWeights& w,
                          std::shared_ptr<ExpertParallel> ep) {
   for (int64_t L = 0; L < c.num_hidden_layers; L++)
@@ -151,8 +184,9 @@ bool expert_parallel_active(const MoeWeights& moe) {
 }
 
 void moe_routed_forward_parallel(const ModelConfig& c, const MoeWeights& moe, const float* x,
-                                 float* out, int64_t n_tokens, MoeActs& a) {
-  DSMOE_CHECK(routed_forward(c, moe, x, out, n_tokens, false, a),
+                                 float* out, int64_t n_tokens, MoeActs& a,
+                                 const std::function<void()>& overlap) {
+  DSMOE_CHECK(routed_forward(c, moe, x, out, n_tokens, false, a, overlap),
               "expert parallelism: a rank stopped serving experts during a forward pass");
 }
 

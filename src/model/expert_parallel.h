@@ -5,6 +5,7 @@
 // Routing never knows where experts live: only this file does (docs/scale-out.md).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "comm/comm.h"
@@ -28,9 +29,17 @@ class ExpertParallel {
   // What this rank's MoE layers moved since the last take_traffic().
   struct Traffic {
     int64_t tokens_received = 0;  // rows this rank's experts computed (forward), from all ranks
-    int64_t rows_sent = 0;        // token rows dispatched to other ranks (forward)
+    int64_t rows_sent = 0;        // token rows dispatched to all ranks, this one included
+    int64_t tokens_sent = 0;      // local tokens dispatched (rows_sent / tokens_sent: ranks
+                                  // reached per token)
   };
   Traffic& traffic() { return traffic_; }
+
+  // The most ranks (with node_limit: nodes) a token's experts can live on under this placement
+  // and the config's routing: topk_group when the groups map onto them (n_group a multiple of
+  // the ranks, or of the nodes when node_limit), else min(K, ranks). node_limit checks that the
+  // groups do map onto nodes (whole groups per node: DeepSeek-V3's node-limited routing).
+  int64_t max_ranks_per_token(const ModelConfig& config, bool node_limit) const;
 
  private:
   Comm& comm_;
@@ -48,10 +57,13 @@ void drop_foreign_experts(const ModelConfig& config, ModelWeights& weights, Expe
 // Whether a MoE layer's experts live on several ranks.
 bool expert_parallel_active(const MoeWeights& moe);
 
-// The routed experts of moe_forward across ranks: out[n, H] (holding the shared experts'
-// output) <- out + sum of the ranks' partial sums, in rank order (acts.routing set).
+// The routed experts of moe_forward across ranks: out[n, H] <- out + sum of the ranks' partial
+// sums, in rank order (acts.routing set). `overlap` runs while the dispatch is in flight and
+// must leave the shared experts' output in out (DeepSeek-V3's overlap of shared experts and
+// all-to-all).
 void moe_routed_forward_parallel(const ModelConfig& config, const MoeWeights& moe, const float* x,
-                                 float* out, int64_t n_tokens, MoeActs& acts);
+                                 float* out, int64_t n_tokens, MoeActs& acts,
+                                 const std::function<void()>& overlap);
 // Its backward: dx += d x through the experts; dweight [n, K] = d gate weights; grads += the
 // gradients of this rank's experts.
 void moe_routed_backward_parallel(const ModelConfig& config, const MoeWeights& moe,

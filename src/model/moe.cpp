@@ -252,12 +252,13 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
     a.aux = balance_losses(c, a.routing, training->n_seqs, n_tokens / training->n_seqs,
                            a.aux_dscores.data());
   }
-  if (expert_parallel_active(moe)) {
-    if (c.n_shared_experts > 0)
-      mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
-    else
-      std::fill(out, out + n_tokens * H, 0.0f);
-    moe_routed_forward_parallel(c, moe, x, out, n_tokens, a);
+  if (expert_parallel_active(moe)) {  // the shared experts run while the tokens travel
+    moe_routed_forward_parallel(c, moe, x, out, n_tokens, a, [&] {
+      if (c.n_shared_experts > 0)
+        mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
+      else
+        std::fill(out, out + n_tokens * H, 0.0f);
+    });
     return;
   }
   // Slots kept (capacity drops happen in token order) name their expert; dropped ones -1.

@@ -34,6 +34,7 @@ struct ExpertExchange {
   std::vector<float> x_rows;        // (sum recv_rows, H) received hidden states
   std::vector<int32_t> row_expert;  // [sum recv_rows, K] this rank's expert per slot, -1: none
   std::vector<float> row_weight;    // [sum recv_rows, K] its gate weight (0 for none)
+  std::vector<float> send, recv;    // the dispatch's packed rows (in flight during the overlap)
 };
 
 struct MoeActs {

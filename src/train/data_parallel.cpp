@@ -6,6 +6,7 @@
 #include <string>
 
 #include "util/check.h"
+#include "util/log.h"
 
 namespace dsmoe {
 namespace {
@@ -30,9 +31,15 @@ ModelConfig TrainParallel::placed(ModelConfig config) const {
 }
 
 void TrainParallel::shard(const ModelConfig& c, ModelWeights& weights, ModelWeights& grads,
-                          AdamWState& adam) {
+                          AdamWState& adam, bool node_limit) {
   if (!active()) return;
   ep_ = std::make_shared<ExpertParallel>(comm_, c);
+  max_ranks_per_token_ = ep_->max_ranks_per_token(c, node_limit);
+  node_limit_ = node_limit;
+  log_info("expert parallelism: {} ranks on {} node(s), {} experts each; a token reaches at most "
+           "{} {}",
+           size(), comm_.n_nodes(), c.n_routed_experts / size(), max_ranks_per_token_,
+           node_limit ? "nodes" : "ranks");
   use_expert_parallel(c, weights, ep_);
   const ExpertShard mine = ep_->shard();
   drop_foreign_experts(c, grads, mine);
@@ -108,13 +115,20 @@ nlohmann::json TrainParallel::step_traffic() {
                     static_cast<double>(now.bytes_sent - last_stats_.bytes_sent),
                     static_cast<double>(now.bytes_received - last_stats_.bytes_received),
                     now.seconds - last_stats_.seconds};
+  const double rows = static_cast<double>(traffic.rows_sent - last_traffic_.rows_sent);
+  const double tokens = static_cast<double>(traffic.tokens_sent - last_traffic_.tokens_sent);
   last_stats_ = now;
   last_traffic_ = traffic;
   std::vector<double> all(4 * size());
   comm_.allgather(mine, sizeof(mine), all.data());
   static const char* kNames[4] = {"tokens_received", "a2a_bytes_sent", "a2a_bytes_received",
                                   "comm_seconds"};
-  nlohmann::json out = {{"ranks", size()}};
+  double reach[2] = {rows, tokens};  // summed over ranks: mean ranks reached per token
+  comm_.allreduce_sum(reach, 2);
+  nlohmann::json out = {{"ranks", size()},
+                        {"ranks_per_token", reach[1] > 0 ? reach[0] / reach[1] : 0.0},
+                        {node_limit_ ? "max_nodes_per_token" : "max_ranks_per_token",
+                         max_ranks_per_token_}};
   for (int k = 0; k < 4; k++) {
     std::vector<double> per_rank(size());
     double max = 0.0, mean = 0.0;

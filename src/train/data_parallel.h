@@ -32,8 +32,10 @@ class TrainParallel {
   // Spreads the experts: the model dispatches over the ranks; this rank's gradients (and, on
   // ranks other than 0, weights and moments) of other ranks' experts are dropped (rank 0 keeps
   // its copies of the weights and moments to gather the checkpoint into). Call after resuming.
+  // node_limit (--ep-node-limit): check that the routing groups map onto nodes and report the
+  // bound per node (ExpertParallel::max_ranks_per_token).
   void shard(const ModelConfig& config, ModelWeights& weights, ModelWeights& grads,
-             AdamWState& adam);
+             AdamWState& adam, bool node_limit = false);
   // This rank's sequences of a global batch of n_seqs: [first, first + count).
   int64_t first_seq(int64_t n_seqs) const { return n_seqs * rank() / size(); }
   int64_t count_seqs(int64_t n_seqs) const { return first_seq_of(n_seqs, rank() + 1) - first_seq(n_seqs); }
@@ -62,6 +64,8 @@ class TrainParallel {
   std::shared_ptr<ExpertParallel> ep_;
   CommStats last_stats_;
   ExpertParallel::Traffic last_traffic_;
+  int64_t max_ranks_per_token_ = 1;  // (in nodes under node_limit_)
+  bool node_limit_ = false;
 };
 
 }  // namespace dsmoe

@@ -169,7 +169,7 @@ double train(const TrainConfig& tc) {
   LrSchedule schedule = tc.schedule;
   schedule.total_steps = tc.steps;
   ModelWeights grads = zeros_like_weights(config, n_mtp);
-  parallel.shard(config, model.mutable_weights(), grads, adam);
+  parallel.shard(config, model.mutable_weights(), grads, adam, tc.ep_node_limit);
   const int64_t first_seq = parallel.first_seq(tc.batch_size);
   const int64_t n_seqs = parallel.count_seqs(tc.batch_size);  // this rank's share
   TrainActs acts;
