@@ -19,8 +19,7 @@ int run_on_ranks(const std::function<int()>& command) {
     comm.barrier();
     return code;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsmoe: error on rank %d of %d: %s\n", comm.rank(), comm.size(),
-                 e.what());
+    std::fprintf(stderr, "dsmoe: error on rank %d of %d: %s\n", comm.rank(), comm.size(), e.what());
     std::fflush(stderr);
     comm.abort(1);
   }

@@ -12,8 +12,9 @@
 
 namespace dsmoe::cli {
 
-// Runs `command` on this rank with row-invariant products (kernels/cpu/ops.h): only rank 0 logs; an error on any rank of several prints it with
-// the rank and aborts the whole job (the others would wait forever in a collective).
+// Runs `command` on this rank with row-invariant products (kernels/cpu/ops.h): only rank 0 logs; an
+// error on any rank of several prints it with the rank and aborts the whole job (the others would
+// wait forever in a collective).
 int run_on_ranks(const std::function<int()>& command);
 
 // The experts this rank loads: its shard with several ranks, all in one process.

@@ -31,8 +31,8 @@ class Comm {
   // The same exchange without blocking: start it, compute, then wait_alltoallv() completes it
   // (the buffers must stay untouched until then; one exchange in flight at a time). By default
   // (one process) the exchange happens at the start.
-  virtual void start_alltoallv(const void* send, const std::vector<int64_t>& send_bytes,
-                               void* recv, const std::vector<int64_t>& recv_bytes) {
+  virtual void start_alltoallv(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                               const std::vector<int64_t>& recv_bytes) {
     alltoallv(send, send_bytes, recv, recv_bytes);
   }
   virtual void wait_alltoallv() {}

@@ -1,11 +1,12 @@
 // mpi_comm.cpp: MpiComm, Comm over MPI_COMM_WORLD. The only file that includes mpi.h.
+#include "comm/mpi_comm.h"
+
 #include <mpi.h>
 
 #include <algorithm>
 #include <climits>
 #include <vector>
 
-#include "comm/mpi_comm.h"
 #include "util/check.h"
 #include "util/log.h"
 
@@ -15,11 +16,17 @@ namespace {
 template <typename T>
 MPI_Datatype mpi_type();
 template <>
-MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
+MPI_Datatype mpi_type<float>() {
+  return MPI_FLOAT;
+}
 template <>
-MPI_Datatype mpi_type<double>() { return MPI_DOUBLE; }
+MPI_Datatype mpi_type<double>() {
+  return MPI_DOUBLE;
+}
 template <>
-MPI_Datatype mpi_type<int64_t>() { return MPI_INT64_T; }
+MPI_Datatype mpi_type<int64_t>() {
+  return MPI_INT64_T;
+}
 
 int checked_int(int64_t value, const char* what) {
   DSMOE_CHECK(value >= 0 && value <= INT_MAX, "MPI {}: {} does not fit an int", what, value);
@@ -111,8 +118,7 @@ class MpiComm final : public Comm {
 
   void broadcast(void* data, int64_t bytes, int root) override {
     CommTimer timer(stats_);
-    check_mpi(MPI_Bcast(data, checked_int(bytes, "broadcast size"), MPI_BYTE, root,
-                        MPI_COMM_WORLD),
+    check_mpi(MPI_Bcast(data, checked_int(bytes, "broadcast size"), MPI_BYTE, root, MPI_COMM_WORLD),
               "MPI_Bcast");
   }
 
@@ -145,9 +151,9 @@ class MpiComm final : public Comm {
   // of their first rank.
   void find_nodes() {
     MPI_Comm node_comm;
-    check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL,
-                                  &node_comm),
-              "MPI_Comm_split_type");
+    check_mpi(
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm),
+        "MPI_Comm_split_type");
     int leader = rank_;  // the node's lowest world rank
     MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, node_comm);
     MPI_Comm_free(&node_comm);

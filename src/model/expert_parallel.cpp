@@ -119,8 +119,7 @@ bool routed_forward(const ModelConfig& c, const MoeWeights& moe, const float* x,
   const ExpertExchange& ex = a.exchange;
   const int64_t n_rows = total(ex.recv_rows);
   std::vector<double> partial(n_rows * H);  // (rows, H) this rank's experts' sums per row
-  routed_experts_forward(c, moe, ex.x_rows.data(), n_rows, ex.row_weight.data(), partial.data(),
-                         a);
+  routed_experts_forward(c, moe, ex.x_rows.data(), n_rows, ex.row_weight.data(), partial.data(), a);
   // Combine: out = shared + the partial sums of the ranks in rank order, in double, rounded
   // once (in one process: shared + one partial sum; docs/scale-out.md).
   const std::vector<double> back = reply(ep, ex, partial, H);
@@ -157,8 +156,8 @@ int64_t ExpertParallel::max_ranks_per_token(const ModelConfig& c, bool node_limi
   DSMOE_CHECK(grouped && blocks && c.n_group % n_nodes == 0,
               "--ep-node-limit: the routing groups do not map onto the {} nodes (n_group={}, {}, "
               "{} ranks{})",
-              n_nodes, c.n_group, grouped ? "group-limited routing" : "greedy routing has none",
-              R, blocks ? "" : ", nodes not in equal consecutive rank blocks");
+              n_nodes, c.n_group, grouped ? "group-limited routing" : "greedy routing has none", R,
+              blocks ? "" : ", nodes not in equal consecutive rank blocks");
   return std::min(c.topk_group, n_nodes);
 }
 
@@ -207,8 +206,8 @@ void moe_routed_backward_parallel(const ModelConfig& c, const MoeWeights& moe, M
   ep.comm().alltoallv(dout_sent.data(), times(ex.send_rows, H * sizeof(float)), dout_rows.data(),
                       times(ex.recv_rows, H * sizeof(float)));
   std::vector<float> dx_rows(n_rows * H, 0.0f), dweight_rows(n_rows * K);
-  routed_experts_backward(c, moe, g, dout_rows.data(), ex.row_weight.data(), n_rows,
-                          dx_rows.data(), dweight_rows.data(), a);
+  routed_experts_backward(c, moe, g, dout_rows.data(), ex.row_weight.data(), n_rows, dx_rows.data(),
+                          dweight_rows.data(), a);
   std::vector<float> replies(n_rows * (H + K));  // (rows, H + K): d x partial | d weight
   for (int64_t i = 0; i < n_rows; i++) {
     std::copy(dx_rows.data() + i * H, dx_rows.data() + (i + 1) * H, replies.data() + i * (H + K));

@@ -150,8 +150,8 @@ const MlpWeights& a_held_expert(const MoeWeights& moe) {
 
 // routed_experts_forward; `shared` (quantized inference in one process) joins the experts'
 // grouped products, so that decode wakes the threads twice per layer.
-void run_routed_experts(const ModelConfig& c, const MoeWeights& moe, const float* x,
-                        int64_t n_rows, const float* slot_weight, double* partial, MoeActs& a,
+void run_routed_experts(const ModelConfig& c, const MoeWeights& moe, const float* x, int64_t n_rows,
+                        const float* slot_weight, double* partial, MoeActs& a,
                         const MlpJob* shared) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
@@ -202,14 +202,13 @@ void run_routed_experts(const ModelConfig& c, const MoeWeights& moe, const float
 }  // namespace
 
 void routed_experts_forward(const ModelConfig& c, const MoeWeights& moe, const float* x,
-                            int64_t n_rows, const float* slot_weight, double* partial,
-                            MoeActs& a) {
+                            int64_t n_rows, const float* slot_weight, double* partial, MoeActs& a) {
   run_routed_experts(c, moe, x, n_rows, slot_weight, partial, a, nullptr);
 }
 
 void routed_experts_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g,
-                             const float* dout, const float* slot_weight, int64_t n_rows,
-                             float* dx, float* dweight, const MoeActs& a) {
+                             const float* dout, const float* slot_weight, int64_t n_rows, float* dx,
+                             float* dweight, const MoeActs& a) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
   // out += w * y: d y = w * d out; d w = <d out, y> (0 for dropped assignments).
@@ -268,8 +267,8 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
     a.slot_expert[i] = dropped.empty() || !dropped[i] ? a.routing.expert[i] : -1;
   // With quantized (inference) weights the shared experts join the routed ones' grouped
   // products; else they run first.
-  const bool group = is_quantized(a_held_expert(moe)) &&
-                     (c.n_shared_experts == 0 || is_quantized(moe.shared));
+  const bool group =
+      is_quantized(a_held_expert(moe)) && (c.n_shared_experts == 0 || is_quantized(moe.shared));
   MlpJob shared_job{&moe.shared, x, out, n_tokens, I * c.n_shared_experts, &a.shared};
   if (c.n_shared_experts == 0)
     std::fill(out, out + n_tokens * H, 0.0f);
@@ -292,8 +291,8 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
   if (expert_parallel_active(moe))
     moe_routed_backward_parallel(c, moe, g, dout, dx, dweight.data(), n_tokens, a);
   else
-    routed_experts_backward(c, moe, g, dout, a.routing.weight.data(), n_tokens, dx,
-                            dweight.data(), a);
+    routed_experts_backward(c, moe, g, dout, a.routing.weight.data(), n_tokens, dx, dweight.data(),
+                            a);
   route_backward(c, moe, g, x, a.routing, dweight.data(),
                  a.aux_dscores.empty() ? nullptr : a.aux_dscores.data(), dx, n_tokens);
 }

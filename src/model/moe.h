@@ -39,18 +39,18 @@ struct ExpertExchange {
 
 struct MoeActs {
   Routing routing;
-  BalanceLosses aux;                // training: this layer's balance losses
-  std::vector<float> aux_dscores;   // training: d aux / d scores [n, E]
-  ExpertExchange exchange;          // under expert parallelism
+  BalanceLosses aux;               // training: this layer's balance losses
+  std::vector<float> aux_dscores;  // training: d aux / d scores [n, E]
+  ExpertExchange exchange;         // under expert parallelism
   // The routed experts' work, over rows: the layer's tokens in one process, the rows received
   // from every rank under expert parallelism. Slot j of row r is the flat index r * K + j.
-  std::vector<int32_t> slot_expert; // [rows, K] expert of each slot, -1: none (dropped)
-  std::vector<int64_t> offsets;     // [E + 1] first assignment of each expert
-  std::vector<int64_t> assignment;  // [rows * K] flat slot index, grouped by expert
-  std::vector<int64_t> active;      // experts that received tokens, in order
-  std::vector<float> x_sorted;      // (rows * K, H) inputs in assignment order
-  std::vector<float> y_sorted;      // (rows * K, H) expert outputs before the gate weight
-  std::vector<MlpActs> experts;     // per routed expert, over its gathered tokens
+  std::vector<int32_t> slot_expert;  // [rows, K] expert of each slot, -1: none (dropped)
+  std::vector<int64_t> offsets;      // [E + 1] first assignment of each expert
+  std::vector<int64_t> assignment;   // [rows * K] flat slot index, grouped by expert
+  std::vector<int64_t> active;       // experts that received tokens, in order
+  std::vector<float> x_sorted;       // (rows * K, H) inputs in assignment order
+  std::vector<float> y_sorted;       // (rows * K, H) expert outputs before the gate weight
+  std::vector<MlpActs> experts;      // per routed expert, over its gathered tokens
   MlpActs shared;
 };
 

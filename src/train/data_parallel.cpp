@@ -36,10 +36,11 @@ void TrainParallel::shard(const ModelConfig& c, ModelWeights& weights, ModelWeig
   ep_ = std::make_shared<ExpertParallel>(comm_, c);
   max_ranks_per_token_ = ep_->max_ranks_per_token(c, node_limit);
   node_limit_ = node_limit;
-  log_info("expert parallelism: {} ranks on {} node(s), {} experts each; a token reaches at most "
-           "{} {}",
-           size(), comm_.n_nodes(), c.n_routed_experts / size(), max_ranks_per_token_,
-           node_limit ? "nodes" : "ranks");
+  log_info(
+      "expert parallelism: {} ranks on {} node(s), {} experts each; a token reaches at most "
+      "{} {}",
+      size(), comm_.n_nodes(), c.n_routed_experts / size(), max_ranks_per_token_,
+      node_limit ? "nodes" : "ranks");
   use_expert_parallel(c, weights, ep_);
   const ExpertShard mine = ep_->shard();
   drop_foreign_experts(c, grads, mine);
@@ -57,7 +58,8 @@ void TrainParallel::reduce_gradients(const ModelConfig& c, ModelWeights& grads) 
   });
   std::vector<float> flat(n);  // every replicated gradient, one all-reduce
   int64_t at = 0;
-  for (Tensor* g : replicated) at = std::copy(g->data, g->data + g->numel(), flat.data() + at) - flat.data();
+  for (Tensor* g : replicated)
+    at = std::copy(g->data, g->data + g->numel(), flat.data() + at) - flat.data();
   comm_.allreduce_sum(flat.data(), n);
   at = 0;
   for (Tensor* g : replicated) {
@@ -125,10 +127,10 @@ nlohmann::json TrainParallel::step_traffic() {
                                   "comm_seconds"};
   double reach[2] = {rows, tokens};  // summed over ranks: mean ranks reached per token
   comm_.allreduce_sum(reach, 2);
-  nlohmann::json out = {{"ranks", size()},
-                        {"ranks_per_token", reach[1] > 0 ? reach[0] / reach[1] : 0.0},
-                        {node_limit_ ? "max_nodes_per_token" : "max_ranks_per_token",
-                         max_ranks_per_token_}};
+  nlohmann::json out = {
+      {"ranks", size()},
+      {"ranks_per_token", reach[1] > 0 ? reach[0] / reach[1] : 0.0},
+      {node_limit_ ? "max_nodes_per_token" : "max_ranks_per_token", max_ranks_per_token_}};
   for (int k = 0; k < 4; k++) {
     std::vector<double> per_rank(size());
     double max = 0.0, mean = 0.0;
@@ -144,10 +146,11 @@ nlohmann::json TrainParallel::step_traffic() {
 
 std::string TrainParallel::traffic_summary(const nlohmann::json& t, double step_seconds) const {
   const double mean_tokens = t["tokens_received"]["mean"].get<double>();
-  return fmt::format(" | {} ranks: a2a {:.2f} MB sent/rank, comm {:.0f}% | tokens/rank max/mean {:.2f}",
-                     size(), t["a2a_bytes_sent"]["mean"].get<double>() / 1e6,
-                     100.0 * t["comm_seconds"]["mean"].get<double>() / std::max(step_seconds, 1e-9),
-                     mean_tokens > 0 ? t["tokens_received"]["max"].get<double>() / mean_tokens : 0.0);
+  return fmt::format(
+      " | {} ranks: a2a {:.2f} MB sent/rank, comm {:.0f}% | tokens/rank max/mean {:.2f}", size(),
+      t["a2a_bytes_sent"]["mean"].get<double>() / 1e6,
+      100.0 * t["comm_seconds"]["mean"].get<double>() / std::max(step_seconds, 1e-9),
+      mean_tokens > 0 ? t["tokens_received"]["max"].get<double>() / mean_tokens : 0.0);
 }
 
 }  // namespace dsmoe

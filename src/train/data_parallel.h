@@ -7,9 +7,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "comm/comm.h"
 #include "model/expert_parallel.h"
@@ -38,7 +37,9 @@ class TrainParallel {
              AdamWState& adam, bool node_limit = false);
   // This rank's sequences of a global batch of n_seqs: [first, first + count).
   int64_t first_seq(int64_t n_seqs) const { return n_seqs * rank() / size(); }
-  int64_t count_seqs(int64_t n_seqs) const { return first_seq_of(n_seqs, rank() + 1) - first_seq(n_seqs); }
+  int64_t count_seqs(int64_t n_seqs) const {
+    return first_seq_of(n_seqs, rank() + 1) - first_seq(n_seqs);
+  }
 
   // After the backward: sums the replicated weights' gradients over the ranks (rank order) and
   // divides every gradient by the ranks (each rank's loss is the mean over its share).

@@ -14,8 +14,8 @@
 #include "kernels/cpu/ops.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
-#include "train/data_parallel.h"
 #include "train/data.h"
+#include "train/data_parallel.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/threads.h"
@@ -99,11 +99,10 @@ void print_progress(int64_t step, int64_t steps, const StepStats& s, double toke
   const int filled = static_cast<int>(kWidth * (step + 1) / steps);
   std::string bar(filled, '=');
   if (filled < kWidth) bar += '>' + std::string(kWidth - filled - 1, ' ');
-  std::fprintf(stderr,
-               "%sstep %lld/%lld [%s] loss %.4f aux %.5f | %.0f tok/s | load max/mean %.2f%s%s",
-               tty ? "\r" : "", static_cast<long long>(step + 1), static_cast<long long>(steps),
-               bar.c_str(), s.loss, s.aux_loss, tokens_per_s, load_ratio, parallel.c_str(),
-               tty ? "" : "\n");
+  std::fprintf(
+      stderr, "%sstep %lld/%lld [%s] loss %.4f aux %.5f | %.0f tok/s | load max/mean %.2f%s%s",
+      tty ? "\r" : "", static_cast<long long>(step + 1), static_cast<long long>(steps), bar.c_str(),
+      s.loss, s.aux_loss, tokens_per_s, load_ratio, parallel.c_str(), tty ? "" : "\n");
   std::fflush(stderr);
 }
 
@@ -140,9 +139,9 @@ double train(const TrainConfig& tc) {
   const bool rank0 = parallel.rank() == 0;
   DSMOE_CHECK(tc.batch_size % parallel.size() == 0,
               "--batch-size {} is not a multiple of the {} ranks", tc.batch_size, parallel.size());
-  const ModelConfig config = parallel.placed(
-      parse_model_config(nlohmann::json::parse(config_json.dump()),
-                         tc.resume ? latest + "/config.json" : tc.model_config));
+  const ModelConfig config =
+      parallel.placed(parse_model_config(nlohmann::json::parse(config_json.dump()),
+                                         tc.resume ? latest + "/config.json" : tc.model_config));
   DSMOE_CHECK(config.vocab_size >= 256,
               "the byte-level tokenizer needs vocab_size >= 256, the "
               "config has {}",
