@@ -9,6 +9,7 @@
 
 #include "apps/cli/commands.h"
 #include "apps/cli/common.h"
+#include "apps/cli/parallel.h"
 #include "model/transformer.h"
 #include "runtime/generate.h"
 #include "runtime/tokenizer_codec.h"
@@ -55,8 +56,15 @@ int run_generate(const GenerateArgs& args) {
   DSMOE_CHECK(args.prompt_ids.empty() != args.prompt_text.empty(),
               "give exactly one of --prompt-ids and --prompt");
   const bool text_mode = !args.prompt_text.empty();
-  Model model = load_inference_model(args.model_dir, args.weights);
+  // Under mpirun rank 0 generates and prints; the other ranks hold their share of the experts
+  // and serve rank 0's tokens until it is done.
+  Comm& comm = world_comm();
+  Model model = load_parallel_model(comm, args.model_dir, args.weights);
   const ModelConfig& c = model.config();
+  if (comm.rank() != 0) {
+    serve_experts(c, model.weights());
+    return 0;
+  }
   // The checkpoint's tokenizer.json, or the byte-level text of `dsmoe train` models.
   const std::unique_ptr<TextCodec> codec = text_mode ? load_text_codec(args.model_dir, c) : nullptr;
   const std::vector<int64_t> prompt =
@@ -88,6 +96,7 @@ int run_generate(const GenerateArgs& args) {
     };
   GenerateStats stats;
   std::vector<int64_t> tokens = generate(model, prompt, options, &stats);
+  release_expert_servers(c, model.weights());
   if (!args.print_ids) std::printf("%s\n", decoder ? decoder->flush().c_str() : "");
   if (options.use_cache)
     log_info("KV cache: {} bytes per token ({}: {} floats per layer x {} layers)",
@@ -125,7 +134,7 @@ Command add_generate(CLI::App& app) {
   app.add_option("--threads", args->threads, "threads (default: all cores)");
   app.add_option("--weights", args->weights,
                  "weight format for inference: f32 (default), bf16, q8_0, q4_0");
-  return [args] { return run_generate(*args); };
+  return [args] { return run_on_ranks([args] { return run_generate(*args); }); };
 }
 
 }  // namespace dsmoe::cli

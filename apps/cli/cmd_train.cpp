@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "apps/cli/commands.h"
+#include "apps/cli/parallel.h"
 #include "train/trainer.h"
 #include "util/log.h"
 #include "util/threads.h"
@@ -55,8 +56,11 @@ Command add_train(CLI::App& app) {
                  "float32 master weights and AdamW state")
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--quiet", c.quiet, "no progress output");
+  app.add_flag("--ep-node-limit", c.ep_node_limit,
+               "under mpirun: check that the routing groups map onto nodes (node-limited routing, "
+               "DeepSeek-V3) and report the bound per node");
   app.add_option("--threads", args->threads, "threads (default: all cores)");
-  return [args] { return run_train(*args); };
+  return [args] { return run_on_ranks([args] { return run_train(*args); }); };
 }
 
 }  // namespace dsmoe::cli

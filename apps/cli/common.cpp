@@ -9,11 +9,11 @@
 
 namespace dsmoe::cli {
 
-Model load_inference_model(const std::string& dir, const std::string& weights) {
+Model load_inference_model(const std::string& dir, const std::string& weights, ExpertShard shard) {
   const std::optional<WeightFormat> format = parse_weight_format(weights);
   DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", weights);
   Timer timer;
-  Model model = Model::load(dir, *format);
+  Model model = Model::load(dir, *format, shard);
   // Loading converts each tensor to float32 before re-storing it; hand those freed buffers back
   // (main() keeps freed memory in the heap for training's sake).
   malloc_trim(0);

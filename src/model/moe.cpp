@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_ops.h"
+#include "model/expert_parallel.h"
 
 namespace dsmoe {
 namespace {
@@ -115,57 +116,53 @@ void mlp_backward(const MlpWeights& mlp, MlpWeights& g, const float* x, const fl
                        width);
 }
 
-void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, float* out,
-                 int64_t n_tokens, MoeActs& a, const MoeTraining* training) {
-  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  const int64_t I = c.moe_intermediate_size;
-  route_tokens(c, moe, x, n_tokens, a.routing, training != nullptr ? &training->router : nullptr);
-  const std::vector<int32_t>& expert = a.routing.expert;
-  a.aux = BalanceLosses{};
-  a.aux_dscores.clear();
-  if (training != nullptr && training->balance_losses) {
-    a.aux_dscores.assign(n_tokens * E, 0.0f);
-    a.aux = balance_losses(c, a.routing, training->n_seqs, n_tokens / training->n_seqs,
-                           a.aux_dscores.data());
-  }
+namespace {
 
-  // Gather: the kept (token, slot) assignments of each expert, in token order.
-  const std::vector<uint8_t>& dropped = a.routing.dropped;
-  auto kept = [&](int64_t i) { return dropped.empty() || !dropped[i]; };
+// Groups the kept slots of rows by expert (in row order within an expert) into acts.offsets /
+// assignment, and gathers their inputs into x_sorted.
+void gather_by_expert(const ModelConfig& c, const float* x, int64_t n_rows, MoeActs& a) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const std::vector<int32_t>& expert = a.slot_expert;
   a.offsets.assign(E + 1, 0);
-  for (int64_t i = 0; i < n_tokens * K; i++)
-    if (kept(i)) a.offsets[expert[i] + 1]++;
+  for (int64_t i = 0; i < n_rows * K; i++)
+    if (expert[i] >= 0) a.offsets[expert[i] + 1]++;
   for (int64_t e = 0; e < E; e++) a.offsets[e + 1] += a.offsets[e];
   const int64_t n_assigned = a.offsets[E];
   a.assignment.resize(n_assigned);
   std::vector<int64_t> fill(a.offsets.begin(), a.offsets.end() - 1);
-  for (int64_t i = 0; i < n_tokens * K; i++)
-    if (kept(i)) a.assignment[fill[expert[i]]++] = i;
+  for (int64_t i = 0; i < n_rows * K; i++)
+    if (expert[i] >= 0) a.assignment[fill[expert[i]]++] = i;
   a.x_sorted.resize(n_assigned * H);
   a.y_sorted.resize(n_assigned * H);
 #pragma omp parallel for schedule(static) if (n_assigned * H > (1 << 18))
   for (int64_t i = 0; i < n_assigned; i++) {
-    const int64_t token = a.assignment[i] / K;
-    std::copy(x + token * H, x + (token + 1) * H, a.x_sorted.data() + i * H);
+    const int64_t row = a.assignment[i] / K;
+    std::copy(x + row * H, x + (row + 1) * H, a.x_sorted.data() + i * H);
   }
+}
 
-  // One GEMM chain per expert over its gathered tokens; results scattered back with the weight.
-  // With quantized (inference) weights all chains run as grouped products.
+// The first expert this process holds (experts outside its range are empty tensors).
+const MlpWeights& a_held_expert(const MoeWeights& moe) {
+  for (const MlpWeights& expert : moe.experts)
+    if (!expert.down_proj.empty()) return expert;
+  return moe.experts[0];
+}
+
+// routed_experts_forward; `shared` (quantized inference in one process) joins the experts'
+// grouped products, so that decode wakes the threads twice per layer.
+void run_routed_experts(const ModelConfig& c, const MoeWeights& moe, const float* x, int64_t n_rows,
+                        const float* slot_weight, double* partial, MoeActs& a,
+                        const MlpJob* shared) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t I = c.moe_intermediate_size;
+  gather_by_expert(c, x, n_rows, a);
+  const int64_t n_assigned = a.offsets[E];
   a.experts.resize(E);
-  std::vector<MlpJob> grouped;
-  const bool group =
-      is_quantized(moe.experts[0]) && (c.n_shared_experts == 0 || is_quantized(moe.shared));
-  if (c.n_shared_experts > 0) {
-    if (group)
-      grouped.push_back({&moe.shared, x, out, n_tokens, I * c.n_shared_experts, &a.shared});
-    else
-      mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
-  } else {
-    std::fill(out, out + n_tokens * H, 0.0f);
-  }
   find_active_experts(a.offsets, a.active);
   const std::vector<int64_t>& active = a.active;
-  if (group) {
+  if (shared != nullptr || (!active.empty() && is_quantized(moe.experts[active[0]]))) {
+    std::vector<MlpJob> grouped;
+    if (shared != nullptr) grouped.push_back(*shared);
     for (int64_t e : active) {
       const int64_t begin = a.offsets[e], count = a.offsets[e + 1] - begin;
       // A single token is read in place, so that decode's experts share one rounded input.
@@ -185,25 +182,45 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
                   count, H, I, a.experts[e]);
     }
   }
-  scatter_add(a.assignment, K, H, a.y_sorted.data(), a.routing.weight.data(), out);
+  // partial[row] = sum of w * y in assignment (expert) order; double products of two floats
+  // are exact, so the sums are too unless a row's terms span more than ~29 binades.
+  std::fill(partial, partial + n_rows * H, 0.0);
+#pragma omp parallel if (n_assigned * H > (1 << 18))
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t h0 = H * t / n_threads, h1 = H * (t + 1) / n_threads;
+    for (int64_t i = 0; i < n_assigned; i++) {
+      const int64_t flat = a.assignment[i];
+      double* dst = partial + (flat / K) * H;
+      const float* src = a.y_sorted.data() + i * H;
+      const double w = slot_weight[flat];
+      for (int64_t h = h0; h < h1; h++) dst[h] += w * static_cast<double>(src[h]);
+    }
+  }
 }
 
-void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, const float* x,
-                  const float* dout, float* dx, int64_t n_tokens, const MoeActs& a) {
+}  // namespace
+
+void routed_experts_forward(const ModelConfig& c, const MoeWeights& moe, const float* x,
+                            int64_t n_rows, const float* slot_weight, double* partial, MoeActs& a) {
+  run_routed_experts(c, moe, x, n_rows, slot_weight, partial, a, nullptr);
+}
+
+void routed_experts_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g,
+                             const float* dout, const float* slot_weight, int64_t n_rows, float* dx,
+                             float* dweight, const MoeActs& a) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
-  if (c.n_shared_experts > 0)
-    mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts, a.shared);
   // out += w * y: d y = w * d out; d w = <d out, y> (0 for dropped assignments).
   const int64_t n_assigned = a.offsets[E];
   // (not value-initialized: dy_sorted is written whole below, dx_sorted zeroed per expert)
   const std::unique_ptr<float[]> dy_sorted(new float[n_assigned * H]),
       dx_sorted(new float[n_assigned * H]);
-  std::vector<float> dweight(n_tokens * K, 0.0f);  // [n, K]
+  std::fill(dweight, dweight + n_rows * K, 0.0f);
 #pragma omp parallel for schedule(static) if (n_assigned * H > (1 << 16))
   for (int64_t i = 0; i < n_assigned; i++) {
     const int64_t flat = a.assignment[i];
-    const float w = a.routing.weight[flat];
+    const float w = slot_weight[flat];
     const float* d = dout + (flat / K) * H;
     const float* y = a.y_sorted.data() + i * H;
     for (int64_t h = 0; h < H; h++) dy_sorted[i * H + h] = w * d[h];
@@ -220,6 +237,62 @@ void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, co
                  a.experts[e]);
   }
   scatter_add(a.assignment, K, H, dx_sorted.get(), nullptr, dx);
+}
+
+void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, float* out,
+                 int64_t n_tokens, MoeActs& a, const MoeTraining* training) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t I = c.moe_intermediate_size;
+  route_tokens(c, moe, x, n_tokens, a.routing, training != nullptr ? &training->router : nullptr);
+  a.aux = BalanceLosses{};
+  a.aux_dscores.clear();
+  if (training != nullptr && training->balance_losses) {
+    a.aux_dscores.assign(n_tokens * E, 0.0f);
+    a.aux = balance_losses(c, a.routing, training->n_seqs, n_tokens / training->n_seqs,
+                           a.aux_dscores.data());
+  }
+  if (expert_parallel_active(moe)) {  // the shared experts run while the tokens travel
+    moe_routed_forward_parallel(c, moe, x, out, n_tokens, a, [&] {
+      if (c.n_shared_experts > 0)
+        mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
+      else
+        std::fill(out, out + n_tokens * H, 0.0f);
+    });
+    return;
+  }
+  // Slots kept (capacity drops happen in token order) name their expert; dropped ones -1.
+  const std::vector<uint8_t>& dropped = a.routing.dropped;
+  a.slot_expert.resize(n_tokens * K);
+  for (int64_t i = 0; i < n_tokens * K; i++)
+    a.slot_expert[i] = dropped.empty() || !dropped[i] ? a.routing.expert[i] : -1;
+  // With quantized (inference) weights the shared experts join the routed ones' grouped
+  // products; else they run first.
+  const bool group =
+      is_quantized(a_held_expert(moe)) && (c.n_shared_experts == 0 || is_quantized(moe.shared));
+  MlpJob shared_job{&moe.shared, x, out, n_tokens, I * c.n_shared_experts, &a.shared};
+  if (c.n_shared_experts == 0)
+    std::fill(out, out + n_tokens * H, 0.0f);
+  else if (!group)
+    mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
+  std::vector<double> partial(n_tokens * H);  // (n, H)
+  run_routed_experts(c, moe, x, n_tokens, a.routing.weight.data(), partial.data(), a,
+                     group && c.n_shared_experts > 0 ? &shared_job : nullptr);
+  for (int64_t i = 0; i < n_tokens * H; i++)
+    out[i] = static_cast<float>(static_cast<double>(out[i]) + partial[i]);
+}
+
+void moe_backward(const ModelConfig& c, const MoeWeights& moe, MoeWeights& g, const float* x,
+                  const float* dout, float* dx, int64_t n_tokens, const MoeActs& a) {
+  const int64_t H = c.hidden_size, K = c.num_experts_per_tok;
+  const int64_t I = c.moe_intermediate_size;
+  if (c.n_shared_experts > 0)
+    mlp_backward(moe.shared, g.shared, x, dout, dx, n_tokens, H, I * c.n_shared_experts, a.shared);
+  std::vector<float> dweight(n_tokens * K, 0.0f);  // [n, K]
+  if (expert_parallel_active(moe))
+    moe_routed_backward_parallel(c, moe, g, dout, dx, dweight.data(), n_tokens, a);
+  else
+    routed_experts_backward(c, moe, g, dout, a.routing.weight.data(), n_tokens, dx, dweight.data(),
+                            a);
   route_backward(c, moe, g, x, a.routing, dweight.data(),
                  a.aux_dscores.empty() ? nullptr : a.aux_dscores.data(), dx, n_tokens);
 }

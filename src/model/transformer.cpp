@@ -16,10 +16,10 @@ namespace dsmoe {
 Model::Model(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {}
 
-Model Model::load(const std::string& dir, WeightFormat format) {
+Model Model::load(const std::string& dir, WeightFormat format, ExpertShard shard) {
   ModelConfig config = load_model_config(dir);
   Checkpoint checkpoint(dir);
-  ModelWeights weights = load_weights(config, checkpoint, format);
+  ModelWeights weights = load_weights(config, checkpoint, format, shard);
   derive_absorbed_weights(config, weights, format);
   Model model(std::move(config), std::move(weights));
   if (format != WeightFormat::kF32) model.weight_format_ = format;

@@ -86,7 +86,9 @@ class Model {
   Model(ModelConfig config, ModelWeights weights);
   // Reads config.json and the safetensors of a checkpoint directory; with a `format` other than
   // kF32 the linear weights are quantized while loading (see quantize()).
-  static Model load(const std::string& dir, WeightFormat format = WeightFormat::kF32);
+  // With a `shard`, only those routed experts are read (expert parallelism).
+  static Model load(const std::string& dir, WeightFormat format = WeightFormat::kF32,
+                    ExpertShard shard = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

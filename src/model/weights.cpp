@@ -153,13 +153,22 @@ Tensor load_quantized(const Checkpoint& checkpoint, const std::string& name, con
 
 }  // namespace
 
+int64_t routed_expert_of(const std::string& name) {
+  static const std::string kExperts = ".mlp.experts.";
+  const size_t at = name.find(kExperts);
+  if (at == std::string::npos) return -1;
+  return std::stoll(name.substr(at + kExperts.size()));
+}
+
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
-                          WeightFormat format) {
+                          WeightFormat format, ExpertShard shard) {
   ModelWeights weights;
   weights.mtp.resize(mtp_modules_in(config, checkpoint));
   for_each_tensor(
       config, weights,
       [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
+        const int64_t expert = routed_expert_of(name);
+        if (expert >= 0 && !shard.holds(expert)) return;  // another rank's expert
         // Rows of the embedding are looked up, not multiplied: held as bf16 where that is exact
         // (a bf16 checkpoint, as DeepSeek releases them) and the lm_head does not share them.
         const bool bf16_embedding =

@@ -1,7 +1,9 @@
 // weights.h: the parameters of a DeepSeekMoE V1 / V2 / V3 model as named views, and the one
 // visitor that walks them with their checkpoint names and shapes (load, init, save all use it).
 #pragma once
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -40,12 +42,24 @@ struct AttentionWeights {
   std::vector<std::shared_ptr<const QuantMatrix>> absorbed_uk_t, absorbed_uv;
 };
 
+class ExpertParallel;  // model/expert_parallel.h
+
+// The routed experts a process holds: [first, end) of every MoE layer (all by default).
+struct ExpertShard {
+  int64_t first = 0;
+  int64_t end = INT64_MAX;
+  bool holds(int64_t expert) const { return expert >= first && expert < end; }
+};
+
 struct MoeWeights {
   Tensor gate;                      // [n_routed_experts, H] router
   Tensor e_score_correction_bias;   // [n_routed_experts] V3 noaux_tc only: selection bias
   Tensor noise_weight;              // [n_routed_experts, H] noisy gating only
   std::vector<MlpWeights> experts;  // n_routed_experts, width moe_intermediate_size
   MlpWeights shared;                // width moe_intermediate_size * n_shared_experts (empty when 0)
+  // Set by use_expert_parallel: the experts live on several ranks (those outside this rank's
+  // shard are empty). Not a tensor; null in one process.
+  std::shared_ptr<ExpertParallel> expert_parallel;
 };
 
 struct LayerWeights {
@@ -104,8 +118,12 @@ int64_t mtp_modules_in(const ModelConfig& config, const Checkpoint& checkpoint);
 // With a `format` other than kF32, each linear weight is quantized as soon as it is read
 // (model/quantize.h); the file's pages of every tensor that was copied are released, so peak
 // memory stays near the size of the model as it is kept.
+// The routed expert a checkpoint tensor belongs to (model.layers.L.mlp.experts.E.*), else -1.
+int64_t routed_expert_of(const std::string& name);
+
+// With a `shard`, only the routed experts it holds are read (the others stay empty tensors).
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
-                          WeightFormat format = WeightFormat::kF32);
+                          WeightFormat format = WeightFormat::kF32, ExpertShard shard = {});
 
 // Fills one tensor as random_weights does (the order of calls fixes the numbers).
 void init_random_tensor(const Shape& shape, TensorRole role, Rng& rng, float* data);

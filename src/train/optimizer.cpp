@@ -81,6 +81,7 @@ void adamw_step(const ModelConfig& config, ModelWeights& params, ModelWeights& g
     Tensor& m = *m_list[index];
     Tensor& v = *v_list[index];
     index++;
+    if (g.empty()) return;  // another rank's expert (expert parallelism)
     if (!is_trained(role)) {
       std::fill(g.data, g.data + g.numel(), 0.0f);
       return;
@@ -119,16 +120,24 @@ float learning_rate(const LrSchedule& s, int64_t step) {
   return static_cast<float>(s.min_lr + (s.max_lr - s.min_lr) * cosine);
 }
 
-double global_grad_norm(const ModelConfig& config, ModelWeights& grads) {
+double grad_sum_of_squares(const ModelConfig& config, ModelWeights& grads,
+                           const std::function<bool(const std::string&)>& include) {
   double sum_sq = 0.0;
-  for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole role, Tensor& g) {
-    if (is_trained(role)) sum_sq += sum_of_squares(g.data, g.numel());
-  });
-  return std::sqrt(sum_sq);
+  for_each_tensor(config, grads,
+                  [&](const std::string& name, const Shape&, TensorRole role, Tensor& g) {
+                    if (is_trained(role) && !g.empty() && (!include || include(name)))
+                      sum_sq += sum_of_squares(g.data, g.numel());
+                  });
+  return sum_sq;
+}
+
+double global_grad_norm(const ModelConfig& config, ModelWeights& grads) {
+  return std::sqrt(grad_sum_of_squares(config, grads, nullptr));
 }
 
 void scale_grads(const ModelConfig& config, ModelWeights& grads, float factor) {
   for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole, Tensor& g) {
+    if (g.empty()) return;
     const int64_t n = g.numel();
     float* data = g.data;
     const float f = factor;
@@ -139,7 +148,7 @@ void scale_grads(const ModelConfig& config, ModelWeights& grads, float factor) {
 
 void zero_grads(const ModelConfig& config, ModelWeights& grads) {
   for_each_tensor(config, grads, [&](const std::string&, const Shape&, TensorRole, Tensor& g) {
-    std::fill(g.data, g.data + g.numel(), 0.0f);
+    if (!g.empty()) std::fill(g.data, g.data + g.numel(), 0.0f);
   });
 }
 

@@ -2,6 +2,8 @@
 // (linear warm-up, cosine decay) and clipping by the global gradient norm.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "model/config.h"
 #include "model/weights.h"
@@ -42,6 +44,10 @@ float learning_rate(const LrSchedule& schedule, int64_t step);
 
 // sqrt(sum of squares) over every trained gradient.
 double global_grad_norm(const ModelConfig& config, ModelWeights& grads);
+// Sum of squares over the trained gradients whose names `include` accepts (all when null).
+// Empty gradients (another rank's experts) count for nothing, here and in every function below.
+double grad_sum_of_squares(const ModelConfig& config, ModelWeights& grads,
+                           const std::function<bool(const std::string&)>& include);
 // Multiplies every gradient by `factor`.
 void scale_grads(const ModelConfig& config, ModelWeights& grads, float factor);
 // Sets every gradient to zero.

@@ -15,6 +15,7 @@
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/data_parallel.h"
 #include "train/failpoint.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -94,15 +95,15 @@ nlohmann::json routing_analytics(const ModelConfig& c, const TrainActs& acts,
 }
 
 void print_progress(int64_t step, int64_t steps, const StepStats& s, double tokens_per_s,
-                    double load_ratio, bool tty) {
+                    double load_ratio, bool tty, const std::string& parallel = "") {
   constexpr int kWidth = 24;
   const int filled = static_cast<int>(kWidth * (step + 1) / steps);
   std::string bar(filled, '=');
   if (filled < kWidth) bar += '>' + std::string(kWidth - filled - 1, ' ');
-  std::fprintf(stderr,
-               "%sstep %lld/%lld [%s] loss %.4f aux %.5f | %.0f tok/s | load max/mean %.2f%s",
-               tty ? "\r" : "", static_cast<long long>(step + 1), static_cast<long long>(steps),
-               bar.c_str(), s.loss, s.aux_loss, tokens_per_s, load_ratio, tty ? "" : "\n");
+  std::fprintf(
+      stderr, "%sstep %lld/%lld [%s] loss %.4f aux %.5f | %.0f tok/s | load max/mean %.2f%s%s",
+      tty ? "\r" : "", static_cast<long long>(step + 1), static_cast<long long>(steps), bar.c_str(),
+      s.loss, s.aux_loss, tokens_per_s, load_ratio, parallel.c_str(), tty ? "" : "\n");
   std::fflush(stderr);
 }
 
@@ -146,9 +147,14 @@ double train(const TrainConfig& tc) {
     DSMOE_CHECK(!tc.model_config.empty(), "--model-config is required to start training");
     config_json = read_json(tc.model_config);
   }
+  // Under mpirun: data parallel over the ranks, experts spread (train/data_parallel.h).
+  TrainParallel parallel(world_comm());
+  const bool rank0 = parallel.rank() == 0;
+  DSMOE_CHECK(tc.batch_size % parallel.size() == 0,
+              "--batch-size {} is not a multiple of the {} ranks", tc.batch_size, parallel.size());
   const ModelConfig config =
-      parse_model_config(nlohmann::json::parse(config_json.dump()),
-                         tc.resume ? latest + "/config.json" : tc.model_config);
+      parallel.placed(parse_model_config(nlohmann::json::parse(config_json.dump()),
+                                         tc.resume ? latest + "/config.json" : tc.model_config));
   DSMOE_CHECK(config.vocab_size >= 256,
               "the byte-level tokenizer needs vocab_size >= 256, the "
               "config has {}",
@@ -168,17 +174,22 @@ double train(const TrainConfig& tc) {
     log_info("resumed {} at step {}", latest, state.step);
   }
   const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
-  truncate_metrics(metrics_path, tc.resume ? state.step : 0);
-  std::ofstream metrics(metrics_path, std::ios::app);
+  if (rank0) truncate_metrics(metrics_path, tc.resume ? state.step : 0);
+  std::ofstream metrics;
+  if (rank0) metrics.open(metrics_path, std::ios::app);
 
   LrSchedule schedule = tc.schedule;
   schedule.total_steps = tc.steps;
   ModelWeights grads = zeros_like_weights(config, n_mtp);
+  parallel.shard(config, model.mutable_weights(), grads, adam, tc.ep_node_limit);
+  const int64_t first_seq = parallel.first_seq(tc.batch_size);
+  const int64_t n_seqs = parallel.count_seqs(tc.batch_size);  // this rank's share
   TrainActs acts;
   TrainOptions options;
   options.noise_rng = &noise_rng;
   std::vector<int64_t> ids(tc.batch_size * tc.seq_len);
-  const bool tty = isatty(fileno(stderr)) && !tc.quiet;
+  const bool quiet = tc.quiet || !rank0;
+  const bool tty = isatty(fileno(stderr)) && !quiet;
   log_info(
       "training {} ({:.2f} M parameters) on {} tokens: {} steps of {} x {} x {} tokens, {} "
       "threads",
@@ -191,8 +202,8 @@ double train(const TrainConfig& tc) {
     std::map<int64_t, std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < tc.grad_accum; micro++) {
       sampler.next(tc.batch_size, ids.data());
-      const StepStats s =
-          model.forward_backward(ids.data(), tc.batch_size, tc.seq_len, grads, acts, options);
+      const StepStats s = model.forward_backward(ids.data() + first_seq * tc.seq_len, n_seqs,
+                                                 tc.seq_len, grads, acts, options);
       total.loss += s.loss / tc.grad_accum;
       total.aux_loss += s.aux_loss / tc.grad_accum;
       total.n_dropped += s.n_dropped;
@@ -202,10 +213,12 @@ double train(const TrainConfig& tc) {
         for (size_t e = 0; e < load.size(); e++) sum[e] += load[e];
       }
     }
+    parallel.reduce_gradients(config, grads);
+    parallel.reduce_stats(total.loss, total.aux_loss, total.n_dropped, loads);
     if (tc.grad_accum > 1) scale_grads(config, grads, 1.0f / tc.grad_accum);
     if (failpoints.nan_loss.contains(state.step + 1)) total.loss = NAN;
     if (failpoints.nan_grad.contains(state.step + 1)) grads.embed_tokens.data[0] = NAN;
-    double grad_norm = global_grad_norm(config, grads);
+    double grad_norm = parallel.grad_norm(config, grads);
     const float lr = learning_rate(schedule, state.step);
     const bool finite = std::isfinite(total.loss + total.aux_loss) && std::isfinite(grad_norm);
     if (finite) {
@@ -250,10 +263,15 @@ double train(const TrainConfig& tc) {
                            {"expert_load", load_json}};
     if (!bias_json.empty()) line["expert_bias"] = bias_json;
     if (tc.analytics_every > 0 && (state.step + 1) % tc.analytics_every == 0)
-      line["expert_tokens"] = routing_analytics(config, acts, ids);
-    metrics << line.dump() << "\n";
+      line["expert_tokens"] = routing_analytics(config, acts, ids);  // (rank 0's share)
+    std::string traffic;
+    if (parallel.active()) {
+      line["parallel"] = parallel.step_traffic();
+      traffic = parallel.traffic_summary(line["parallel"], seconds);
+    }
+    if (rank0) metrics << line.dump() << "\n";
     metrics.flush();
-    DSMOE_CHECK(metrics.good(),
+    DSMOE_CHECK(!rank0 || metrics.good(),
                 "{}: cannot write step {} (disk full?); the newest checkpoint is {}", metrics_path,
                 state.step + 1, latest_or_none(tc.out_dir));
     DSMOE_CHECK(tc.max_nonfinite_steps == 0 || state.nonfinite_in_a_row < tc.max_nonfinite_steps,
@@ -262,22 +280,26 @@ double train(const TrainConfig& tc) {
                 "--max-nonfinite-steps",
                 state.step + 1, state.nonfinite_in_a_row, total.loss, grad_norm,
                 latest_or_none(tc.out_dir));
-    if (!tc.quiet && ((state.step + 1) % tc.log_every == 0 || state.step + 1 == tc.steps))
-      print_progress(state.step, tc.steps, total, tokens_per_s, worst_ratio, tty);
+    if (!quiet && ((state.step + 1) % tc.log_every == 0 || state.step + 1 == tc.steps))
+      print_progress(state.step, tc.steps, total, tokens_per_s, worst_ratio, tty, traffic);
     const bool last = state.step + 1 == tc.steps;
     if (last || (tc.save_every > 0 && (state.step + 1) % tc.save_every == 0)) {
       TrainerState saved = state;
       saved.step = state.step + 1;
       saved.data_rng = sampler.rng().snapshot();
       saved.noise_rng = noise_rng.snapshot();
-      try {
-        save_checkpoint(tc.out_dir, config_json, config, model.mutable_weights(), adam, saved);
-      } catch (const std::exception& e) {  // dsmoe::Error, or std::filesystem's
-        fail(
-            fmt::format("step {}: checkpoint not saved: {}; the newest checkpoint is {} (resume "
-                        "from it with --resume)",
-                        saved.step, e.what(), latest_or_none(tc.out_dir)));
+      parallel.gather_experts(config, model.mutable_weights(), adam);  // to rank 0
+      if (rank0) {
+        try {
+          save_checkpoint(tc.out_dir, config_json, config, model.mutable_weights(), adam, saved);
+        } catch (const std::exception& e) {  // dsmoe::Error, or std::filesystem's
+          fail(fmt::format(
+              "step {}: checkpoint not saved: {}; the newest checkpoint is {} (resume from it "
+              "with --resume)",
+              saved.step, e.what(), latest_or_none(tc.out_dir)));
+        }
       }
+      parallel.comm().barrier();
     }
   }
   if (tty) std::fprintf(stderr, "\n");

@@ -32,6 +32,7 @@ struct TrainConfig {
   // sums (cpu::MatmulPrecision::kBF16); weights, gradients and AdamW state stay float32, and so
   // do the MoE router's and attention's products.
   std::string precision = "f32";
+  bool ep_node_limit = false;  // under mpirun: the routing groups must map onto nodes
 };
 
 // Trains and writes checkpoints and out_dir/metrics.jsonl. Returns the final loss.

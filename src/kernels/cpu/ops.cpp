@@ -36,6 +36,12 @@ std::atomic<MatmulPrecision> g_matmul_precision{MatmulPrecision::kF32};
 
 void set_matmul_precision(MatmulPrecision precision) { g_matmul_precision = precision; }
 
+namespace {
+std::atomic<bool> g_row_invariant{false};
+}  // namespace
+
+void set_row_invariant_products(bool on) { g_row_invariant = on; }
+
 MatmulPrecision matmul_precision() { return g_matmul_precision; }
 
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -57,6 +63,24 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
     else  // C[1, N] = A[1, K] . B[K, N]
       cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(K), static_cast<int>(N), alpha, B,
                   static_cast<int>(ldb), A, 1, beta, C, 1);
+    return;
+  }
+  // Row-invariant products (set_row_invariant_products): small products padded with zero rows
+  // past OpenBLAS's small-matrix size.
+  constexpr int64_t kSmallProduct = 1000000;
+  if (g_row_invariant && !trans_a && M * N * K <= kSmallProduct) {
+    const int64_t padded = kSmallProduct / (N * K) + 1;
+    std::vector<float> a_pad(padded * K, 0.0f), c_pad(padded * N, 0.0f);
+    for (int64_t m = 0; m < M; m++) {
+      std::copy(A + m * lda, A + m * lda + K, a_pad.data() + m * K);
+      if (beta != 0.0f) std::copy(C + m * ldc, C + m * ldc + N, c_pad.data() + m * N);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                static_cast<int>(padded), static_cast<int>(N), static_cast<int>(K), alpha,
+                a_pad.data(), static_cast<int>(K), B, static_cast<int>(ldb), beta, c_pad.data(),
+                static_cast<int>(N));
+    for (int64_t m = 0; m < M; m++)
+      std::copy(c_pad.data() + m * N, c_pad.data() + (m + 1) * N, C + m * ldc);
     return;
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,

@@ -24,6 +24,13 @@ void linear(float* out, const float* inp, const Tensor& weight, int64_t M, int64
 // attention's score and value products and the MoE router's (model/router.cpp) stay float32.
 // MatmulPrecisionScope sets it for a scope; set it outside parallel regions only.
 enum class MatmulPrecision { kF32, kBF16 };
+// Row-invariant products: OpenBLAS runs products of up to 100^3 multiply-adds on small-matrix
+// kernels that sum in another order than its blocked ones, so a row's bits depend on how many
+// rows share the product (a sequence alone or in a batch; a batch split over ranks). When set,
+// gemm pads such products (A untransposed) with zero rows past that size: every row's result is
+// then independent of M, at a cost of at most 10^6 multiply-adds per (small) product. The dsmoe
+// command sets it (so that one process and mpirun give the same bits); off by default.
+void set_row_invariant_products(bool on);
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
 class MatmulPrecisionScope {
