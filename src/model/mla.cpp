@@ -12,7 +12,8 @@ namespace {
 
 // q [N, heads, qk] from x, with RoPE on the rope part of each head.
 void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x,
-                 const AttentionContext& ctx, AttentionActs& a) {
+                 const AttentionContext& ctx, const std::vector<AttentionSegment>& segments,
+                 AttentionActs& a) {
   const int64_t N = ctx.n_seqs * ctx.n_tokens, H = c.hidden_size;
   const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim();
   a.q.resize(N * n_heads * qk);
@@ -26,15 +27,18 @@ void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x
                          c.q_lora_rank, c.rms_norm_eps);
     cpu::linear(a.q.data(), a.q_latent_normed.data(), w.q_b_proj, N, c.q_lora_rank, n_heads * qk);
   }
-  for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_forward(a.q.data() + b * ctx.n_tokens * n_heads * qk + c.qk_nope_head_dim,
-                      ctx.n_tokens, n_heads, n_heads * qk, qk, c.qk_rope_head_dim, ctx.cos, ctx.sin,
-                      true);
+  int64_t first = 0;  // the segment's first row
+  for (const AttentionSegment& seg : segments) {
+    cpu::rope_forward(a.q.data() + first * n_heads * qk + c.qk_nope_head_dim, seg.n_tokens, n_heads,
+                      n_heads * qk, qk, c.qk_rope_head_dim, seg.cos, seg.sin, true);
+    first += seg.n_tokens;
+  }
 }
 
 // rows [N, kv_lora_rank + rope] = [kv_a_layernorm(c_kv) | RoPE(k_rope)].
 void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x,
-                 const AttentionContext& ctx, AttentionActs& a) {
+                 const AttentionContext& ctx, const std::vector<AttentionSegment>& segments,
+                 AttentionActs& a) {
   const int64_t N = ctx.n_seqs * ctx.n_tokens, row = c.kv_cache_row();
   a.rows_raw.resize(N * row);
   a.rows.resize(N * row);
@@ -45,9 +49,12 @@ void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x
     std::copy(a.rows_raw.data() + t * row + c.kv_lora_rank, a.rows_raw.data() + (t + 1) * row,
               a.rows.data() + t * row + c.kv_lora_rank);
   }
-  for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_forward(a.rows.data() + b * ctx.n_tokens * row + c.kv_lora_rank, ctx.n_tokens, 1, row,
-                      0, c.qk_rope_head_dim, ctx.cos, ctx.sin, true);
+  int64_t first = 0;
+  for (const AttentionSegment& seg : segments) {
+    cpu::rope_forward(a.rows.data() + first * row + c.kv_lora_rank, seg.n_tokens, 1, row, 0,
+                      c.qk_rope_head_dim, seg.cos, seg.sin, true);
+    first += seg.n_tokens;
+  }
 }
 
 AttentionShape naive_shape(const ModelConfig& c, int64_t n_q, int64_t n_kv) {
@@ -65,6 +72,9 @@ void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* 
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim;
   const int64_t qk = c.qk_head_dim(), dv = c.v_head_dim, row = c.kv_cache_row();
   const int64_t kv_width = n_heads * (nope + dv);
+  // The cached latents as one product, as a forward of this sequence alone expands them (also
+  // inside a batched decode: see cpu::set_row_kernels).
+  const cpu::RowKernelsScope whole_product(false);
   cpu::gemm(false, true, n_kv, kv_width, c.kv_lora_rank, 1.0f, rows, row, w.kv_b_proj.data,
             c.kv_lora_rank, 0.0f, kv, kv_width);
   for (int64_t s = 0; s < n_kv; s++)
@@ -154,32 +164,44 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
 
 void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x, float* out,
                  const AttentionContext& ctx, AttentionActs& a) {
-  const int64_t T = ctx.n_tokens, N = ctx.n_seqs * T, n_heads = c.num_attention_heads;
+  const int64_t N = ctx.n_seqs * ctx.n_tokens, n_heads = c.num_attention_heads;
   const int64_t qk = c.qk_head_dim(), row = c.kv_cache_row(), dv = c.v_head_dim;
   const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
-  mla_queries(c, w, x, ctx, a);
-  mla_latents(c, w, x, ctx, a);
-  const bool absorbed = ctx.mla_mode == MlaMode::kAbsorbed ||
-                        (ctx.mla_mode == MlaMode::kAuto && ctx.cache != nullptr && ctx.n_past > 0);
+  const std::vector<AttentionSegment> segments = attention_segments(ctx);
+  mla_queries(c, w, x, ctx, segments, a);
+  mla_latents(c, w, x, ctx, segments, a);
+  auto absorbed = [&](const AttentionSegment& seg) {
+    return ctx.mla_mode == MlaMode::kAbsorbed ||
+           (ctx.mla_mode == MlaMode::kAuto && seg.cache != nullptr && seg.n_past > 0);
+  };
+  auto keys_of = [](const AttentionSegment& seg) {  // tokens attended to
+    return seg.cache != nullptr ? seg.n_past + seg.n_tokens : seg.n_tokens;
+  };
+  // Naive segments keep their expanded keys and values one after the other (for backward).
+  int64_t naive_keys = 0;
+  for (const AttentionSegment& seg : segments)
+    if (!absorbed(seg)) naive_keys += keys_of(seg);
+  a.kv.resize(naive_keys * kv_width);
+  a.keys.resize(naive_keys * n_heads * qk);
   a.heads.resize(N * n_heads * dv);
-  const int64_t n_kv = ctx.cache != nullptr ? ctx.n_past + T : T;
-  if (!absorbed) {
-    a.kv.resize(ctx.n_seqs * n_kv * kv_width);
-    a.keys.resize(ctx.n_seqs * n_kv * n_heads * qk);
-  }
-  for (int64_t b = 0; b < ctx.n_seqs; b++) {
-    const float* seq_rows = a.rows.data() + b * T * row;
-    if (ctx.cache != nullptr) {
-      std::copy(seq_rows, seq_rows + T * row, ctx.cache + ctx.n_past * row);
-      seq_rows = ctx.cache;
+  int64_t first = 0, first_key = 0;  // the segment's first row, its first naive key
+  for (const AttentionSegment& seg : segments) {
+    const int64_t T = seg.n_tokens, n_kv = keys_of(seg);
+    const float* seq_rows = a.rows.data() + first * row;
+    if (seg.cache != nullptr) {
+      std::copy(seq_rows, seq_rows + T * row, seg.cache + seg.n_past * row);
+      seq_rows = seg.cache;
     }
-    const float* seq_q = a.q.data() + b * T * n_heads * qk;
-    float* seq_heads = a.heads.data() + b * T * n_heads * dv;
-    if (absorbed)
+    const float* seq_q = a.q.data() + first * n_heads * qk;
+    float* seq_heads = a.heads.data() + first * n_heads * dv;
+    if (absorbed(seg)) {
       attend_absorbed(c, w, seq_q, seq_rows, T, n_kv, seq_heads);
-    else
-      attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + b * n_kv * kv_width,
-                   a.keys.data() + b * n_kv * n_heads * qk, seq_heads);
+    } else {
+      attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + first_key * kv_width,
+                   a.keys.data() + first_key * n_heads * qk, seq_heads);
+      first_key += n_kv;
+    }
+    first += T;
   }
   cpu::linear(out, a.heads.data(), w.o_proj, N, n_heads * dv, c.hidden_size);
 }

@@ -114,7 +114,12 @@ class Model {
 
   // Several sequences of different lengths, each with its own cache, in one step. Returns logits
   // [sum over steps of (all_logits ? n_tokens : 1), V], the steps' rows in order. A sequence's
-  // logits do not depend on which other sequences share the step.
+  // logits do not depend on which other sequences share the step: they are bit for bit those of
+  // forward_cached on that step alone (an all_logits step: on its tokens one at a time, as
+  // decoding them would give). The rows of decode steps and all_logits steps go through every
+  // product together (each weight read once for all of them, with per-row kernels), each
+  // attending to its own cache; a prefill chunk (n_tokens > 1, last logits) runs as a pass of its
+  // own. Steps must not share a cache.
   Tensor forward_cached_batch(const std::vector<CachedStep>& steps) const;
 
  private:
@@ -123,6 +128,10 @@ class Model {
   void run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
                   ForwardRecord* record, std::vector<LayerActs>* train = nullptr,
                   const MoeTraining* moe_training = nullptr) const;
+  // forward_cached_batch's pass over the rows of steps[which] together; a step's logits rows go
+  // to logits [.., V] from row first_out[step] on.
+  void decode_rows(const std::vector<CachedStep>& steps, const std::vector<size_t>& which,
+                   const std::vector<int64_t>& first_out, float* logits) const;
   void embed(const int64_t* ids, int64_t n, float* x) const;
   void check_ids(const int64_t* ids, int64_t n) const;
 
