@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/transformer.h"
+#include "runtime/bench.h"
 #include "runtime/kv_cache.h"
 #include "tensor/random.h"
 #include "test_util.h"
@@ -151,6 +152,23 @@ TEST(BatchedDecodeErrors, StepsSharingACacheOrOverflowingAreRejected) {
   const std::vector<int64_t> bad = {model.config().vocab_size};
   EXPECT_THROW(model.forward_cached_batch({{bad.data(), 1, &cache.view(), false}}), Error);
   EXPECT_EQ(cache.n_past(), 0);
+}
+
+// dsmoe bench --concurrent's measurement: timed repetitions and the union of routed experts.
+TEST(BatchedDecodeBench, MeasureConcurrentCountsTheUnionOfRoutedExperts) {
+  const Model model = Model::load(kData + "/v3-tiny/model", WeightFormat::kQ8_0);
+  const ModelConfig& c = model.config();
+  const ConcurrentTimes one = measure_concurrent(model, 1, 6, 3, 2);
+  EXPECT_EQ(one.decode.seconds.size(), 2u);
+  EXPECT_DOUBLE_EQ(one.routed_experts_per_step, static_cast<double>(c.num_experts_per_tok));
+  const ConcurrentTimes four = measure_concurrent(model, 4, 6, 3, 1);
+  EXPECT_EQ(four.prompt_lengths, (std::vector<int64_t>{6, 6, 5, 4}));
+  EXPECT_GT(four.routed_experts_per_step, static_cast<double>(c.num_experts_per_tok));
+  EXPECT_LE(four.routed_experts_per_step,
+            static_cast<double>(std::min<int64_t>(c.n_routed_experts, 4 * c.num_experts_per_tok)));
+  // Two MoE layers (of three): K = 4 experts of 100 bytes per token become 10 per step.
+  EXPECT_DOUBLE_EQ(batched_step_weight_bytes(c, 5000, 100, 10.0), 5000.0 + 2 * 6 * 100);
+  EXPECT_THROW(measure_concurrent(model, 0, 6, 3, 1), Error);
 }
 
 }  // namespace

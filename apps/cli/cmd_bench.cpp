@@ -43,7 +43,56 @@ struct BenchArgs {
   std::string peak_size = "full";
   std::string precision = "f32";  // of the training step
   bool no_roofline = false;
+  int64_t concurrent = 0;  // 0: no batched decode measurement
 };
+
+nlohmann::json rep_json(const RepTimes& t, double tokens) {
+  return {{"seconds", t.seconds},
+          {"median_tokens_per_s", tokens / t.median()},
+          {"best_tokens_per_s", tokens / t.best()}};
+}
+
+// Bytes of one routed expert (its three matrices) in the model's weight format.
+int64_t routed_expert_bytes(const ModelConfig& c, const ModelWeights& w) {
+  auto bytes = [](const Tensor& t) {
+    return t.quant != nullptr ? static_cast<int64_t>(t.quant->size_bytes())
+                              : t.numel() * static_cast<int64_t>(sizeof(float));
+  };
+  for (int64_t L = 0; L < c.num_hidden_layers; L++)
+    if (c.is_moe_layer(L)) {
+      const MlpWeights& e = w.layers[L].moe.experts[0];
+      return bytes(e.gate_proj) + bytes(e.up_proj) + bytes(e.down_proj);
+    }
+  return 0;
+}
+
+// --concurrent N: N sequences decoded together (forward_cached_batch), against the one-sequence
+// decode of the same run (single_decode_tps); decode_tokens_per_s becomes the aggregate.
+void add_concurrent(const BenchArgs& a, const Model& model, int64_t active_bytes,
+                    double single_decode_tps, nlohmann::json& out) {
+  const ModelConfig& c = model.config();
+  const ConcurrentTimes t = measure_concurrent(model, a.concurrent, a.prompt, a.decode, a.reps);
+  const double tokens = static_cast<double>(a.concurrent * a.decode);
+  const double aggregate = tokens / t.decode.median();
+  out["concurrent"] = a.concurrent;
+  out["concurrent_decode"] = rep_json(t.decode, tokens);
+  out["concurrent_prompt_lengths"] = t.prompt_lengths;
+  out["decode_tokens_per_s"] = aggregate;
+  out["decode_tokens_per_s_best"] = tokens / t.decode.best();
+  out["per_sequence_decode_tokens_per_s"] = aggregate / static_cast<double>(a.concurrent);
+  out["single_sequence_decode_tokens_per_s"] = single_decode_tps;
+  out["concurrent_speedup"] = aggregate / single_decode_tps;
+  // The routed experts a step reads grow with N: the union of the rows' experts per MoE layer.
+  const int64_t expert_bytes = routed_expert_bytes(c, model.weights());
+  const double step_bytes =
+      batched_step_weight_bytes(c, active_bytes, expert_bytes, t.routed_experts_per_step);
+  out["routed_experts_per_layer_step"] = t.routed_experts_per_step;
+  out["routed_experts_per_layer_step_single"] = c.num_experts_per_tok;
+  out["routed_expert_bytes"] = expert_bytes;
+  out["concurrent_step_weight_bytes"] = step_bytes;
+  out["concurrent_speedup_bound"] =
+      static_cast<double>(a.concurrent) * static_cast<double>(active_bytes) / step_bytes;
+}
 
 // One training step as `dsmoe train` takes it: forward_backward on a B x T batch of random ids,
 // adamw_step (which leaves the gradients zero for the next step); `warmup` untimed steps, then R
@@ -69,12 +118,6 @@ RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps, int w
     adamw_step(c, model.mutable_weights(), grads, adam, 1e-4f, AdamWConfig{});
   };
   return time_reps(step, reps, warmup);
-}
-
-nlohmann::json rep_json(const RepTimes& t, double tokens) {
-  return {{"seconds", t.seconds},
-          {"median_tokens_per_s", tokens / t.median()},
-          {"best_tokens_per_s", tokens / t.best()}};
 }
 
 // The read-bandwidth probe's matrix size: --bandwidth-mib, at most a quarter of MemAvailable.
@@ -177,6 +220,10 @@ int run_bench(const BenchArgs& a) {
       out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
     }
     if (!probed.empty()) add_decode_roofline(inf.decode, a.decode, active_bytes, probed, out);
+    if (a.concurrent > 0) {
+      DSMOE_CHECK(a.decode > 0, "--concurrent needs --decode >= 1");
+      add_concurrent(a, model, active_bytes, decode_tps, out);
+    }
     if (a.train) {
       const RepTimes t = measure_train(
           model, a.batch, a.seq, a.reps, a.train_warmup,
@@ -275,8 +322,18 @@ int run_bench(const BenchArgs& a) {
              frac("prefill_fraction_of_peak"));
   if (a.decode > 0)
     fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n", fmt::format("decode tg{}", a.decode),
-               decode_tps, out["decode_tokens_per_s_best"].get<double>(),
+               decode_tps, out["decode"]["best_tokens_per_s"].get<double>(),
                frac("decode_fraction_of_roofline"));
+  if (a.concurrent > 0)
+    fmt::print(
+        "{:<22} {:>12.2f} {:>12.2f} {:>16}\n  x{:.2f} one sequence; {:.2f} tokens/s per sequence; "
+        "routed experts per layer and step {:.1f} (one sequence: {}), weight-read bound x{:.2f}\n",
+        fmt::format("decode x{} tg{}", a.concurrent, a.decode),
+        out["decode_tokens_per_s"].get<double>(), out["decode_tokens_per_s_best"].get<double>(),
+        "-", out["concurrent_speedup"].get<double>(),
+        out["per_sequence_decode_tokens_per_s"].get<double>(),
+        out["routed_experts_per_layer_step"].get<double>(), c.num_experts_per_tok,
+        out["concurrent_speedup_bound"].get<double>());
   if (a.train)
     fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n",
                fmt::format("train {}x{} {}", a.batch, a.seq, a.precision), train_tps,
@@ -336,6 +393,10 @@ Command add_bench(CLI::App& app) {
   app.add_option("--peak-size", args->peak_size,
                  "peak probes: full (sgemm 2048^3, M=256 N=K=2048) or small (256, M=32)");
   app.add_flag("--no-roofline", args->no_roofline, "skip the bandwidth and peak probes");
+  app.add_option("--concurrent", args->concurrent,
+                 "also decode N sequences together (batched decode); decode_tokens_per_s is then "
+                 "their aggregate")
+      ->check(CLI::PositiveNumber);
   return [args] { return run_bench(*args); };
 }
 

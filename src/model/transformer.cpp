@@ -124,7 +124,8 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   return logits;
 }
 
-Tensor Model::forward_cached_batch(const std::vector<CachedStep>& steps) const {
+Tensor Model::forward_cached_batch(const std::vector<CachedStep>& steps,
+                                   ForwardRecord* record) const {
   const ModelConfig& c = config_;
   const int64_t V = c.vocab_size;
   std::vector<int64_t> first_out(steps.size());  // each step's first logits row
@@ -161,12 +162,14 @@ Tensor Model::forward_cached_batch(const std::vector<CachedStep>& steps) const {
       together.push_back(i);
     }
   }
-  if (!together.empty()) decode_rows(steps, together, first_out, logits.data);
+  if (record != nullptr) record->routes.clear();
+  if (!together.empty()) decode_rows(steps, together, first_out, logits.data, record);
   return logits;
 }
 
 void Model::decode_rows(const std::vector<CachedStep>& steps, const std::vector<size_t>& which,
-                        const std::vector<int64_t>& first_out, float* logits) const {
+                        const std::vector<int64_t>& first_out, float* logits,
+                        ForwardRecord* record) const {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size, V = c.vocab_size, half = c.rope_dim() / 2;
   // Rows products as if each row were alone (M = 1): see cpu::set_row_kernels.
@@ -201,6 +204,8 @@ void Model::decode_rows(const std::vector<CachedStep>& steps, const std::vector<
   for (int64_t L = 0; L < c.num_hidden_layers; L++) {
     for (int64_t row = 0; row < n_rows; row++) segments[row].cache = caches[row]->layers[L];
     layer_forward(c, weights_.layers[L], c.is_moe_layer(L), x.data(), ctx, scratch, false, nullptr);
+    if (record != nullptr && record->keep_routes && c.is_moe_layer(L))
+      record->routes[L] = scratch.moe.routing;
   }
   const auto n_logits = static_cast<int64_t>(logit_rows.size());
   std::vector<float> last(n_logits * H), rows_logits(n_logits * V);

@@ -120,7 +120,10 @@ class Model {
   // product together (each weight read once for all of them, with per-row kernels), each
   // attending to its own cache; a prefill chunk (n_tokens > 1, last logits) runs as a pass of its
   // own. Steps must not share a cache.
-  Tensor forward_cached_batch(const std::vector<CachedStep>& steps) const;
+  // `record` (optional, keep_routes only): the routing of the rows that went through the pass
+  // together, per MoE layer, in step order.
+  Tensor forward_cached_batch(const std::vector<CachedStep>& steps,
+                              ForwardRecord* record = nullptr) const;
 
  private:
   // Runs the decoder stack on embedded tokens x [n_seqs * n_tokens, H] in place.
@@ -131,7 +134,8 @@ class Model {
   // forward_cached_batch's pass over the rows of steps[which] together; a step's logits rows go
   // to logits [.., V] from row first_out[step] on.
   void decode_rows(const std::vector<CachedStep>& steps, const std::vector<size_t>& which,
-                   const std::vector<int64_t>& first_out, float* logits) const;
+                   const std::vector<int64_t>& first_out, float* logits,
+                   ForwardRecord* record) const;
   void embed(const int64_t* ids, int64_t n, float* x) const;
   void check_ids(const int64_t* ids, int64_t n) const;
 
