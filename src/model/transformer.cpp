@@ -106,7 +106,8 @@ Tensor Model::forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
   return logits;
 }
 
-Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const {
+Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache,
+                             ForwardRecord* record) const {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size;
   DSMOE_CHECK(n_tokens > 0, "forward_cached: no tokens");
@@ -117,6 +118,10 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   std::vector<float> x(n_tokens * H);  // (T, H)
   embed(ids, n_tokens, x.data());
   run_layers(x.data(), 1, n_tokens, &cache, nullptr);
+  if (record != nullptr && record->keep_last_hidden) {
+    record->last_hidden = Tensor::zeros({n_tokens, H});
+    std::copy(x.begin(), x.end(), record->last_hidden.data);
+  }
   float* last = x.data() + (n_tokens - 1) * H;
   cpu::rmsnorm_forward(last, last, weights_.norm.data, 1, H, c.rms_norm_eps);
   Tensor logits = Tensor::zeros({c.vocab_size});
@@ -207,6 +212,10 @@ void Model::decode_rows(const std::vector<CachedStep>& steps, const std::vector<
     if (record != nullptr && record->keep_routes && c.is_moe_layer(L))
       record->routes[L] = scratch.moe.routing;
   }
+  if (record != nullptr && record->keep_last_hidden) {
+    record->last_hidden = Tensor::zeros({n_rows, H});
+    std::copy(x.begin(), x.end(), record->last_hidden.data);
+  }
   const auto n_logits = static_cast<int64_t>(logit_rows.size());
   std::vector<float> last(n_logits * H), rows_logits(n_logits * V);
   for (int64_t j = 0; j < n_logits; j++)
@@ -217,6 +226,45 @@ void Model::decode_rows(const std::vector<CachedStep>& steps, const std::vector<
   for (int64_t j = 0; j < n_logits; j++)
     std::copy(rows_logits.data() + j * V, rows_logits.data() + (j + 1) * V,
               logits + out_rows[j] * V);
+}
+
+Tensor Model::mtp_forward_cached(int64_t module, const float* h_prev, const int64_t* ids,
+                                 int64_t n_tokens, KvCacheView& cache, float* h_out) const {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, half = c.rope_dim() / 2;
+  DSMOE_CHECK(module >= 0 && module < static_cast<int64_t>(weights_.mtp.size()),
+              "MTP module {} requested, the model has {}", module, weights_.mtp.size());
+  DSMOE_CHECK(n_tokens > 0 && cache.n_past + n_tokens <= cache.capacity && cache.layers.size() == 1,
+              "MTP cache: {} tokens stored + {} new exceed its capacity of {}", cache.n_past,
+              n_tokens, cache.capacity);
+  const MtpWeights& m = weights_.mtp[module];
+  // eq. 21: eh_proj . [enorm(Emb(t)) | hnorm(h_prev)]
+  std::vector<float> emb(n_tokens * H), h_normed(n_tokens * H), cat(n_tokens * 2 * H);
+  embed(ids, n_tokens, emb.data());
+  cpu::rmsnorm_forward(emb.data(), emb.data(), m.enorm.data, n_tokens, H, c.rms_norm_eps);
+  cpu::rmsnorm_forward(h_normed.data(), h_prev, m.hnorm.data, n_tokens, H, c.rms_norm_eps);
+  for (int64_t i = 0; i < n_tokens; i++) {
+    std::copy(emb.begin() + i * H, emb.begin() + (i + 1) * H, cat.begin() + i * 2 * H);
+    std::copy(h_normed.begin() + i * H, h_normed.begin() + (i + 1) * H,
+              cat.begin() + i * 2 * H + H);
+  }
+  cpu::linear(h_out, cat.data(), m.eh_proj, n_tokens, 2 * H, H);
+  // eq. 22: its block, attending to the module's own cache.
+  std::vector<float> cos(n_tokens * half), sin(n_tokens * half);
+  rope_angles(c, cache.n_past, n_tokens, cos.data(), sin.data());
+  AttentionContext ctx;
+  ctx.n_seqs = 1, ctx.n_tokens = n_tokens, ctx.n_past = cache.n_past;
+  ctx.cos = cos.data(), ctx.sin = sin.data(), ctx.mla_mode = mla_mode_;
+  ctx.cache = cache.layers[0];
+  LayerActs scratch;
+  layer_forward(c, m.block, c.is_moe_layer(c.num_hidden_layers + module), h_out, ctx, scratch,
+                false, nullptr);
+  // eq. 23: the shared head on the last row.
+  std::vector<float> last(h_out + (n_tokens - 1) * H, h_out + n_tokens * H);
+  cpu::rmsnorm_forward(last.data(), last.data(), m.shared_head_norm.data, 1, H, c.rms_norm_eps);
+  Tensor logits = Tensor::zeros({c.vocab_size});
+  cpu::linear(logits.data, last.data(), weights_.lm_head, 1, H, c.vocab_size);
+  return logits;
 }
 
 double next_token_loss_backward(const float* logits, const int64_t* ids, int64_t n_seqs,

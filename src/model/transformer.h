@@ -25,6 +25,11 @@ struct ForwardRecord {
   // (the reference's convention); each [n_seqs * n_tokens, H].
   std::vector<Tensor> hidden;
   std::map<int64_t, Routing> routes;  // per MoE layer
+  // Cached forwards: the last layer's output before the final norm (what the MTP modules read),
+  // [rows, H] for the rows of the pass (forward_cached: its tokens; forward_cached_batch: the
+  // rows that went through it together, in step order).
+  bool keep_last_hidden = false;
+  Tensor last_hidden;
 };
 
 // The per-layer KV storage a cached forward reads and appends to (owned by runtime/KvCache).
@@ -110,7 +115,19 @@ class Model {
 
   // One sequence: ids [n_tokens] at positions cache.n_past .., appended to the cache (the caller
   // advances n_past). Returns the logits of the last token [V].
-  Tensor forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const;
+  // `record` (optional): keep_last_hidden only.
+  Tensor forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache,
+                        ForwardRecord* record = nullptr) const;
+
+  // Inference with MTP module `module` (0-based; DeepSeek-V3 sec. 2.2, eq. 21-23): rows i =
+  // cache.n_past .. + n_tokens - 1 at RoPE positions i (as in training), row i from h_prev[i]
+  // (the main stack's last hidden state at position i, before the final norm, or the module's
+  // own output when drafting further ahead) and ids[i] (the token one ahead of it). Appends the
+  // rows to the module's cache (one layer; the caller advances n_past), writes the block's
+  // outputs h_out [n_tokens, H] and returns the logits of the last row [V] (they predict the
+  // token two ahead of its position).
+  Tensor mtp_forward_cached(int64_t module, const float* h_prev, const int64_t* ids,
+                            int64_t n_tokens, KvCacheView& cache, float* h_out) const;
 
   // Several sequences of different lengths, each with its own cache, in one step. Returns logits
   // [sum over steps of (all_logits ? n_tokens : 1), V], the steps' rows in order. A sequence's
