@@ -13,6 +13,7 @@
 #include "model/config.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "runtime/bench.h"
 #include "runtime/generate.h"
 #include "runtime/speculative.h"
 #include "tensor/random.h"
@@ -150,6 +151,19 @@ TEST(Speculative, StopsAtEosAndCountsForwards) {
   const auto plain = generate(with_eos, {cycle[0], cycle[1], cycle[2]}, options);
   EXPECT_EQ(generate_speculative(with_eos, {cycle[0], cycle[1], cycle[2]}, options, 3), plain);
   EXPECT_EQ(plain.size(), 7u);
+}
+
+// dsmoe bench --speculative mtp's measurement on the trained model (random prompt: the model
+// continues with its cycle).
+TEST(Speculative, BenchMeasurement) {
+  const Model model = trained_model(1);
+  const SpeculativeTimes t = measure_speculative(model, 4, 24, 2, 2);
+  EXPECT_EQ(t.decode.seconds.size(), 2u);
+  EXPECT_EQ(t.plain_decode.seconds.size(), 2u);
+  EXPECT_TRUE(t.identical);
+  EXPECT_GT(t.acceptance_rate, 0.8);
+  EXPECT_GT(t.tokens_per_forward, 2.4);
+  EXPECT_LE(t.tokens_per_forward, 3.0);
 }
 
 TEST(Speculative, ModelWithoutMtpIsAnError) {

@@ -43,7 +43,9 @@ struct BenchArgs {
   std::string peak_size = "full";
   std::string precision = "f32";  // of the training step
   bool no_roofline = false;
-  int64_t concurrent = 0;  // 0: no batched decode measurement
+  int64_t concurrent = 0;    // 0: no batched decode measurement
+  std::string speculative;   // "" or "mtp"
+  int64_t draft_tokens = 1;  // with --speculative
 };
 
 nlohmann::json rep_json(const RepTimes& t, double tokens) {
@@ -151,6 +153,24 @@ void add_decode_roofline(const RepTimes& decode, int64_t n_decode, int64_t activ
   out["bandwidth_probe_when"] = "before and after each decode repetition";
 }
 
+// --speculative mtp: greedy decode with MTP drafts against plain decode, in the same run;
+// decode_tokens_per_s becomes the speculative one.
+void add_speculative(const BenchArgs& a, const Model& model, nlohmann::json& out) {
+  const SpeculativeTimes t = measure_speculative(model, a.prompt, a.decode, a.draft_tokens, a.reps);
+  const double tokens = static_cast<double>(a.decode);
+  out["speculative"] = a.speculative;
+  out["speculative_draft_tokens"] = a.draft_tokens;
+  out["speculative_decode"] = rep_json(t.decode, tokens);
+  out["speculative_plain_decode"] = rep_json(t.plain_decode, tokens);
+  out["speculative_acceptance_rate"] = t.acceptance_rate;
+  out["speculative_tokens_per_forward"] = t.tokens_per_forward;
+  out["speculative_greedy_identical"] = t.identical;
+  out["decode_tokens_per_s"] = tokens / t.decode.median();
+  out["decode_tokens_per_s_best"] = tokens / t.decode.best();
+  out["plain_decode_tokens_per_s"] = tokens / t.plain_decode.median();
+  out["speculative_speedup"] = t.plain_decode.median() / t.decode.median();
+}
+
 int run_bench(const BenchArgs& a) {
   const std::optional<WeightFormat> format = parse_weight_format(a.weights);
   DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", a.weights);
@@ -220,6 +240,11 @@ int run_bench(const BenchArgs& a) {
       out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
     }
     if (!probed.empty()) add_decode_roofline(inf.decode, a.decode, active_bytes, probed, out);
+    if (!a.speculative.empty()) {
+      DSMOE_CHECK(a.concurrent == 0, "--speculative and --concurrent are separate runs");
+      DSMOE_CHECK(a.decode > 0, "--speculative needs --decode >= 1");
+      add_speculative(a, model, out);
+    }
     if (a.concurrent > 0) {
       DSMOE_CHECK(a.decode > 0, "--concurrent needs --decode >= 1");
       add_concurrent(a, model, active_bytes, decode_tps, out);
@@ -324,6 +349,17 @@ int run_bench(const BenchArgs& a) {
     fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n", fmt::format("decode tg{}", a.decode),
                decode_tps, out["decode"]["best_tokens_per_s"].get<double>(),
                frac("decode_fraction_of_roofline"));
+  if (!a.speculative.empty())
+    fmt::print(
+        "{:<22} {:>12.2f} {:>12.2f} {:>16}\n  x{:.2f} plain decode ({:.2f} t/s in the same run); "
+        "acceptance {:.1f}%, {:.2f} tokens per main forward; greedy output {}\n",
+        fmt::format("decode mtp K={} tg{}", a.draft_tokens, a.decode),
+        out["decode_tokens_per_s"].get<double>(), out["decode_tokens_per_s_best"].get<double>(),
+        "-", out["speculative_speedup"].get<double>(),
+        out["plain_decode_tokens_per_s"].get<double>(),
+        100 * out["speculative_acceptance_rate"].get<double>(),
+        out["speculative_tokens_per_forward"].get<double>(),
+        out["speculative_greedy_identical"].get<bool>() ? "identical" : "DIFFERENT");
   if (a.concurrent > 0)
     fmt::print(
         "{:<22} {:>12.2f} {:>12.2f} {:>16}\n  x{:.2f} one sequence; {:.2f} tokens/s per sequence; "
@@ -396,6 +432,13 @@ Command add_bench(CLI::App& app) {
   app.add_option("--concurrent", args->concurrent,
                  "also decode N sequences together (batched decode); decode_tokens_per_s is then "
                  "their aggregate")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--speculative", args->speculative,
+                 "mtp: also decode greedily with MTP self-speculative decoding, against plain "
+                 "decode in the same run; decode_tokens_per_s is then the speculative one")
+      ->check(CLI::IsMember({"mtp"}));
+  app.add_option("--draft-tokens", args->draft_tokens,
+                 "tokens drafted per main-model forward with --speculative (default 1)")
       ->check(CLI::PositiveNumber);
   return [args] { return run_bench(*args); };
 }

@@ -10,6 +10,7 @@
 #include "apps/cli/common.h"
 #include "model/transformer.h"
 #include "runtime/generate.h"
+#include "runtime/speculative.h"
 #include "util/check.h"
 #include "util/log.h"
 #include "util/threads.h"
@@ -26,6 +27,8 @@ struct GenerateArgs {
   bool stop_at_eos = false;
   int threads = 0;
   std::string weights = "f32";
+  std::string speculative;   // "" or "mtp"
+  int64_t draft_tokens = 1;  // drafts per main forward with --speculative mtp
 };
 
 std::vector<int64_t> parse_ids(const std::string& text) {
@@ -93,13 +96,25 @@ int run_generate(const GenerateArgs& args) {
       std::fflush(stdout);
     };
   GenerateStats stats;
-  std::vector<int64_t> tokens = generate(model, prompt, options, &stats);
+  std::vector<int64_t> tokens;
+  if (args.speculative == "mtp") {
+    DSMOE_CHECK(!args.no_cache, "--speculative mtp needs the KV cache (drop --no-cache)");
+    SpeculativeStats spec;
+    tokens = generate_speculative(model, prompt, options, args.draft_tokens, &spec);
+    stats = spec.generate;
+    log_info(
+        "speculative (MTP, {} drafts): {} of {} drafts accepted ({:.1f}%), {:.2f} tokens per "
+        "main-model forward",
+        args.draft_tokens, spec.accepted, spec.drafted, 100 * spec.acceptance_rate(),
+        spec.tokens_per_forward());
+  } else {
+    tokens = generate(model, prompt, options, &stats);
+  }
   if (!args.print_ids) std::printf("\n");
   if (options.use_cache)
     log_info("KV cache: {} bytes per token ({}: {} floats per layer x {} layers)",
-             stats.cache_bytes_per_token,
-             c.use_mla() ? "latent c_kv + rope key" : "k + v", c.kv_cache_row(),
-             c.num_hidden_layers);
+             stats.cache_bytes_per_token, c.use_mla() ? "latent c_kv + rope key" : "k + v",
+             c.kv_cache_row(), c.num_hidden_layers);
   log_info("prefill {} tokens in {:.3f} s; decoded {} tokens in {:.3f} s ({:.1f} tokens/s)",
            stats.prompt_tokens, stats.prefill_seconds, stats.new_tokens, stats.decode_seconds,
            stats.new_tokens > 1 ? (stats.new_tokens - 1) / stats.decode_seconds : 0.0);
@@ -131,6 +146,12 @@ Command add_generate(CLI::App& app) {
   app.add_option("--threads", args->threads, "threads (default: all cores)");
   app.add_option("--weights", args->weights,
                  "weight format for inference: f32 (default), bf16, q8_0, q4_0");
+  app.add_option("--speculative", args->speculative,
+                 "mtp: draft with the model's own MTP module and verify with one forward")
+      ->check(CLI::IsMember({"mtp"}));
+  app.add_option("--draft-tokens", args->draft_tokens,
+                 "tokens drafted per main-model forward with --speculative (default 1)")
+      ->check(CLI::PositiveNumber);
   return [args] { return run_generate(*args); };
 }
 

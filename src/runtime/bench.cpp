@@ -15,7 +15,9 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_ops.h"
+#include "runtime/generate.h"
 #include "runtime/kv_cache.h"
+#include "runtime/speculative.h"
 #include "tensor/random.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -163,6 +165,38 @@ ConcurrentTimes measure_concurrent(const Model& model, int64_t n_seqs, int64_t n
     times.decode.seconds.push_back(timer.seconds());
   }
   if (union_count > 0) times.routed_experts_per_step = static_cast<double>(union_sum) / union_count;
+  return times;
+}
+
+SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64_t n_decode,
+                                     int64_t draft_tokens, int reps, uint64_t seed) {
+  const ModelConfig& c = model.config();
+  DSMOE_CHECK(n_prompt >= 1 && n_decode >= 1, "--speculative needs --prompt and --decode >= 1");
+  DSMOE_CHECK(n_prompt + n_decode + draft_tokens + 1 <= c.max_position_embeddings,
+              "--prompt + --decode + --draft-tokens exceed the model's max_position_embeddings {}",
+              c.max_position_embeddings);
+  Rng rng(seed);
+  std::vector<int64_t> prompt(n_prompt);
+  for (int64_t& id : prompt) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
+  GenerateOptions options;  // greedy
+  options.max_new_tokens = n_decode + 1;
+  SpeculativeTimes times;
+  int64_t drafted = 0, accepted = 0, forwards = 0, decoded = 0;
+  generate_speculative(model, prompt, options, draft_tokens);  // warm-up
+  for (int rep = 0; rep < reps; rep++) {
+    GenerateStats plain_stats;
+    const std::vector<int64_t> plain = generate(model, prompt, options, &plain_stats);
+    times.plain_decode.seconds.push_back(plain_stats.decode_seconds);
+    SpeculativeStats stats;
+    const std::vector<int64_t> spec =
+        generate_speculative(model, prompt, options, draft_tokens, &stats);
+    times.decode.seconds.push_back(stats.generate.decode_seconds);
+    times.identical = times.identical && spec == plain;
+    drafted += stats.drafted, accepted += stats.accepted;
+    forwards += stats.main_forwards, decoded += stats.decode_tokens;
+  }
+  times.acceptance_rate = drafted > 0 ? static_cast<double>(accepted) / drafted : 0.0;
+  times.tokens_per_forward = forwards > 0 ? static_cast<double>(decoded) / forwards : 0.0;
   return times;
 }
 

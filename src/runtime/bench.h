@@ -66,6 +66,20 @@ ConcurrentTimes measure_concurrent(const Model& model, int64_t n_seqs, int64_t n
 double batched_step_weight_bytes(const ModelConfig& config, int64_t active_bytes,
                                  int64_t expert_bytes, double routed_experts);
 
+// MTP self-speculative decoding (runtime/speculative.h) against plain decoding, greedy, in the
+// same run: per repetition (alternating) a plain generate() and a generate_speculative() of
+// n_decode + 1 new tokens after the same random prompt; the decode timers cover the n_decode
+// tokens after the first (which the prefill gives).
+struct SpeculativeTimes {
+  RepTimes decode;                // speculative, seconds for n_decode tokens
+  RepTimes plain_decode;          // plain
+  double acceptance_rate = 0;     // accepted / drafted, over the repetitions
+  double tokens_per_forward = 0;  // decoded tokens per main-model forward
+  bool identical = true;          // the speculative output was the plain one token for token
+};
+SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64_t n_decode,
+                                     int64_t draft_tokens, int reps, uint64_t seed = 1234);
+
 // Read bandwidth in bytes/s as the issue defines it: a bf16 matrix of ~`bytes` bytes (4096
 // columns, hugepages requested) times one vector with cpu::quant_linear_forward at M = 1, which
 // splits the rows over the threads; best of `reps` products. bytes/s = matrix bytes / seconds.
