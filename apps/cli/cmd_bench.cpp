@@ -43,9 +43,9 @@ struct BenchArgs {
   std::string peak_size = "full";
   std::string precision = "f32";  // of the training step
   bool no_roofline = false;
-  int64_t concurrent = 0;    // 0: no batched decode measurement
-  std::string speculative;   // "" or "mtp"
-  int64_t draft_tokens = 1;  // with --speculative
+  std::vector<int64_t> concurrent;  // batch sizes of batched decode (empty: none)
+  std::string speculative;          // "" or "mtp"
+  int64_t draft_tokens = 1;         // with --speculative
 };
 
 nlohmann::json rep_json(const RepTimes& t, double tokens) {
@@ -68,32 +68,38 @@ int64_t routed_expert_bytes(const ModelConfig& c, const ModelWeights& w) {
   return 0;
 }
 
-// --concurrent N: N sequences decoded together (forward_cached_batch), against the one-sequence
-// decode of the same run (single_decode_tps); decode_tokens_per_s becomes the aggregate.
+// --concurrent N[,N2..]: N sequences decoded together (forward_cached_batch), against the
+// one-sequence decode of the same run (single_decode_tps). The top-level keys are those of the
+// last N (decode_tokens_per_s becomes its aggregate); concurrent_runs holds every N's.
 void add_concurrent(const BenchArgs& a, const Model& model, int64_t active_bytes,
                     double single_decode_tps, nlohmann::json& out) {
   const ModelConfig& c = model.config();
-  const ConcurrentTimes t = measure_concurrent(model, a.concurrent, a.prompt, a.decode, a.reps);
-  const double tokens = static_cast<double>(a.concurrent * a.decode);
-  const double aggregate = tokens / t.decode.median();
-  out["concurrent"] = a.concurrent;
-  out["concurrent_decode"] = rep_json(t.decode, tokens);
-  out["concurrent_prompt_lengths"] = t.prompt_lengths;
-  out["decode_tokens_per_s"] = aggregate;
-  out["decode_tokens_per_s_best"] = tokens / t.decode.best();
-  out["per_sequence_decode_tokens_per_s"] = aggregate / static_cast<double>(a.concurrent);
-  out["single_sequence_decode_tokens_per_s"] = single_decode_tps;
-  out["concurrent_speedup"] = aggregate / single_decode_tps;
-  // The routed experts a step reads grow with N: the union of the rows' experts per MoE layer.
   const int64_t expert_bytes = routed_expert_bytes(c, model.weights());
-  const double step_bytes =
-      batched_step_weight_bytes(c, active_bytes, expert_bytes, t.routed_experts_per_step);
-  out["routed_experts_per_layer_step"] = t.routed_experts_per_step;
+  out["single_sequence_decode_tokens_per_s"] = single_decode_tps;
   out["routed_experts_per_layer_step_single"] = c.num_experts_per_tok;
   out["routed_expert_bytes"] = expert_bytes;
-  out["concurrent_step_weight_bytes"] = step_bytes;
-  out["concurrent_speedup_bound"] =
-      static_cast<double>(a.concurrent) * static_cast<double>(active_bytes) / step_bytes;
+  for (int64_t n : a.concurrent) {
+    const ConcurrentTimes t = measure_concurrent(model, n, a.prompt, a.decode, a.reps);
+    const double tokens = static_cast<double>(n * a.decode);
+    const double aggregate = tokens / t.decode.median();
+    // The routed experts a step reads grow with N: the union of the rows' experts per MoE layer.
+    const double step_bytes =
+        batched_step_weight_bytes(c, active_bytes, expert_bytes, t.routed_experts_per_step);
+    nlohmann::json run = {
+        {"concurrent", n},
+        {"concurrent_decode", rep_json(t.decode, tokens)},
+        {"concurrent_prompt_lengths", t.prompt_lengths},
+        {"decode_tokens_per_s", aggregate},
+        {"decode_tokens_per_s_best", tokens / t.decode.best()},
+        {"per_sequence_decode_tokens_per_s", aggregate / static_cast<double>(n)},
+        {"concurrent_speedup", aggregate / single_decode_tps},
+        {"routed_experts_per_layer_step", t.routed_experts_per_step},
+        {"concurrent_step_weight_bytes", step_bytes},
+        {"concurrent_speedup_bound",
+         static_cast<double>(n) * static_cast<double>(active_bytes) / step_bytes}};
+    out["concurrent_runs"].push_back(run);
+    for (const auto& [key, value] : run.items()) out[key] = value;
+  }
 }
 
 // One training step as `dsmoe train` takes it: forward_backward on a B x T batch of random ids,
@@ -241,11 +247,11 @@ int run_bench(const BenchArgs& a) {
     }
     if (!probed.empty()) add_decode_roofline(inf.decode, a.decode, active_bytes, probed, out);
     if (!a.speculative.empty()) {
-      DSMOE_CHECK(a.concurrent == 0, "--speculative and --concurrent are separate runs");
+      DSMOE_CHECK(a.concurrent.empty(), "--speculative and --concurrent are separate runs");
       DSMOE_CHECK(a.decode > 0, "--speculative needs --decode >= 1");
       add_speculative(a, model, out);
     }
-    if (a.concurrent > 0) {
+    if (!a.concurrent.empty()) {
       DSMOE_CHECK(a.decode > 0, "--concurrent needs --decode >= 1");
       add_concurrent(a, model, active_bytes, decode_tps, out);
     }
@@ -360,20 +366,16 @@ int run_bench(const BenchArgs& a) {
         100 * out["speculative_acceptance_rate"].get<double>(),
         out["speculative_tokens_per_forward"].get<double>(),
         out["speculative_greedy_identical"].get<bool>() ? "identical" : "DIFFERENT");
-  if (a.concurrent > 0)
+  for (const nlohmann::json& run : out.value("concurrent_runs", nlohmann::json::array()))
     fmt::print(
         "{:<22} {:>12.2f} {:>12.2f} {:>16}\n  x{:.2f} one sequence; {:.2f} tokens/s per sequence; "
         "routed experts per layer and step {:.1f} (one sequence: {}), weight-read bound x{:.2f}\n",
-        fmt::format("decode x{} tg{}", a.concurrent, a.decode),
-        out["decode_tokens_per_s"].get<double>(), out["decode_tokens_per_s_best"].get<double>(),
-        "-", out["concurrent_speedup"].get<double>(),
-        out["per_sequence_decode_tokens_per_s"].get<double>(),
-        out["routed_experts_per_layer_step"].get<double>(), c.num_experts_per_tok,
-        out["concurrent_speedup_bound"].get<double>());
-  if (a.train)
-    fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n",
-               fmt::format("train {}x{} {}", a.batch, a.seq, a.precision), train_tps,
-               out["train_tokens_per_s_best"].get<double>(), frac("train_fraction_of_peak"));
+        fmt::format("decode x{} tg{}", run["concurrent"].get<int64_t>(), a.decode),
+        run["decode_tokens_per_s"].get<double>(), run["decode_tokens_per_s_best"].get<double>(),
+        "-", run["concurrent_speedup"].get<double>(),
+        run["per_sequence_decode_tokens_per_s"].get<double>(),
+        run["routed_experts_per_layer_step"].get<double>(), c.num_experts_per_tok,
+        run["concurrent_speedup_bound"].get<double>());
   if (roof) {
     fmt::print(
         "\nroofline: read {:.1f} GB/s ({}) -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
@@ -430,8 +432,9 @@ Command add_bench(CLI::App& app) {
                  "peak probes: full (sgemm 2048^3, M=256 N=K=2048) or small (256, M=32)");
   app.add_flag("--no-roofline", args->no_roofline, "skip the bandwidth and peak probes");
   app.add_option("--concurrent", args->concurrent,
-                 "also decode N sequences together (batched decode); decode_tokens_per_s is then "
-                 "their aggregate")
+                 "also decode N sequences together (batched decode), N or a list N1,N2,..; "
+                 "decode_tokens_per_s is then the last N's aggregate")
+      ->delimiter(',')
       ->check(CLI::PositiveNumber);
   app.add_option("--speculative", args->speculative,
                  "mtp: also decode greedily with MTP self-speculative decoding, against plain "
