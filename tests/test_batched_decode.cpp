@@ -3,6 +3,8 @@
 // forward_cached on its steps alone, on the V1/V2/V3 fixtures at float32, bf16, Q8_0 and Q4_0.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -58,12 +60,16 @@ std::vector<std::vector<int64_t>> script_tokens(const std::vector<Round>& rounds
 }
 
 // The logits rows of the script: per round, per step in order (all_logits: one row per token).
-std::vector<std::vector<float>> run_script(const Model& model, bool batched) {
+// `companions`: more sequences in every batched round, one decode step each (their rows left
+// out of the result).
+std::vector<std::vector<float>> run_script(const Model& model, bool batched, int companions = 0) {
   const ModelConfig& c = model.config();
   const std::vector<Round> rounds = script();
   const auto tokens = script_tokens(rounds, c.vocab_size);
   std::vector<std::unique_ptr<KvCache>> caches;
-  for (int i = 0; i < kSequences; i++) caches.push_back(std::make_unique<KvCache>(c, 32));
+  for (int i = 0; i < kSequences + companions; i++)
+    caches.push_back(std::make_unique<KvCache>(c, 32));
+  const std::vector<int64_t> companion_ids = {5, 9, 2, 7, 1, 3, 8, 4, 6, 0};
   std::vector<int64_t> used(kSequences, 0);
   std::vector<std::vector<float>> rows;
   auto push_rows = [&](const Tensor& logits, int64_t n_rows) {
@@ -90,9 +96,13 @@ std::vector<std::vector<float>> run_script(const Model& model, bool batched) {
       used[s.sequence] += s.n_tokens;
     }
     if (!batched) continue;
+    for (int i = kSequences; i < kSequences + companions; i++)
+      steps.push_back({&companion_ids[caches[i]->n_past() % companion_ids.size()], 1,
+                       &caches[i]->view(), false});
     const Tensor logits = model.forward_cached_batch(steps);
-    push_rows(logits, logits.dim(0));
+    push_rows(logits, logits.dim(0) - companions);
     for (const ScriptStep& s : round) caches[s.sequence]->advance(s.n_tokens);
+    for (int i = kSequences; i < kSequences + companions; i++) caches[i]->advance(1);
   }
   return rows;
 }
@@ -152,6 +162,25 @@ TEST(BatchedDecodeErrors, StepsSharingACacheOrOverflowingAreRejected) {
   const std::vector<int64_t> bad = {model.config().vocab_size};
   EXPECT_THROW(model.forward_cached_batch({{bad.data(), 1, &cache.view(), false}}), Error);
   EXPECT_EQ(cache.n_past(), 0);
+}
+
+// set_exact_batches(false): the GEMMs at the batch's row count, whose rows do not depend on the
+// count from 2 rows on (Q8_0 / Q4_0): with one companion sequence or three in every round, the
+// script's logits are the same bits (they differ from the sequences alone by the order of float32
+// sums, which a routing decision near a tie can turn into a different expert).
+TEST(BatchedDecodeGemm, IndependentOfCompanionsFromTwoRows) {
+  for (WeightFormat format : {WeightFormat::kQ8_0, WeightFormat::kQ4_0}) {
+    Model model = Model::load(kData + "/v3-tiny/model", format);
+    model.set_exact_batches(false);
+    const auto one = run_script(model, true, 1);
+    const auto three = run_script(model, true, 3);
+    ASSERT_EQ(one.size(), three.size());
+    for (size_t r = 0; r < one.size(); r++)
+      EXPECT_EQ(std::memcmp(one[r].data(), three[r].data(), one[r].size() * sizeof(float)), 0)
+          << weight_format_name(format) << " row " << r;
+    model.set_exact_batches(true);  // (and the exact kernels are not these)
+    EXPECT_NE(run_script(model, true, 1), one) << weight_format_name(format);
+  }
 }
 
 // dsmoe bench --concurrent's measurement: timed repetitions and the union of routed experts.

@@ -43,9 +43,10 @@ struct BenchArgs {
   std::string peak_size = "full";
   std::string precision = "f32";  // of the training step
   bool no_roofline = false;
-  std::vector<int64_t> concurrent;  // batch sizes of batched decode (empty: none)
-  std::string speculative;          // "" or "mtp"
-  int64_t draft_tokens = 1;         // with --speculative
+  std::vector<int64_t> concurrent;           // batch sizes of batched decode (empty: none)
+  std::string concurrent_kernels = "exact";  // Model::set_exact_batches
+  std::string speculative;                   // "" or "mtp"
+  int64_t draft_tokens = 1;                  // with --speculative
 };
 
 nlohmann::json rep_json(const RepTimes& t, double tokens) {
@@ -253,6 +254,8 @@ int run_bench(const BenchArgs& a) {
     }
     if (!a.concurrent.empty()) {
       DSMOE_CHECK(a.decode > 0, "--concurrent needs --decode >= 1");
+      model.set_exact_batches(a.concurrent_kernels == "exact");
+      out["concurrent_kernels"] = a.concurrent_kernels;
       add_concurrent(a, model, active_bytes, decode_tps, out);
     }
     if (a.train) {
@@ -436,6 +439,10 @@ Command add_bench(CLI::App& app) {
                  "decode_tokens_per_s is then the last N's aggregate")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  app.add_option("--concurrent-kernels", args->concurrent_kernels,
+                 "exact (default): per-row kernels, each sequence's bits as alone; gemm: the "
+                 "GEMMs at the batch's row count (Model::set_exact_batches)")
+      ->check(CLI::IsMember({"exact", "gemm"}));
   app.add_option("--speculative", args->speculative,
                  "mtp: also decode greedily with MTP self-speculative decoding, against plain "
                  "decode in the same run; decode_tokens_per_s is then the speculative one")

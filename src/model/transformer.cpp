@@ -177,8 +177,8 @@ void Model::decode_rows(const std::vector<CachedStep>& steps, const std::vector<
                         ForwardRecord* record) const {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size, V = c.vocab_size, half = c.rope_dim() / 2;
-  // Rows products as if each row were alone (M = 1): see cpu::set_row_kernels.
-  const cpu::RowKernelsScope row_kernels;
+  // Exact: every product gives each row the bits of that row alone (cpu::set_row_kernels).
+  const cpu::RowKernelsScope row_kernels(exact_batches_);
   int64_t n_rows = 0;
   for (size_t i : which) n_rows += steps[i].n_tokens;
   std::vector<float> x(n_rows * H);  // (rows, H) the residual stream

@@ -97,6 +97,12 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   ModelWeights& mutable_weights() { return weights_; }
   void set_mla_mode(MlaMode mode) { mla_mode_ = mode; }
+  // forward_cached_batch's products over the rows that go through it together: exact (default),
+  // per-row kernels, each row's bits those of the row alone; or not, the GEMMs at the batch's row
+  // count (quantized weights on the int8 / bf16 matrix units), faster from a few rows on, where a
+  // sequence's logits then differ from its logits alone by the order of float32 sums.
+  void set_exact_batches(bool exact) { exact_batches_ = exact; }
+  bool exact_batches() const { return exact_batches_; }
   // Inference: re-store the linear weights in `format` (see quantize_weights). The model can no
   // longer be trained.
   void quantize(WeightFormat format);
@@ -133,8 +139,9 @@ class Model {
   // [sum over steps of (all_logits ? n_tokens : 1), V], the steps' rows in order. A sequence's
   // logits do not depend on which other sequences share the step: they are bit for bit those of
   // forward_cached on that step alone (an all_logits step: on its tokens one at a time, as
-  // decoding them would give). The rows of decode steps and all_logits steps go through every
-  // product together (each weight read once for all of them, with per-row kernels), each
+  // decoding them would give; unless set_exact_batches(false)). The rows of decode steps and
+  // all_logits steps go through every product together (each weight read once for all of them,
+  // with per-row kernels), each
   // attending to its own cache; a prefill chunk (n_tokens > 1, last logits) runs as a pass of its
   // own. Steps must not share a cache.
   // `record` (optional, keep_routes only): the routing of the rows that went through the pass
@@ -159,6 +166,7 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
   MlaMode mla_mode_ = MlaMode::kAuto;
+  bool exact_batches_ = true;
   WeightFormat weight_format_ = WeightFormat::kF32;
 };
 
