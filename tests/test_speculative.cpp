@@ -93,8 +93,8 @@ void expect_greedy_identical(const Model& model, Totals& totals) {
   const std::vector<int64_t> cycle = cycle_tokens(vocab);
   std::vector<std::vector<int64_t>> prompts = {{cycle[0], cycle[1], cycle[2]}, {cycle[3]}};
   Rng rng(9);
-  for (int p = 0; p < 3; p++) {
-    std::vector<int64_t> prompt(2 + p * 3);
+  for (int p = 0; p < 2; p++) {
+    std::vector<int64_t> prompt(2 + p * 5);
     for (int64_t& id : prompt) id = static_cast<int64_t>(rng.next_u64() % vocab);
     prompts.push_back(prompt);
   }
@@ -113,11 +113,15 @@ void expect_greedy_identical(const Model& model, Totals& totals) {
 
 TEST(Speculative, GreedyIdenticalToPlainGreedy) {
   for (int64_t n_mtp : {1, 2}) {
-    // Trained (drafts mostly right), barely trained and untrained (drafts mostly wrong).
-    for (int n_steps : {60, 2, 0}) {
+    // Trained (drafts mostly right) and untrained (drafts mostly wrong).
+    for (int n_steps : {60, 0}) {
       Model model = trained_model(n_mtp, n_steps);
       Totals totals;
-      for (WeightFormat format : {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kQ8_0}) {
+      const std::vector<WeightFormat> formats =
+          n_mtp == 1 ? std::vector<WeightFormat>{WeightFormat::kF32, WeightFormat::kBF16,
+                                                 WeightFormat::kQ8_0}
+                     : std::vector<WeightFormat>{WeightFormat::kQ8_0};
+      for (WeightFormat format : formats) {
         SCOPED_TRACE(::testing::Message() << n_mtp << " MTP modules, " << n_steps << " steps, "
                                           << weight_format_name(format));
         Model copy(model.config(), model.weights());
