@@ -98,28 +98,41 @@ void attend_latent(const ModelConfig& c, const float* q_latent, const float* row
   cpu::attention_forward(o_latent, q_latent, rows, rows, shape);
 }
 
-// One decoded token with the per-head halves of kv_b_proj in the weight format
-// (AttentionWeights::absorbed_uk_t / absorbed_uv): both per-head products as one grouped product
-// each. Buffers are kept per thread: this runs once per layer and decoded token.
-void attend_absorbed_compact(const ModelConfig& c, const AttentionWeights& w, const float* q,
-                             const float* rows, int64_t n_kv, float* heads) {
+// Decoded tokens (one row each, of its own sequence: q [heads, qk], its cache rows and key count,
+// heads [heads, dv]) with the per-head halves of kv_b_proj in the weight format
+// (AttentionWeights::absorbed_uk_t / absorbed_uv): the per-head products of all rows as one
+// grouped product each (the threads wake twice per layer, not per row); each row's bits are those
+// it gets alone.
+struct AbsorbedRow {
+  const float* q;
+  const float* rows;
+  int64_t n_kv;
+  float* heads;
+};
+void attend_absorbed_rows(const ModelConfig& c, const AttentionWeights& w,
+                          const std::vector<AbsorbedRow>& items) {
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
   const int64_t qk = c.qk_head_dim(), rank = c.kv_lora_rank, row = c.kv_cache_row();
-  thread_local std::vector<float> q_latent, o_latent;  // (heads, rank + rope), (heads, rank)
-  thread_local std::vector<cpu::QuantJob> jobs;
-  q_latent.resize(n_heads * row);
-  o_latent.resize(n_heads * rank);
+  const auto R = static_cast<int64_t>(items.size());
+  std::vector<float> q_latent(R * n_heads * row), o_latent(R * n_heads * rank);
+  std::vector<cpu::QuantJob> jobs;
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t h = 0; h < n_heads; h++) {
+      float* dst = q_latent.data() + (r * n_heads + h) * row;
+      const float* q = items[r].q + h * qk;
+      jobs.push_back({dst, q, w.absorbed_uk_t[h].get(), 1});
+      std::copy(q + nope, q + qk, dst + rank);
+    }
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+  for (int64_t r = 0; r < R; r++)
+    attend_latent(c, q_latent.data() + r * n_heads * row, items[r].rows, 1, items[r].n_kv,
+                  o_latent.data() + r * n_heads * rank);
   jobs.clear();
-  for (int64_t h = 0; h < n_heads; h++) {
-    jobs.push_back({q_latent.data() + h * row, q + h * qk, w.absorbed_uk_t[h].get(), 1});
-    std::copy(q + h * qk + nope, q + (h + 1) * qk, q_latent.data() + h * row + rank);
-  }
-  cpu::quant_linear_forward_group(jobs.data(), n_heads);
-  attend_latent(c, q_latent.data(), rows, 1, n_kv, o_latent.data());
-  jobs.clear();
-  for (int64_t h = 0; h < n_heads; h++)
-    jobs.push_back({heads + h * dv, o_latent.data() + h * rank, w.absorbed_uv[h].get(), 1});
-  cpu::quant_linear_forward_group(jobs.data(), n_heads);
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t h = 0; h < n_heads; h++)
+      jobs.push_back({items[r].heads + h * dv, o_latent.data() + (r * n_heads + h) * rank,
+                      w.absorbed_uv[h].get(), 1});
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
 }
 
 // Absorbed MLA for one sequence: attention over the latent rows themselves (one shared "kv
@@ -131,10 +144,6 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
   const int64_t n_items = n_q * n_heads;  // (token, head) pairs, token-major
   const float* kv_b = w.kv_b_proj.data;   // [heads, nope + dv, rank]
   const bool parallel = n_items * nope * rank >= (int64_t{1} << 16);
-  if (n_q == 1 && !w.absorbed_uk_t.empty()) {
-    attend_absorbed_compact(c, w, q, rows, n_kv, heads);
-    return;
-  }
   // q_latent[t, h] = [W_UK[h]^T q_nope[t, h] | q_rope[t, h]]; one parallel loop for all heads
   // (a threaded product per head would wake the threads 2 * heads times per decoded token);
   // BLAS called inside it runs on the calling thread.
@@ -184,17 +193,26 @@ void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
   a.kv.resize(naive_keys * kv_width);
   a.keys.resize(naive_keys * n_heads * qk);
   a.heads.resize(N * n_heads * dv);
-  int64_t first = 0, first_key = 0;  // the segment's first row, its first naive key
+  // Every segment's rows into its cache first: a segment reads only its own positions and
+  // those before (an all-logits step's later rows are not read by its earlier ones).
+  int64_t first = 0;  // the segment's first row
+  for (const AttentionSegment& seg : segments) {
+    if (seg.cache != nullptr)
+      std::copy(a.rows.data() + first * row, a.rows.data() + (first + seg.n_tokens) * row,
+                seg.cache + seg.n_past * row);
+    first += seg.n_tokens;
+  }
+  std::vector<AbsorbedRow> decoded;  // one-token segments with the compact absorbed weights
+  first = 0;
+  int64_t first_key = 0;  // the segment's first naive key
   for (const AttentionSegment& seg : segments) {
     const int64_t T = seg.n_tokens, n_kv = keys_of(seg);
-    const float* seq_rows = a.rows.data() + first * row;
-    if (seg.cache != nullptr) {
-      std::copy(seq_rows, seq_rows + T * row, seg.cache + seg.n_past * row);
-      seq_rows = seg.cache;
-    }
+    const float* seq_rows = seg.cache != nullptr ? seg.cache : a.rows.data() + first * row;
     const float* seq_q = a.q.data() + first * n_heads * qk;
     float* seq_heads = a.heads.data() + first * n_heads * dv;
-    if (absorbed(seg)) {
+    if (absorbed(seg) && T == 1 && !w.absorbed_uk_t.empty()) {
+      decoded.push_back({seq_q, seq_rows, n_kv, seq_heads});
+    } else if (absorbed(seg)) {
       attend_absorbed(c, w, seq_q, seq_rows, T, n_kv, seq_heads);
     } else {
       attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + first_key * kv_width,
@@ -203,6 +221,7 @@ void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
     }
     first += T;
   }
+  if (!decoded.empty()) attend_absorbed_rows(c, w, decoded);
   cpu::linear(out, a.heads.data(), w.o_proj, N, n_heads * dv, c.hidden_size);
 }
 
