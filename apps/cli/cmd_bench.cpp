@@ -43,7 +43,65 @@ struct BenchArgs {
   std::string peak_size = "full";
   std::string precision = "f32";  // of the training step
   bool no_roofline = false;
+  std::vector<int64_t> concurrent;           // batch sizes of batched decode (empty: none)
+  std::string concurrent_kernels = "exact";  // Model::set_exact_batches
+  std::string speculative;                   // "" or "mtp"
+  int64_t draft_tokens = 1;                  // with --speculative
 };
+
+nlohmann::json rep_json(const RepTimes& t, double tokens) {
+  return {{"seconds", t.seconds},
+          {"median_tokens_per_s", tokens / t.median()},
+          {"best_tokens_per_s", tokens / t.best()}};
+}
+
+// Bytes of one routed expert (its three matrices) in the model's weight format.
+int64_t routed_expert_bytes(const ModelConfig& c, const ModelWeights& w) {
+  auto bytes = [](const Tensor& t) {
+    return t.quant != nullptr ? static_cast<int64_t>(t.quant->size_bytes())
+                              : t.numel() * static_cast<int64_t>(sizeof(float));
+  };
+  for (int64_t L = 0; L < c.num_hidden_layers; L++)
+    if (c.is_moe_layer(L)) {
+      const MlpWeights& e = w.layers[L].moe.experts[0];
+      return bytes(e.gate_proj) + bytes(e.up_proj) + bytes(e.down_proj);
+    }
+  return 0;
+}
+
+// --concurrent N[,N2..]: N sequences decoded together (forward_cached_batch), against the
+// one-sequence decode of the same run (single_decode_tps). The top-level keys are those of the
+// last N (decode_tokens_per_s becomes its aggregate); concurrent_runs holds every N's.
+void add_concurrent(const BenchArgs& a, const Model& model, int64_t active_bytes,
+                    double single_decode_tps, nlohmann::json& out) {
+  const ModelConfig& c = model.config();
+  const int64_t expert_bytes = routed_expert_bytes(c, model.weights());
+  out["single_sequence_decode_tokens_per_s"] = single_decode_tps;
+  out["routed_experts_per_layer_step_single"] = c.num_experts_per_tok;
+  out["routed_expert_bytes"] = expert_bytes;
+  for (int64_t n : a.concurrent) {
+    const ConcurrentTimes t = measure_concurrent(model, n, a.prompt, a.decode, a.reps);
+    const double tokens = static_cast<double>(n * a.decode);
+    const double aggregate = tokens / t.decode.median();
+    // The routed experts a step reads grow with N: the union of the rows' experts per MoE layer.
+    const double step_bytes =
+        batched_step_weight_bytes(c, active_bytes, expert_bytes, t.routed_experts_per_step);
+    nlohmann::json run = {
+        {"concurrent", n},
+        {"concurrent_decode", rep_json(t.decode, tokens)},
+        {"concurrent_prompt_lengths", t.prompt_lengths},
+        {"decode_tokens_per_s", aggregate},
+        {"decode_tokens_per_s_best", tokens / t.decode.best()},
+        {"per_sequence_decode_tokens_per_s", aggregate / static_cast<double>(n)},
+        {"concurrent_speedup", aggregate / single_decode_tps},
+        {"routed_experts_per_layer_step", t.routed_experts_per_step},
+        {"concurrent_step_weight_bytes", step_bytes},
+        {"concurrent_speedup_bound",
+         static_cast<double>(n) * static_cast<double>(active_bytes) / step_bytes}};
+    out["concurrent_runs"].push_back(run);
+    for (const auto& [key, value] : run.items()) out[key] = value;
+  }
+}
 
 // One training step as `dsmoe train` takes it: forward_backward on a B x T batch of random ids,
 // adamw_step (which leaves the gradients zero for the next step); `warmup` untimed steps, then R
@@ -69,12 +127,6 @@ RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps, int w
     adamw_step(c, model.mutable_weights(), grads, adam, 1e-4f, AdamWConfig{});
   };
   return time_reps(step, reps, warmup);
-}
-
-nlohmann::json rep_json(const RepTimes& t, double tokens) {
-  return {{"seconds", t.seconds},
-          {"median_tokens_per_s", tokens / t.median()},
-          {"best_tokens_per_s", tokens / t.best()}};
 }
 
 // The read-bandwidth probe's matrix size: --bandwidth-mib, at most a quarter of MemAvailable.
@@ -106,6 +158,24 @@ void add_decode_roofline(const RepTimes& decode, int64_t n_decode, int64_t activ
   out["read_bandwidth_bytes_per_s"] = median_of(bandwidth);
   out["decode_fraction_of_roofline"] = median_of(fraction);
   out["bandwidth_probe_when"] = "before and after each decode repetition";
+}
+
+// --speculative mtp: greedy decode with MTP drafts against plain decode, in the same run;
+// decode_tokens_per_s becomes the speculative one.
+void add_speculative(const BenchArgs& a, const Model& model, nlohmann::json& out) {
+  const SpeculativeTimes t = measure_speculative(model, a.prompt, a.decode, a.draft_tokens, a.reps);
+  const double tokens = static_cast<double>(a.decode);
+  out["speculative"] = a.speculative;
+  out["speculative_draft_tokens"] = a.draft_tokens;
+  out["speculative_decode"] = rep_json(t.decode, tokens);
+  out["speculative_plain_decode"] = rep_json(t.plain_decode, tokens);
+  out["speculative_acceptance_rate"] = t.acceptance_rate;
+  out["speculative_tokens_per_forward"] = t.tokens_per_forward;
+  out["speculative_greedy_identical"] = t.identical;
+  out["decode_tokens_per_s"] = tokens / t.decode.median();
+  out["decode_tokens_per_s_best"] = tokens / t.decode.best();
+  out["plain_decode_tokens_per_s"] = tokens / t.plain_decode.median();
+  out["speculative_speedup"] = t.plain_decode.median() / t.decode.median();
 }
 
 int run_bench(const BenchArgs& a) {
@@ -177,6 +247,17 @@ int run_bench(const BenchArgs& a) {
       out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
     }
     if (!probed.empty()) add_decode_roofline(inf.decode, a.decode, active_bytes, probed, out);
+    if (!a.speculative.empty()) {
+      DSMOE_CHECK(a.concurrent.empty(), "--speculative and --concurrent are separate runs");
+      DSMOE_CHECK(a.decode > 0, "--speculative needs --decode >= 1");
+      add_speculative(a, model, out);
+    }
+    if (!a.concurrent.empty()) {
+      DSMOE_CHECK(a.decode > 0, "--concurrent needs --decode >= 1");
+      model.set_exact_batches(a.concurrent_kernels == "exact");
+      out["concurrent_kernels"] = a.concurrent_kernels;
+      add_concurrent(a, model, active_bytes, decode_tps, out);
+    }
     if (a.train) {
       const RepTimes t = measure_train(
           model, a.batch, a.seq, a.reps, a.train_warmup,
@@ -275,12 +356,29 @@ int run_bench(const BenchArgs& a) {
              frac("prefill_fraction_of_peak"));
   if (a.decode > 0)
     fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n", fmt::format("decode tg{}", a.decode),
-               decode_tps, out["decode_tokens_per_s_best"].get<double>(),
+               decode_tps, out["decode"]["best_tokens_per_s"].get<double>(),
                frac("decode_fraction_of_roofline"));
-  if (a.train)
-    fmt::print("{:<22} {:>12.2f} {:>12.2f} {:>16}\n",
-               fmt::format("train {}x{} {}", a.batch, a.seq, a.precision), train_tps,
-               out["train_tokens_per_s_best"].get<double>(), frac("train_fraction_of_peak"));
+  if (!a.speculative.empty())
+    fmt::print(
+        "{:<22} {:>12.2f} {:>12.2f} {:>16}\n  x{:.2f} plain decode ({:.2f} t/s in the same run); "
+        "acceptance {:.1f}%, {:.2f} tokens per main forward; greedy output {}\n",
+        fmt::format("decode mtp K={} tg{}", a.draft_tokens, a.decode),
+        out["decode_tokens_per_s"].get<double>(), out["decode_tokens_per_s_best"].get<double>(),
+        "-", out["speculative_speedup"].get<double>(),
+        out["plain_decode_tokens_per_s"].get<double>(),
+        100 * out["speculative_acceptance_rate"].get<double>(),
+        out["speculative_tokens_per_forward"].get<double>(),
+        out["speculative_greedy_identical"].get<bool>() ? "identical" : "DIFFERENT");
+  for (const nlohmann::json& run : out.value("concurrent_runs", nlohmann::json::array()))
+    fmt::print(
+        "{:<22} {:>12.2f} {:>12.2f} {:>16}\n  x{:.2f} one sequence; {:.2f} tokens/s per sequence; "
+        "routed experts per layer and step {:.1f} (one sequence: {}), weight-read bound x{:.2f}\n",
+        fmt::format("decode x{} tg{}", run["concurrent"].get<int64_t>(), a.decode),
+        run["decode_tokens_per_s"].get<double>(), run["decode_tokens_per_s_best"].get<double>(),
+        "-", run["concurrent_speedup"].get<double>(),
+        run["per_sequence_decode_tokens_per_s"].get<double>(),
+        run["routed_experts_per_layer_step"].get<double>(), c.num_experts_per_tok,
+        run["concurrent_speedup_bound"].get<double>());
   if (roof) {
     fmt::print(
         "\nroofline: read {:.1f} GB/s ({}) -> decode <= {:.1f} tokens/s; fp32 {:.1f} GFLOP/s "
@@ -336,6 +434,22 @@ Command add_bench(CLI::App& app) {
   app.add_option("--peak-size", args->peak_size,
                  "peak probes: full (sgemm 2048^3, M=256 N=K=2048) or small (256, M=32)");
   app.add_flag("--no-roofline", args->no_roofline, "skip the bandwidth and peak probes");
+  app.add_option("--concurrent", args->concurrent,
+                 "also decode N sequences together (batched decode), N or a list N1,N2,..; "
+                 "decode_tokens_per_s is then the last N's aggregate")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  app.add_option("--concurrent-kernels", args->concurrent_kernels,
+                 "exact (default): per-row kernels, each sequence's bits as alone; gemm: the "
+                 "GEMMs at the batch's row count (Model::set_exact_batches)")
+      ->check(CLI::IsMember({"exact", "gemm"}));
+  app.add_option("--speculative", args->speculative,
+                 "mtp: also decode greedily with MTP self-speculative decoding, against plain "
+                 "decode in the same run; decode_tokens_per_s is then the speculative one")
+      ->check(CLI::IsMember({"mtp"}));
+  app.add_option("--draft-tokens", args->draft_tokens,
+                 "tokens drafted per main-model forward with --speculative (default 1)")
+      ->check(CLI::PositiveNumber);
   return [args] { return run_bench(*args); };
 }
 

@@ -12,6 +12,7 @@
 #include "apps/cli/parallel.h"
 #include "model/transformer.h"
 #include "runtime/generate.h"
+#include "runtime/speculative.h"
 #include "runtime/tokenizer_codec.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -29,6 +30,8 @@ struct GenerateArgs {
   bool stop_at_eos = false;
   int threads = 0;
   std::string weights = "f32";
+  std::string speculative;   // "" or "mtp"
+  int64_t draft_tokens = 1;  // drafts per main forward with --speculative mtp
 };
 
 std::vector<int64_t> parse_ids(const std::string& text) {
@@ -95,7 +98,20 @@ int run_generate(const GenerateArgs& args) {
       std::fflush(stdout);
     };
   GenerateStats stats;
-  std::vector<int64_t> tokens = generate(model, prompt, options, &stats);
+  std::vector<int64_t> tokens;
+  if (args.speculative == "mtp") {
+    DSMOE_CHECK(!args.no_cache, "--speculative mtp needs the KV cache (drop --no-cache)");
+    SpeculativeStats spec;
+    tokens = generate_speculative(model, prompt, options, args.draft_tokens, &spec);
+    stats = spec.generate;
+    log_info(
+        "speculative (MTP, {} drafts): {} of {} drafts accepted ({:.1f}%), {:.2f} tokens per "
+        "main-model forward",
+        args.draft_tokens, spec.accepted, spec.drafted, 100 * spec.acceptance_rate(),
+        spec.tokens_per_forward());
+  } else {
+    tokens = generate(model, prompt, options, &stats);
+  }
   release_expert_servers(c, model.weights());
   if (!args.print_ids) std::printf("%s\n", decoder ? decoder->flush().c_str() : "");
   if (options.use_cache)
@@ -134,6 +150,12 @@ Command add_generate(CLI::App& app) {
   app.add_option("--threads", args->threads, "threads (default: all cores)");
   app.add_option("--weights", args->weights,
                  "weight format for inference: f32 (default), bf16, q8_0, q4_0");
+  app.add_option("--speculative", args->speculative,
+                 "mtp: draft with the model's own MTP module and verify with one forward")
+      ->check(CLI::IsMember({"mtp"}));
+  app.add_option("--draft-tokens", args->draft_tokens,
+                 "tokens drafted per main-model forward with --speculative (default 1)")
+      ->check(CLI::PositiveNumber);
   return [args] { return run_on_ranks([args] { return run_generate(*args); }); };
 }
 

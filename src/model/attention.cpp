@@ -5,6 +5,13 @@
 
 namespace dsmoe {
 
+std::vector<AttentionSegment> attention_segments(const AttentionContext& ctx) {
+  if (ctx.segments != nullptr) return *ctx.segments;
+  DSMOE_ASSERT(ctx.cache == nullptr || ctx.n_seqs == 1);
+  return std::vector<AttentionSegment>(
+      ctx.n_seqs, AttentionSegment{ctx.n_tokens, ctx.n_past, ctx.cache, ctx.cos, ctx.sin});
+}
+
 void attention_forward(const ModelConfig& config, const AttentionWeights& weights, const float* x,
                        float* out, const AttentionContext& context, AttentionActs* acts) {
   AttentionActs local;

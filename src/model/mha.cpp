@@ -45,10 +45,14 @@ void mha_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
   add_bias(k.data(), w.k_bias, N, kv_dim);
   cpu::linear(v.data(), x, w.v_proj, N, H, kv_dim);
   add_bias(v.data(), w.v_bias, N, kv_dim);
-  for (int64_t b = 0; b < ctx.n_seqs; b++) {
-    cpu::rope_forward(a.q.data() + b * T * q_dim, T, n_heads, q_dim, hd, hd, ctx.cos, ctx.sin,
-                      false);
-    cpu::rope_forward(k.data() + b * T * kv_dim, T, n_kv, kv_dim, hd, hd, ctx.cos, ctx.sin, false);
+  const std::vector<AttentionSegment> segments = attention_segments(ctx);
+  int64_t first = 0;  // the segment's first row
+  for (const AttentionSegment& seg : segments) {
+    cpu::rope_forward(a.q.data() + first * q_dim, seg.n_tokens, n_heads, q_dim, hd, hd, seg.cos,
+                      seg.sin, false);
+    cpu::rope_forward(k.data() + first * kv_dim, seg.n_tokens, n_kv, kv_dim, hd, hd, seg.cos,
+                      seg.sin, false);
+    first += seg.n_tokens;
   }
   a.rows.resize(N * row);  // (N, [k | v])
   for (int64_t t = 0; t < N; t++) {
@@ -56,16 +60,19 @@ void mha_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
     std::copy(v.data() + t * kv_dim, v.data() + (t + 1) * kv_dim, a.rows.data() + t * row + kv_dim);
   }
   a.heads.resize(N * q_dim);  // (N, heads, hd)
-  for (int64_t b = 0; b < ctx.n_seqs; b++) {
-    const float* seq_rows = a.rows.data() + b * T * row;
-    int64_t n_keys = T;
-    if (ctx.cache != nullptr) {
-      std::copy(seq_rows, seq_rows + T * row, ctx.cache + ctx.n_past * row);
-      seq_rows = ctx.cache;
-      n_keys = ctx.n_past + T;
+  first = 0;
+  for (const AttentionSegment& seg : segments) {
+    const int64_t T_seg = seg.n_tokens;
+    const float* seq_rows = a.rows.data() + first * row;
+    int64_t n_keys = T_seg;
+    if (seg.cache != nullptr) {
+      std::copy(seq_rows, seq_rows + T_seg * row, seg.cache + seg.n_past * row);
+      seq_rows = seg.cache;
+      n_keys = seg.n_past + T_seg;
     }
-    cpu::attention_forward(a.heads.data() + b * T * q_dim, a.q.data() + b * T * q_dim, seq_rows,
-                           seq_rows + kv_dim, mha_shape(c, T, n_keys));
+    cpu::attention_forward(a.heads.data() + first * q_dim, a.q.data() + first * q_dim, seq_rows,
+                           seq_rows + kv_dim, mha_shape(c, T_seg, n_keys));
+    first += T_seg;
   }
   cpu::linear(out, a.heads.data(), w.o_proj, N, q_dim, H);
   add_bias(out, w.o_bias, N, H);
@@ -78,8 +85,8 @@ void mha_backward(const ModelConfig& c, const AttentionWeights& w, AttentionWeig
   const int64_t n_heads = c.num_attention_heads, n_kv = c.num_key_value_heads;
   const int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, row = c.kv_cache_row();
   std::vector<float> dheads(N * q_dim, 0.0f);
-  cpu::linear_backward(dheads.data(), g.o_proj.data, dout, a.heads.data(), w.o_proj.data, N,
-                       q_dim, H);
+  cpu::linear_backward(dheads.data(), g.o_proj.data, dout, a.heads.data(), w.o_proj.data, N, q_dim,
+                       H);
   bias_backward(g.o_bias, dout, N, H);
   std::vector<float> dq(N * q_dim, 0.0f), drows(N * row, 0.0f);
   for (int64_t b = 0; b < ctx.n_seqs; b++) {
@@ -92,7 +99,8 @@ void mha_backward(const ModelConfig& c, const AttentionWeights& w, AttentionWeig
   std::vector<float> dk(N * kv_dim), dv(N * kv_dim);
   for (int64_t t = 0; t < N; t++) {
     std::copy(drows.data() + t * row, drows.data() + t * row + kv_dim, dk.data() + t * kv_dim);
-    std::copy(drows.data() + t * row + kv_dim, drows.data() + (t + 1) * row, dv.data() + t * kv_dim);
+    std::copy(drows.data() + t * row + kv_dim, drows.data() + (t + 1) * row,
+              dv.data() + t * kv_dim);
   }
   for (int64_t b = 0; b < ctx.n_seqs; b++) {
     cpu::rope_backward(dq.data() + b * T * q_dim, T, n_heads, q_dim, hd, hd, ctx.cos, ctx.sin,

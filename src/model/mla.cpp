@@ -12,7 +12,8 @@ namespace {
 
 // q [N, heads, qk] from x, with RoPE on the rope part of each head.
 void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x,
-                 const AttentionContext& ctx, AttentionActs& a) {
+                 const AttentionContext& ctx, const std::vector<AttentionSegment>& segments,
+                 AttentionActs& a) {
   const int64_t N = ctx.n_seqs * ctx.n_tokens, H = c.hidden_size;
   const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim();
   a.q.resize(N * n_heads * qk);
@@ -26,15 +27,18 @@ void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x
                          c.q_lora_rank, c.rms_norm_eps);
     cpu::linear(a.q.data(), a.q_latent_normed.data(), w.q_b_proj, N, c.q_lora_rank, n_heads * qk);
   }
-  for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_forward(a.q.data() + b * ctx.n_tokens * n_heads * qk + c.qk_nope_head_dim,
-                      ctx.n_tokens, n_heads, n_heads * qk, qk, c.qk_rope_head_dim, ctx.cos, ctx.sin,
-                      true);
+  int64_t first = 0;  // the segment's first row
+  for (const AttentionSegment& seg : segments) {
+    cpu::rope_forward(a.q.data() + first * n_heads * qk + c.qk_nope_head_dim, seg.n_tokens, n_heads,
+                      n_heads * qk, qk, c.qk_rope_head_dim, seg.cos, seg.sin, true);
+    first += seg.n_tokens;
+  }
 }
 
 // rows [N, kv_lora_rank + rope] = [kv_a_layernorm(c_kv) | RoPE(k_rope)].
 void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x,
-                 const AttentionContext& ctx, AttentionActs& a) {
+                 const AttentionContext& ctx, const std::vector<AttentionSegment>& segments,
+                 AttentionActs& a) {
   const int64_t N = ctx.n_seqs * ctx.n_tokens, row = c.kv_cache_row();
   a.rows_raw.resize(N * row);
   a.rows.resize(N * row);
@@ -45,9 +49,12 @@ void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x
     std::copy(a.rows_raw.data() + t * row + c.kv_lora_rank, a.rows_raw.data() + (t + 1) * row,
               a.rows.data() + t * row + c.kv_lora_rank);
   }
-  for (int64_t b = 0; b < ctx.n_seqs; b++)
-    cpu::rope_forward(a.rows.data() + b * ctx.n_tokens * row + c.kv_lora_rank, ctx.n_tokens, 1, row,
-                      0, c.qk_rope_head_dim, ctx.cos, ctx.sin, true);
+  int64_t first = 0;
+  for (const AttentionSegment& seg : segments) {
+    cpu::rope_forward(a.rows.data() + first * row + c.kv_lora_rank, seg.n_tokens, 1, row, 0,
+                      c.qk_rope_head_dim, seg.cos, seg.sin, true);
+    first += seg.n_tokens;
+  }
 }
 
 AttentionShape naive_shape(const ModelConfig& c, int64_t n_q, int64_t n_kv) {
@@ -65,6 +72,9 @@ void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* 
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim;
   const int64_t qk = c.qk_head_dim(), dv = c.v_head_dim, row = c.kv_cache_row();
   const int64_t kv_width = n_heads * (nope + dv);
+  // The cached latents as one product, as a forward of this sequence alone expands them (also
+  // inside a batched decode: see cpu::set_row_kernels).
+  const cpu::RowKernelsScope whole_product(false);
   cpu::gemm(false, true, n_kv, kv_width, c.kv_lora_rank, 1.0f, rows, row, w.kv_b_proj.data,
             c.kv_lora_rank, 0.0f, kv, kv_width);
   for (int64_t s = 0; s < n_kv; s++)
@@ -88,28 +98,41 @@ void attend_latent(const ModelConfig& c, const float* q_latent, const float* row
   cpu::attention_forward(o_latent, q_latent, rows, rows, shape);
 }
 
-// One decoded token with the per-head halves of kv_b_proj in the weight format
-// (AttentionWeights::absorbed_uk_t / absorbed_uv): both per-head products as one grouped product
-// each. Buffers are kept per thread: this runs once per layer and decoded token.
-void attend_absorbed_compact(const ModelConfig& c, const AttentionWeights& w, const float* q,
-                             const float* rows, int64_t n_kv, float* heads) {
+// Decoded tokens (one row each, of its own sequence: q [heads, qk], its cache rows and key count,
+// heads [heads, dv]) with the per-head halves of kv_b_proj in the weight format
+// (AttentionWeights::absorbed_uk_t / absorbed_uv): the per-head products of all rows as one
+// grouped product each (the threads wake twice per layer, not per row); each row's bits are those
+// it gets alone.
+struct AbsorbedRow {
+  const float* q;
+  const float* rows;
+  int64_t n_kv;
+  float* heads;
+};
+void attend_absorbed_rows(const ModelConfig& c, const AttentionWeights& w,
+                          const std::vector<AbsorbedRow>& items) {
   const int64_t n_heads = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
   const int64_t qk = c.qk_head_dim(), rank = c.kv_lora_rank, row = c.kv_cache_row();
-  thread_local std::vector<float> q_latent, o_latent;  // (heads, rank + rope), (heads, rank)
-  thread_local std::vector<cpu::QuantJob> jobs;
-  q_latent.resize(n_heads * row);
-  o_latent.resize(n_heads * rank);
+  const auto R = static_cast<int64_t>(items.size());
+  std::vector<float> q_latent(R * n_heads * row), o_latent(R * n_heads * rank);
+  std::vector<cpu::QuantJob> jobs;
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t h = 0; h < n_heads; h++) {
+      float* dst = q_latent.data() + (r * n_heads + h) * row;
+      const float* q = items[r].q + h * qk;
+      jobs.push_back({dst, q, w.absorbed_uk_t[h].get(), 1});
+      std::copy(q + nope, q + qk, dst + rank);
+    }
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+  for (int64_t r = 0; r < R; r++)
+    attend_latent(c, q_latent.data() + r * n_heads * row, items[r].rows, 1, items[r].n_kv,
+                  o_latent.data() + r * n_heads * rank);
   jobs.clear();
-  for (int64_t h = 0; h < n_heads; h++) {
-    jobs.push_back({q_latent.data() + h * row, q + h * qk, w.absorbed_uk_t[h].get(), 1});
-    std::copy(q + h * qk + nope, q + (h + 1) * qk, q_latent.data() + h * row + rank);
-  }
-  cpu::quant_linear_forward_group(jobs.data(), n_heads);
-  attend_latent(c, q_latent.data(), rows, 1, n_kv, o_latent.data());
-  jobs.clear();
-  for (int64_t h = 0; h < n_heads; h++)
-    jobs.push_back({heads + h * dv, o_latent.data() + h * rank, w.absorbed_uv[h].get(), 1});
-  cpu::quant_linear_forward_group(jobs.data(), n_heads);
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t h = 0; h < n_heads; h++)
+      jobs.push_back({items[r].heads + h * dv, o_latent.data() + (r * n_heads + h) * rank,
+                      w.absorbed_uv[h].get(), 1});
+  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
 }
 
 // Absorbed MLA for one sequence: attention over the latent rows themselves (one shared "kv
@@ -121,10 +144,6 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
   const int64_t n_items = n_q * n_heads;  // (token, head) pairs, token-major
   const float* kv_b = w.kv_b_proj.data;   // [heads, nope + dv, rank]
   const bool parallel = n_items * nope * rank >= (int64_t{1} << 16);
-  if (n_q == 1 && !w.absorbed_uk_t.empty()) {
-    attend_absorbed_compact(c, w, q, rows, n_kv, heads);
-    return;
-  }
   // q_latent[t, h] = [W_UK[h]^T q_nope[t, h] | q_rope[t, h]]; one parallel loop for all heads
   // (a threaded product per head would wake the threads 2 * heads times per decoded token);
   // BLAS called inside it runs on the calling thread.
@@ -154,33 +173,55 @@ void attend_absorbed(const ModelConfig& c, const AttentionWeights& w, const floa
 
 void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x, float* out,
                  const AttentionContext& ctx, AttentionActs& a) {
-  const int64_t T = ctx.n_tokens, N = ctx.n_seqs * T, n_heads = c.num_attention_heads;
+  const int64_t N = ctx.n_seqs * ctx.n_tokens, n_heads = c.num_attention_heads;
   const int64_t qk = c.qk_head_dim(), row = c.kv_cache_row(), dv = c.v_head_dim;
   const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
-  mla_queries(c, w, x, ctx, a);
-  mla_latents(c, w, x, ctx, a);
-  const bool absorbed = ctx.mla_mode == MlaMode::kAbsorbed ||
-                        (ctx.mla_mode == MlaMode::kAuto && ctx.cache != nullptr && ctx.n_past > 0);
+  const std::vector<AttentionSegment> segments = attention_segments(ctx);
+  mla_queries(c, w, x, ctx, segments, a);
+  mla_latents(c, w, x, ctx, segments, a);
+  auto absorbed = [&](const AttentionSegment& seg) {
+    return ctx.mla_mode == MlaMode::kAbsorbed ||
+           (ctx.mla_mode == MlaMode::kAuto && seg.cache != nullptr && seg.n_past > 0);
+  };
+  auto keys_of = [](const AttentionSegment& seg) {  // tokens attended to
+    return seg.cache != nullptr ? seg.n_past + seg.n_tokens : seg.n_tokens;
+  };
+  // Naive segments keep their expanded keys and values one after the other (for backward).
+  int64_t naive_keys = 0;
+  for (const AttentionSegment& seg : segments)
+    if (!absorbed(seg)) naive_keys += keys_of(seg);
+  a.kv.resize(naive_keys * kv_width);
+  a.keys.resize(naive_keys * n_heads * qk);
   a.heads.resize(N * n_heads * dv);
-  const int64_t n_kv = ctx.cache != nullptr ? ctx.n_past + T : T;
-  if (!absorbed) {
-    a.kv.resize(ctx.n_seqs * n_kv * kv_width);
-    a.keys.resize(ctx.n_seqs * n_kv * n_heads * qk);
+  // Every segment's rows into its cache first: a segment reads only its own positions and
+  // those before (an all-logits step's later rows are not read by its earlier ones).
+  int64_t first = 0;  // the segment's first row
+  for (const AttentionSegment& seg : segments) {
+    if (seg.cache != nullptr)
+      std::copy(a.rows.data() + first * row, a.rows.data() + (first + seg.n_tokens) * row,
+                seg.cache + seg.n_past * row);
+    first += seg.n_tokens;
   }
-  for (int64_t b = 0; b < ctx.n_seqs; b++) {
-    const float* seq_rows = a.rows.data() + b * T * row;
-    if (ctx.cache != nullptr) {
-      std::copy(seq_rows, seq_rows + T * row, ctx.cache + ctx.n_past * row);
-      seq_rows = ctx.cache;
-    }
-    const float* seq_q = a.q.data() + b * T * n_heads * qk;
-    float* seq_heads = a.heads.data() + b * T * n_heads * dv;
-    if (absorbed)
+  std::vector<AbsorbedRow> decoded;  // one-token segments with the compact absorbed weights
+  first = 0;
+  int64_t first_key = 0;  // the segment's first naive key
+  for (const AttentionSegment& seg : segments) {
+    const int64_t T = seg.n_tokens, n_kv = keys_of(seg);
+    const float* seq_rows = seg.cache != nullptr ? seg.cache : a.rows.data() + first * row;
+    const float* seq_q = a.q.data() + first * n_heads * qk;
+    float* seq_heads = a.heads.data() + first * n_heads * dv;
+    if (absorbed(seg) && T == 1 && !w.absorbed_uk_t.empty()) {
+      decoded.push_back({seq_q, seq_rows, n_kv, seq_heads});
+    } else if (absorbed(seg)) {
       attend_absorbed(c, w, seq_q, seq_rows, T, n_kv, seq_heads);
-    else
-      attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + b * n_kv * kv_width,
-                   a.keys.data() + b * n_kv * n_heads * qk, seq_heads);
+    } else {
+      attend_naive(c, w, seq_q, seq_rows, T, n_kv, a.kv.data() + first_key * kv_width,
+                   a.keys.data() + first_key * n_heads * qk, seq_heads);
+      first_key += n_kv;
+    }
+    first += T;
   }
+  if (!decoded.empty()) attend_absorbed_rows(c, w, decoded);
   cpu::linear(out, a.heads.data(), w.o_proj, N, n_heads * dv, c.hidden_size);
 }
 

@@ -106,7 +106,8 @@ Tensor Model::forward(const int64_t* ids, int64_t n_seqs, int64_t n_tokens,
   return logits;
 }
 
-Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const {
+Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache,
+                             ForwardRecord* record) const {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size;
   DSMOE_CHECK(n_tokens > 0, "forward_cached: no tokens");
@@ -117,6 +118,10 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   std::vector<float> x(n_tokens * H);  // (T, H)
   embed(ids, n_tokens, x.data());
   run_layers(x.data(), 1, n_tokens, &cache, nullptr);
+  if (record != nullptr && record->keep_last_hidden) {
+    record->last_hidden = Tensor::zeros({n_tokens, H});
+    std::copy(x.begin(), x.end(), record->last_hidden.data);
+  }
   float* last = x.data() + (n_tokens - 1) * H;
   cpu::rmsnorm_forward(last, last, weights_.norm.data, 1, H, c.rms_norm_eps);
   Tensor logits = Tensor::zeros({c.vocab_size});
@@ -124,34 +129,141 @@ Tensor Model::forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& 
   return logits;
 }
 
-Tensor Model::forward_cached_batch(const std::vector<CachedStep>& steps) const {
-  // TODO(batched decode): one pass over the weights for all sequences. For now each sequence
-  // in turn; every new token alone when all its logits are asked for.
-  const int64_t V = config_.vocab_size;
-  int64_t n_rows = 0;
-  for (const CachedStep& step : steps) {
+Tensor Model::forward_cached_batch(const std::vector<CachedStep>& steps,
+                                   ForwardRecord* record) const {
+  const ModelConfig& c = config_;
+  const int64_t V = c.vocab_size;
+  std::vector<int64_t> first_out(steps.size());  // each step's first logits row
+  int64_t n_out = 0;
+  for (size_t i = 0; i < steps.size(); i++) {
+    const CachedStep& step = steps[i];
     DSMOE_CHECK(step.cache != nullptr && step.ids != nullptr && step.n_tokens > 0,
-                "forward_cached_batch: a step without tokens or cache");
-    n_rows += step.all_logits ? step.n_tokens : 1;
+                "forward_cached_batch: step {} has no tokens or no cache", i);
+    const KvCacheView& cache = *step.cache;
+    DSMOE_CHECK(cache.n_past + step.n_tokens <= cache.capacity,
+                "KV cache of step {} full: {} tokens stored + {} new exceed its capacity of {}", i,
+                cache.n_past, step.n_tokens, cache.capacity);
+    DSMOE_ASSERT(static_cast<int64_t>(cache.layers.size()) == c.num_hidden_layers);
+    for (size_t j = 0; j < i; j++)
+      DSMOE_CHECK(steps[j].cache != step.cache,
+                  "forward_cached_batch: steps {} and {} share a cache", j, i);
+    check_ids(step.ids, step.n_tokens);
+    first_out[i] = n_out;
+    n_out += step.all_logits ? step.n_tokens : 1;
   }
-  Tensor logits = Tensor::zeros({n_rows, V});
-  float* out = logits.data;
-  for (const CachedStep& step : steps) {
-    KvCacheView& cache = *step.cache;
-    const int64_t n_past = cache.n_past;
-    if (step.all_logits) {
-      for (int64_t t = 0; t < step.n_tokens; t++, out += V) {
-        Tensor row = forward_cached(step.ids + t, 1, cache);
-        std::copy(row.data, row.data + V, out);
-        cache.n_past++;
-      }
+  Tensor logits = Tensor::zeros({n_out, V});
+  // A prefill chunk (several tokens, the last one's logits) goes through a pass of its own, as
+  // forward_cached runs it: its products take their kernels by its own row count (GEMMs from a
+  // few rows on), so that its bits do not depend on the batch; its rows already share each read
+  // of the weights. Every other row (decode steps, and each token of an all_logits step, which
+  // is decoded as if one at a time) goes through one pass together.
+  std::vector<size_t> together;
+  for (size_t i = 0; i < steps.size(); i++) {
+    const CachedStep& step = steps[i];
+    if (step.n_tokens > 1 && !step.all_logits) {
+      Tensor row = forward_cached(step.ids, step.n_tokens, *step.cache);
+      std::copy(row.data, row.data + V, logits.data + first_out[i] * V);
     } else {
-      Tensor row = forward_cached(step.ids, step.n_tokens, cache);
-      std::copy(row.data, row.data + V, out);
-      out += V;
+      together.push_back(i);
     }
-    cache.n_past = n_past;
   }
+  if (record != nullptr) record->routes.clear();
+  if (!together.empty()) decode_rows(steps, together, first_out, logits.data, record);
+  return logits;
+}
+
+void Model::decode_rows(const std::vector<CachedStep>& steps, const std::vector<size_t>& which,
+                        const std::vector<int64_t>& first_out, float* logits,
+                        ForwardRecord* record) const {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, V = c.vocab_size, half = c.rope_dim() / 2;
+  // Exact: every product gives each row the bits of that row alone (cpu::set_row_kernels).
+  const cpu::RowKernelsScope row_kernels(exact_batches_);
+  int64_t n_rows = 0;
+  for (size_t i : which) n_rows += steps[i].n_tokens;
+  std::vector<float> x(n_rows * H);  // (rows, H) the residual stream
+  std::vector<float> cos(n_rows * half), sin(n_rows * half);
+  // Each row is a segment of one token at its position, attending to its sequence's cache
+  // (a row of an all_logits step sees the rows before it, written by the segments before it).
+  std::vector<AttentionSegment> segments(n_rows);
+  std::vector<KvCacheView*> caches(n_rows);
+  std::vector<int64_t> out_rows, logit_rows;  // rows that give logits, and where they go
+  int64_t r = 0;
+  for (size_t i : which) {
+    const CachedStep& step = steps[i];
+    embed(step.ids, step.n_tokens, x.data() + r * H);
+    for (int64_t t = 0; t < step.n_tokens; t++, r++) {
+      const int64_t position = step.cache->n_past + t;
+      rope_angles(c, position, 1, cos.data() + r * half, sin.data() + r * half);
+      segments[r] = {1, position, nullptr, cos.data() + r * half, sin.data() + r * half};
+      caches[r] = step.cache;
+      if (step.all_logits || t + 1 == step.n_tokens) {
+        logit_rows.push_back(r);
+        out_rows.push_back(first_out[i] + (step.all_logits ? t : 0));
+      }
+    }
+  }
+  AttentionContext ctx;
+  ctx.n_seqs = n_rows, ctx.n_tokens = 1, ctx.segments = &segments, ctx.mla_mode = mla_mode_;
+  LayerActs scratch;
+  for (int64_t L = 0; L < c.num_hidden_layers; L++) {
+    for (int64_t row = 0; row < n_rows; row++) segments[row].cache = caches[row]->layers[L];
+    layer_forward(c, weights_.layers[L], c.is_moe_layer(L), x.data(), ctx, scratch, false, nullptr);
+    if (record != nullptr && record->keep_routes && c.is_moe_layer(L))
+      record->routes[L] = scratch.moe.routing;
+  }
+  if (record != nullptr && record->keep_last_hidden) {
+    record->last_hidden = Tensor::zeros({n_rows, H});
+    std::copy(x.begin(), x.end(), record->last_hidden.data);
+  }
+  const auto n_logits = static_cast<int64_t>(logit_rows.size());
+  std::vector<float> last(n_logits * H), rows_logits(n_logits * V);
+  for (int64_t j = 0; j < n_logits; j++)
+    std::copy(x.data() + logit_rows[j] * H, x.data() + (logit_rows[j] + 1) * H,
+              last.data() + j * H);
+  cpu::rmsnorm_forward(last.data(), last.data(), weights_.norm.data, n_logits, H, c.rms_norm_eps);
+  cpu::linear(rows_logits.data(), last.data(), weights_.lm_head, n_logits, H, V);
+  for (int64_t j = 0; j < n_logits; j++)
+    std::copy(rows_logits.data() + j * V, rows_logits.data() + (j + 1) * V,
+              logits + out_rows[j] * V);
+}
+
+Tensor Model::mtp_forward_cached(int64_t module, const float* h_prev, const int64_t* ids,
+                                 int64_t n_tokens, KvCacheView& cache, float* h_out) const {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, half = c.rope_dim() / 2;
+  DSMOE_CHECK(module >= 0 && module < static_cast<int64_t>(weights_.mtp.size()),
+              "MTP module {} requested, the model has {}", module, weights_.mtp.size());
+  DSMOE_CHECK(n_tokens > 0 && cache.n_past + n_tokens <= cache.capacity && cache.layers.size() == 1,
+              "MTP cache: {} tokens stored + {} new exceed its capacity of {}", cache.n_past,
+              n_tokens, cache.capacity);
+  const MtpWeights& m = weights_.mtp[module];
+  // eq. 21: eh_proj . [enorm(Emb(t)) | hnorm(h_prev)]
+  std::vector<float> emb(n_tokens * H), h_normed(n_tokens * H), cat(n_tokens * 2 * H);
+  embed(ids, n_tokens, emb.data());
+  cpu::rmsnorm_forward(emb.data(), emb.data(), m.enorm.data, n_tokens, H, c.rms_norm_eps);
+  cpu::rmsnorm_forward(h_normed.data(), h_prev, m.hnorm.data, n_tokens, H, c.rms_norm_eps);
+  for (int64_t i = 0; i < n_tokens; i++) {
+    std::copy(emb.begin() + i * H, emb.begin() + (i + 1) * H, cat.begin() + i * 2 * H);
+    std::copy(h_normed.begin() + i * H, h_normed.begin() + (i + 1) * H,
+              cat.begin() + i * 2 * H + H);
+  }
+  cpu::linear(h_out, cat.data(), m.eh_proj, n_tokens, 2 * H, H);
+  // eq. 22: its block, attending to the module's own cache.
+  std::vector<float> cos(n_tokens * half), sin(n_tokens * half);
+  rope_angles(c, cache.n_past, n_tokens, cos.data(), sin.data());
+  AttentionContext ctx;
+  ctx.n_seqs = 1, ctx.n_tokens = n_tokens, ctx.n_past = cache.n_past;
+  ctx.cos = cos.data(), ctx.sin = sin.data(), ctx.mla_mode = mla_mode_;
+  ctx.cache = cache.layers[0];
+  LayerActs scratch;
+  layer_forward(c, m.block, c.is_moe_layer(c.num_hidden_layers + module), h_out, ctx, scratch,
+                false, nullptr);
+  // eq. 23: the shared head on the last row.
+  std::vector<float> last(h_out + (n_tokens - 1) * H, h_out + n_tokens * H);
+  cpu::rmsnorm_forward(last.data(), last.data(), m.shared_head_norm.data, 1, H, c.rms_norm_eps);
+  Tensor logits = Tensor::zeros({c.vocab_size});
+  cpu::linear(logits.data, last.data(), weights_.lm_head, 1, H, c.vocab_size);
   return logits;
 }
 

@@ -25,6 +25,11 @@ struct ForwardRecord {
   // (the reference's convention); each [n_seqs * n_tokens, H].
   std::vector<Tensor> hidden;
   std::map<int64_t, Routing> routes;  // per MoE layer
+  // Cached forwards: the last layer's output before the final norm (what the MTP modules read),
+  // [rows, H] for the rows of the pass (forward_cached: its tokens; forward_cached_batch: the
+  // rows that went through it together, in step order).
+  bool keep_last_hidden = false;
+  Tensor last_hidden;
 };
 
 // The per-layer KV storage a cached forward reads and appends to (owned by runtime/KvCache).
@@ -94,6 +99,12 @@ class Model {
   const ModelWeights& weights() const { return weights_; }
   ModelWeights& mutable_weights() { return weights_; }
   void set_mla_mode(MlaMode mode) { mla_mode_ = mode; }
+  // forward_cached_batch's products over the rows that go through it together: exact (default),
+  // per-row kernels, each row's bits those of the row alone; or not, the GEMMs at the batch's row
+  // count (quantized weights on the int8 / bf16 matrix units), faster from a few rows on, where a
+  // sequence's logits then differ from its logits alone by the order of float32 sums.
+  void set_exact_batches(bool exact) { exact_batches_ = exact; }
+  bool exact_batches() const { return exact_batches_; }
   // Inference: re-store the linear weights in `format` (see quantize_weights). The model can no
   // longer be trained.
   void quantize(WeightFormat format);
@@ -112,12 +123,33 @@ class Model {
 
   // One sequence: ids [n_tokens] at positions cache.n_past .., appended to the cache (the caller
   // advances n_past). Returns the logits of the last token [V].
-  Tensor forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache) const;
+  // `record` (optional): keep_last_hidden only.
+  Tensor forward_cached(const int64_t* ids, int64_t n_tokens, KvCacheView& cache,
+                        ForwardRecord* record = nullptr) const;
+
+  // Inference with MTP module `module` (0-based; DeepSeek-V3 sec. 2.2, eq. 21-23): rows i =
+  // cache.n_past .. + n_tokens - 1 at RoPE positions i (as in training), row i from h_prev[i]
+  // (the main stack's last hidden state at position i, before the final norm, or the module's
+  // own output when drafting further ahead) and ids[i] (the token one ahead of it). Appends the
+  // rows to the module's cache (one layer; the caller advances n_past), writes the block's
+  // outputs h_out [n_tokens, H] and returns the logits of the last row [V] (they predict the
+  // token two ahead of its position).
+  Tensor mtp_forward_cached(int64_t module, const float* h_prev, const int64_t* ids,
+                            int64_t n_tokens, KvCacheView& cache, float* h_out) const;
 
   // Several sequences of different lengths, each with its own cache, in one step. Returns logits
   // [sum over steps of (all_logits ? n_tokens : 1), V], the steps' rows in order. A sequence's
-  // logits do not depend on which other sequences share the step.
-  Tensor forward_cached_batch(const std::vector<CachedStep>& steps) const;
+  // logits do not depend on which other sequences share the step: they are bit for bit those of
+  // forward_cached on that step alone (an all_logits step: on its tokens one at a time, as
+  // decoding them would give; unless set_exact_batches(false)). The rows of decode steps and
+  // all_logits steps go through every product together (each weight read once for all of them,
+  // with per-row kernels), each
+  // attending to its own cache; a prefill chunk (n_tokens > 1, last logits) runs as a pass of its
+  // own. Steps must not share a cache.
+  // `record` (optional, keep_routes only): the routing of the rows that went through the pass
+  // together, per MoE layer, in step order.
+  Tensor forward_cached_batch(const std::vector<CachedStep>& steps,
+                              ForwardRecord* record = nullptr) const;
 
  private:
   // Runs the decoder stack on embedded tokens x [n_seqs * n_tokens, H] in place.
@@ -125,12 +157,18 @@ class Model {
   void run_layers(float* x, int64_t n_seqs, int64_t n_tokens, KvCacheView* cache,
                   ForwardRecord* record, std::vector<LayerActs>* train = nullptr,
                   const MoeTraining* moe_training = nullptr) const;
+  // forward_cached_batch's pass over the rows of steps[which] together; a step's logits rows go
+  // to logits [.., V] from row first_out[step] on.
+  void decode_rows(const std::vector<CachedStep>& steps, const std::vector<size_t>& which,
+                   const std::vector<int64_t>& first_out, float* logits,
+                   ForwardRecord* record) const;
   void embed(const int64_t* ids, int64_t n, float* x) const;
   void check_ids(const int64_t* ids, int64_t n) const;
 
   ModelConfig config_;
   ModelWeights weights_;
   MlaMode mla_mode_ = MlaMode::kAuto;
+  bool exact_batches_ = true;
   WeightFormat weight_format_ = WeightFormat::kF32;
 };
 

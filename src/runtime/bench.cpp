@@ -10,11 +10,14 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_ops.h"
+#include "runtime/generate.h"
 #include "runtime/kv_cache.h"
+#include "runtime/speculative.h"
 #include "tensor/random.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -95,6 +98,115 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
     if (hooks.beside_decode) hooks.beside_decode();
   }
   return times;
+}
+
+namespace {
+
+// Distinct experts among the routing's choices.
+int64_t distinct_experts(const Routing& routing, int64_t n_experts) {
+  std::vector<uint8_t> seen(n_experts, 0);
+  int64_t n = 0;
+  for (int32_t e : routing.expert) n += seen[e] == 0 ? (seen[e] = 1) : 0;
+  return n;
+}
+
+}  // namespace
+
+ConcurrentTimes measure_concurrent(const Model& model, int64_t n_seqs, int64_t n_prompt,
+                                   int64_t n_decode, int reps, uint64_t seed) {
+  const ModelConfig& c = model.config();
+  DSMOE_CHECK(n_seqs >= 1, "--concurrent must be at least 1, got {}", n_seqs);
+  DSMOE_CHECK(n_prompt >= 1 && n_decode >= 1, "--concurrent needs --prompt and --decode >= 1");
+  DSMOE_CHECK(n_prompt + n_decode <= c.max_position_embeddings,
+              "--prompt + --decode = {} exceeds the model's max_position_embeddings {}",
+              n_prompt + n_decode, c.max_position_embeddings);
+  Rng rng(seed);
+  ConcurrentTimes times;
+  std::vector<std::unique_ptr<KvCache>> caches;
+  std::vector<int64_t> first_token(n_seqs);  // each sequence's greedy token after its prompt
+  for (int64_t s = 0; s < n_seqs; s++) {
+    const int64_t length = std::max<int64_t>(1, n_prompt - s * n_prompt / (2 * n_seqs));
+    std::vector<int64_t> prompt(length);
+    for (int64_t& id : prompt) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
+    caches.push_back(std::make_unique<KvCache>(c, length + n_decode));
+    first_token[s] = argmax(model.forward_cached(prompt.data(), length, caches[s]->view()));
+    caches[s]->advance(length);
+    times.prompt_lengths.push_back(length);
+  }
+  std::vector<int64_t> next(n_seqs);
+  std::vector<CachedStep> steps(n_seqs);
+  ForwardRecord record;
+  record.keep_routes = true;
+  int64_t union_sum = 0, union_count = 0;
+  auto decode = [&](int64_t n_steps, bool count) {
+    for (int64_t s = 0; s < n_seqs; s++) {
+      caches[s]->view().n_past = times.prompt_lengths[s];  // roll back to the prompt
+      next[s] = first_token[s];
+    }
+    for (int64_t i = 0; i < n_steps; i++) {
+      for (int64_t s = 0; s < n_seqs; s++) steps[s] = {&next[s], 1, &caches[s]->view(), false};
+      const Tensor logits = model.forward_cached_batch(steps, count ? &record : nullptr);
+      for (int64_t s = 0; s < n_seqs; s++) {
+        caches[s]->advance(1);
+        const float* row = logits.data + s * c.vocab_size;
+        next[s] = std::max_element(row, row + c.vocab_size) - row;
+      }
+      for (const auto& [layer, routing] : record.routes) {
+        union_sum += distinct_experts(routing, c.n_routed_experts);
+        union_count++;
+      }
+      record.routes.clear();
+    }
+  };
+  decode(1, false);  // warm-up: the batch's buffers
+  for (int rep = 0; rep < reps; rep++) {
+    Timer timer;
+    decode(n_decode, rep == 0);
+    times.decode.seconds.push_back(timer.seconds());
+  }
+  if (union_count > 0) times.routed_experts_per_step = static_cast<double>(union_sum) / union_count;
+  return times;
+}
+
+SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64_t n_decode,
+                                     int64_t draft_tokens, int reps, uint64_t seed) {
+  const ModelConfig& c = model.config();
+  DSMOE_CHECK(n_prompt >= 1 && n_decode >= 1, "--speculative needs --prompt and --decode >= 1");
+  DSMOE_CHECK(n_prompt + n_decode + draft_tokens + 1 <= c.max_position_embeddings,
+              "--prompt + --decode + --draft-tokens exceed the model's max_position_embeddings {}",
+              c.max_position_embeddings);
+  Rng rng(seed);
+  std::vector<int64_t> prompt(n_prompt);
+  for (int64_t& id : prompt) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
+  GenerateOptions options;  // greedy
+  options.max_new_tokens = n_decode + 1;
+  SpeculativeTimes times;
+  int64_t drafted = 0, accepted = 0, forwards = 0, decoded = 0;
+  generate_speculative(model, prompt, options, draft_tokens);  // warm-up
+  for (int rep = 0; rep < reps; rep++) {
+    GenerateStats plain_stats;
+    const std::vector<int64_t> plain = generate(model, prompt, options, &plain_stats);
+    times.plain_decode.seconds.push_back(plain_stats.decode_seconds);
+    SpeculativeStats stats;
+    const std::vector<int64_t> spec =
+        generate_speculative(model, prompt, options, draft_tokens, &stats);
+    times.decode.seconds.push_back(stats.generate.decode_seconds);
+    times.identical = times.identical && spec == plain;
+    drafted += stats.drafted, accepted += stats.accepted;
+    forwards += stats.main_forwards, decoded += stats.decode_tokens;
+  }
+  times.acceptance_rate = drafted > 0 ? static_cast<double>(accepted) / drafted : 0.0;
+  times.tokens_per_forward = forwards > 0 ? static_cast<double>(decoded) / forwards : 0.0;
+  return times;
+}
+
+double batched_step_weight_bytes(const ModelConfig& c, int64_t active_bytes, int64_t expert_bytes,
+                                 double routed_experts) {
+  int64_t n_moe_layers = 0;
+  for (int64_t L = 0; L < c.num_hidden_layers; L++) n_moe_layers += c.is_moe_layer(L);
+  const double per_layer = routed_experts - static_cast<double>(c.num_experts_per_tok);
+  return static_cast<double>(active_bytes) +
+         static_cast<double>(n_moe_layers) * per_layer * static_cast<double>(expert_bytes);
 }
 
 BandwidthProbe::BandwidthProbe(int64_t bytes) {

@@ -45,6 +45,41 @@ struct InferenceHooks {
 InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
                                  const InferenceHooks& hooks = {}, uint64_t seed = 1234);
 
+// Batched decode (Model::forward_cached_batch): n_seqs sequences with prompts of different
+// lengths (n_prompt down to about n_prompt / 2, random ids), prefilled once untimed; each
+// repetition decodes n_decode steps of all of them together from the same point (the caches
+// rolled back to the prompts), each sequence taking its greedy token. Also the routed experts a
+// step touches: per MoE layer, the size of the union of the experts of all n_seqs rows.
+struct ConcurrentTimes {
+  RepTimes decode;                      // seconds for n_decode steps of all n_seqs sequences
+  double routed_experts_per_step = 0;   // mean over steps and MoE layers of that union's size
+  std::vector<int64_t> prompt_lengths;  // per sequence
+};
+ConcurrentTimes measure_concurrent(const Model& model, int64_t n_seqs, int64_t n_prompt,
+                                   int64_t n_decode, int reps, uint64_t seed = 1234);
+
+// The weight bytes one decode step of n_seqs sequences reads when the routed experts of a MoE
+// layer are read once for all of them: the bytes of a token (active_bytes) with its routed
+// experts (num_experts_per_tok per MoE layer, expert_bytes each) replaced by routed_experts
+// (the mean union per layer). n_seqs * active_bytes over it bounds the speed-up of batched
+// decode over one sequence where decode reads weights at a fixed bandwidth.
+double batched_step_weight_bytes(const ModelConfig& config, int64_t active_bytes,
+                                 int64_t expert_bytes, double routed_experts);
+
+// MTP self-speculative decoding (runtime/speculative.h) against plain decoding, greedy, in the
+// same run: per repetition (alternating) a plain generate() and a generate_speculative() of
+// n_decode + 1 new tokens after the same random prompt; the decode timers cover the n_decode
+// tokens after the first (which the prefill gives).
+struct SpeculativeTimes {
+  RepTimes decode;                // speculative, seconds for n_decode tokens
+  RepTimes plain_decode;          // plain
+  double acceptance_rate = 0;     // accepted / drafted, over the repetitions
+  double tokens_per_forward = 0;  // decoded tokens per main-model forward
+  bool identical = true;          // the speculative output was the plain one token for token
+};
+SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64_t n_decode,
+                                     int64_t draft_tokens, int reps, uint64_t seed = 1234);
+
 // Read bandwidth in bytes/s as the issue defines it: a bf16 matrix of ~`bytes` bytes (4096
 // columns, hugepages requested) times one vector with cpu::quant_linear_forward at M = 1, which
 // splits the rows over the threads; best of `reps` products. bytes/s = matrix bytes / seconds.

@@ -8,6 +8,12 @@
 
 namespace dsmoe {
 
+bool is_stop_token(const GenerateOptions& options, const ModelConfig& config, int64_t token) {
+  return (options.stop_at_eos && token == config.eos_token_id) ||
+         std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
+             options.stop_ids.end();
+}
+
 std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options, GenerateStats* stats) {
   const ModelConfig& c = model.config();
@@ -15,7 +21,8 @@ std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& pr
   DSMOE_CHECK(options.max_new_tokens >= 0, "max new tokens must be >= 0");
   std::vector<int64_t> tokens = prompt;
   Rng rng(options.sampling.seed);
-  KvCache cache(c, static_cast<int64_t>(prompt.size()) + std::max<int64_t>(options.max_new_tokens, 1));
+  KvCache cache(c,
+                static_cast<int64_t>(prompt.size()) + std::max<int64_t>(options.max_new_tokens, 1));
   GenerateStats local;
   local.prompt_tokens = static_cast<int64_t>(prompt.size());
   local.cache_bytes_per_token = cache.bytes_per_token();
@@ -41,9 +48,7 @@ std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& pr
     local.new_tokens++;
     if (options.on_token) options.on_token(next);
     if (i + 1 == options.max_new_tokens) break;
-    if (options.stop_at_eos && next == c.eos_token_id) break;
-    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) != options.stop_ids.end())
-      break;
+    if (is_stop_token(options, c, next)) break;
     step(&tokens.back(), 1);
   }
   local.decode_seconds = timer.seconds();

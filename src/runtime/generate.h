@@ -28,6 +28,9 @@ struct GenerateOptions {
   std::function<void(int64_t token)> on_token;
 };
 
+// Whether generation stops after emitting `token` (EOS with stop_at_eos, or one of stop_ids).
+bool is_stop_token(const GenerateOptions& options, const ModelConfig& config, int64_t token);
+
 // Returns prompt + generated tokens.
 std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& prompt,
                               const GenerateOptions& options, GenerateStats* stats = nullptr);

@@ -44,6 +44,14 @@ void set_row_invariant_products(bool on) { g_row_invariant = on; }
 
 MatmulPrecision matmul_precision() { return g_matmul_precision; }
 
+namespace {
+std::atomic<bool> g_row_kernels{false};
+}  // namespace
+
+void set_row_kernels(bool on) { g_row_kernels = on; }
+
+bool row_kernels() { return g_row_kernels; }
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
@@ -54,6 +62,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
   if (K == 0) {  // BLAS leaves C untouched only for beta == 1; make K == 0 mean "scale C".
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+    return;
+  }
+  if (M > 1 && !trans_a && g_row_kernels) {  // each row as its own matrix-vector product
+    for (int64_t m = 0; m < M; m++)
+      gemm(false, trans_b, 1, N, K, alpha, A + m * lda, lda, B, ldb, beta, C + m * ldc, ldc);
     return;
   }
   if (M == 1 && !trans_a) {  // a matrix-vector product (decode): gemv streams B once
@@ -174,6 +187,12 @@ void gemm_f32_fixed_tiles(bool trans_a, bool trans_b, int64_t M, int64_t N, int6
 
 void linear_forward_f32(float* out, const float* inp, const float* weight, int64_t M, int64_t K,
                         int64_t N) {
+  if (g_row_kernels) {  // each row alone (see set_row_kernels)
+    for (int64_t m = 0; m < M; m++)
+      gemm_f32_fixed_tiles(false, true, 1, N, K, 1.0f, inp + m * K, K, weight, K, 0.0f, out + m * N,
+                           N);
+    return;
+  }
   gemm_f32_fixed_tiles(false, true, M, N, K, 1.0f, inp, K, weight, K, 0.0f, out, N);
 }
 

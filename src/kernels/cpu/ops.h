@@ -46,6 +46,26 @@ class MatmulPrecisionScope {
   MatmulPrecision previous_;
 };
 
+// Row kernels: while on, every product of float32 activation rows with a weight matrix (linear,
+// linear_forward_f32, gemm without trans_a, quant_linear_forward and its group) gives each row
+// the bits that row gets alone (M = 1): the matrix-vector kernels run over the M rows (quantized
+// weights: each weight row read once for all of them; float32: one gemv per row). Batched decode
+// (Model::forward_cached_batch) turns it on, so that a sequence's logits do not depend on the
+// other sequences of its batch. Process-wide like matmul_precision; RowKernelsScope sets it for
+// a scope, outside parallel regions only.
+void set_row_kernels(bool on);
+bool row_kernels();
+class RowKernelsScope {
+ public:
+  explicit RowKernelsScope(bool on = true) : previous_(row_kernels()) { set_row_kernels(on); }
+  ~RowKernelsScope() { set_row_kernels(previous_); }
+  RowKernelsScope(const RowKernelsScope&) = delete;
+  RowKernelsScope& operator=(const RowKernelsScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Float32 products whatever matmul_precision(), with bits that do not depend on the thread
 // count (OpenBLAS's threaded sgemm splits differently per thread count): the MoE router's,
 // which stay float32 under kBF16 while bf16 training stays identical across thread counts.

@@ -188,8 +188,11 @@ void RowsBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
 #if HWY_TARGET == HWY_AVX3_DL
   if (CpuHasAvx512Bf16()) {
     int64_t n = n_begin;
-    if (M == 1)  // decode: four rows at a time, four streams from memory
-      for (; n + 4 <= n_end; n += 4) DotBF16Native4(x, x_lo, w, K, n, out + n);
+    // Four rows at a time, four streams from memory, each group against every activation row
+    // (the same bits for a row whatever M: see set_row_kernels).
+    for (; n + 4 <= n_end; n += 4)
+      for (int64_t m = 0; m < M; m++)
+        DotBF16Native4(x + m * K, x_lo + m * K, w, K, n, out + m * N + n);
     for (; n < n_end; n++) {
       const auto* wr = static_cast<const uint16_t*>(w.row(n));
       for (int64_t m = 0; m < M; m++)
@@ -362,12 +365,13 @@ void RowsBlocks(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTR
   const int64_t N = w.rows, nb = w.cols / kQuantBlock, M = acts.M;
   const bool q8 = w.format == WeightFormat::kQ8_0;
 #if HWY_TARGET == HWY_AVX3_DL
-  for (int64_t m = 0; m < M; m++) {
-    const VnniGroup* x = acts.groups + m * acts.groups_per_row;
-    float* out_m = out + m * N;
-    for (int64_t n = n_begin; n < n_end; n++)
-      out_m[n] = q8 ? DotRowQ8VNNI(w, n, x) : DotRowQ4VNNI(w, n, x);
-  }
+  // Each weight row against all M activation rows while it is in L1 (batched decode reads the
+  // weights once for all its rows).
+  for (int64_t n = n_begin; n < n_end; n++)
+    for (int64_t m = 0; m < M; m++) {
+      const VnniGroup* x = acts.groups + m * acts.groups_per_row;
+      out[m * N + n] = q8 ? DotRowQ8VNNI(w, n, x) : DotRowQ4VNNI(w, n, x);
+    }
 #else
   for (int64_t n = n_begin; n < n_end; n++) {
     const void* row = w.row(n);
@@ -446,7 +450,7 @@ static bool use_gemm(const QuantMatrix& w, int64_t M) {
 
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M) {
   if (M <= 0 || w.rows <= 0) return;
-  if (!use_gemm(w, M)) {
+  if (!use_gemm(w, M) || row_kernels()) {
     quant_linear_forward_rows(out, inp, w, M);
   } else if (w.format == WeightFormat::kBF16) {
     const auto* weights = reinterpret_cast<const uint16_t*>(w.data.data());
@@ -515,7 +519,7 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     cost_begin[j] = total_cost;
     row_cost[j] = 0;
     if (job.M == 0) continue;
-    if (use_gemm(*job.w, job.M)) {  // enough rows for a GEMM of its own (parallel inside)
+    if (use_gemm(*job.w, job.M) && !row_kernels()) {  // a GEMM of its own (parallel inside)
       quant_linear_forward(job.out, job.inp, *job.w, job.M);
       continue;
     }
