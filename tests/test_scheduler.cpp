@@ -181,8 +181,9 @@ TEST(Scheduler, LoopThreadServesConcurrentSubmitters) {
   for (int i = 1; i < 8; i += 2) EXPECT_EQ(outputs[i].tokens.size(), 9u) << i;
 }
 
-TEST(Utf8Assembler, HoldsBackCutSequencesAndReplacesInvalidBytes) {
-  Utf8Assembler assembler;
+// The byte codec's decoder streams through text::Utf8Stream.
+TEST(Utf8Stream, HoldsBackCutSequencesAndReplacesInvalidBytes) {
+  text::Utf8Stream assembler;
   EXPECT_EQ(assembler.push("a\xC3"), "a");  // é cut after its first byte
   EXPECT_EQ(assembler.push("\xA9"), "\xC3\xA9");
   EXPECT_EQ(assembler.push("\xE2\x82"), "");  // € in three pieces

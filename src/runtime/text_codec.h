@@ -14,19 +14,6 @@
 
 namespace dsmoe {
 
-// Turns a stream of bytes into valid UTF-8: a sequence cut at the end is held back until its
-// last bytes arrive; an invalid byte becomes U+FFFD.
-class Utf8Assembler {
- public:
-  // The text completed by `bytes` (with what was held back before).
-  std::string push(std::string_view bytes);
-  // What is still held back, as U+FFFD (the stream ended inside a character).
-  std::string flush();
-
- private:
-  std::string pending_;
-};
-
 // Decodes one sequence's generated tokens incrementally (tokenizers merge bytes across tokens,
 // so each sequence has its own state).
 class TokenDecoder {

@@ -140,17 +140,10 @@ std::string Utf8Stream::push(std::string_view bytes) {
 }
 
 std::string Utf8Stream::flush() {
+  // push() leaves only the unfinished start of one sequence: one U+FFFD for it (a maximal
+  // subpart, as Unicode recommends and Python's decode(errors="replace") does).
   std::string out;
-  size_t pos = 0;
-  while (pos < pending_.size()) {
-    size_t next = pos;
-    const int32_t code_point = next_code_point(pending_, &next);
-    if (code_point >= 0)
-      out.append(pending_, pos, next - pos);
-    else
-      append_utf8(out, kReplacementCharacter);
-    pos = next;
-  }
+  if (!pending_.empty()) append_utf8(out, kReplacementCharacter);
   pending_.clear();
   return out;
 }

@@ -26,7 +26,7 @@ bool is_white_space(int32_t code_point);
 // Turns a stream of bytes (token by token) into printable text: push() returns the longest
 // complete UTF-8 prefix of what it has seen and keeps an incomplete tail (at most 3 bytes) for the
 // next call; bytes that can never start or continue a valid sequence come out as U+FFFD.
-// flush() returns what is left, each invalid byte as U+FFFD, and starts afresh.
+// flush() ends the stream: an unfinished sequence left over comes out as one U+FFFD.
 class Utf8Stream {
  public:
   std::string push(std::string_view bytes);
