@@ -141,13 +141,7 @@ Command add_chat(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   app.add_option("--ctx-size", args->ctx_size, "context (KV cache) tokens, default 4096")
       ->check(CLI::PositiveNumber);
-  app.add_option("--temperature", args->sampling.temperature, "0 = greedy (default)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", args->sampling.top_k, "sample among the k most likely (0 = all)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", args->sampling.top_p, "nucleus sampling mass in (0, 1]")
-      ->check(CLI::Range(0.0f, 1.0f));
-  app.add_option("--seed", args->sampling.seed, "sampling seed");
+  add_sampling_options(app, args->sampling);
   app.add_option("--threads", args->threads, "threads (default: all cores)");
   app.add_option("--weights", args->weights, "f32 (default), bf16, q8_0, q4_0");
   return [args] { return run_chat(*args); };

@@ -136,13 +136,7 @@ Command add_generate(CLI::App& app) {
                  "models trained by dsmoe train); prints text and stops at EOS / end of turn");
   app.add_option("--max-new-tokens", args->max_new_tokens, "tokens to generate")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--temperature", args->sampling.temperature, "0 = greedy (default)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", args->sampling.top_k, "sample among the k most likely (0 = all)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", args->sampling.top_p, "nucleus sampling mass in (0, 1]")
-      ->check(CLI::Range(0.0f, 1.0f));
-  app.add_option("--seed", args->sampling.seed, "sampling seed");
+  add_sampling_options(app, args->sampling);
   app.add_flag("--print-ids", args->print_ids,
                "print prompt + new ids as one comma-separated line, last on stdout");
   app.add_flag("--no-cache", args->no_cache, "recompute the whole sequence for every token");

@@ -23,4 +23,14 @@ Model load_inference_model(const std::string& dir, const std::string& weights, E
   return model;
 }
 
+void add_sampling_options(CLI::App& app, SamplingParams& sampling) {
+  app.add_option("--temperature", sampling.temperature, "0 = greedy (default)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", sampling.top_k, "sample among the k most likely (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", sampling.top_p, "nucleus sampling mass in (0, 1]")
+      ->check(CLI::Range(0.0f, 1.0f));
+  app.add_option("--seed", sampling.seed, "sampling seed");
+}
+
 }  // namespace dsmoe::cli

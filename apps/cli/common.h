@@ -1,8 +1,10 @@
 // common.h: what several dsmoe subcommands share.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <string>
 
 #include "model/transformer.h"
+#include "runtime/sampling.h"
 
 namespace dsmoe::cli {
 
@@ -11,5 +13,8 @@ namespace dsmoe::cli {
 // With a `shard`, only those routed experts are read (expert parallelism under mpirun).
 Model load_inference_model(const std::string& dir, const std::string& weights,
                            ExpertShard shard = {});
+
+// --temperature, --top-k, --top-p and --seed into `sampling` (generate, chat).
+void add_sampling_options(CLI::App& app, SamplingParams& sampling);
 
 }  // namespace dsmoe::cli
