@@ -295,5 +295,23 @@ TEST(JinjaSubset, RuntimeErrors) {
       << error_of("{{ [].append(1) }}");
 }
 
+// Python's integers have no bound; ours are 64-bit, so what would leave them is an error (found by
+// fuzz_chat_template: an integer literal past 64 bits threw std::out_of_range; fuzz/corpus).
+TEST(JinjaSubset, IntegersBeyond64BitsAreErrors) {
+  EXPECT_NE(error_of("{{ 99999999999999999999 }}").find("line 1:4: the integer"),
+            std::string::npos)
+      << error_of("{{ 99999999999999999999 }}");
+  EXPECT_NE(error_of("{{ [1].99999999999999999999 }}").find("64 bits"), std::string::npos);
+  for (const char* expression :
+       {"9223372036854775807 + 1", "-9223372036854775807 - 2", "4294967296 * 4294967296",
+        "2 ** 64", "(-9223372036854775807 - 1) // -1", "-(-9223372036854775807 - 1)"})
+    EXPECT_NE(error_of(fmt::format("{{{{ {} }}}}", expression)).find("integer overflow"),
+              std::string::npos)
+        << expression << ": " << error_of(fmt::format("{{{{ {} }}}}", expression));
+  EXPECT_EQ(render("{{ 9223372036854775807 }} {{ 7 % -3 }} {{ -7 % 3 }} {{ -7 // 2 }}"),
+            "9223372036854775807 -2 2 -4");
+  EXPECT_EQ(render("{{ 1e999 | int }} {{ '1e300' | int(5) }} {{ 1e300 | int(3) }}"), "0 5 3");
+}
+
 }  // namespace
 }  // namespace dsmoe::text

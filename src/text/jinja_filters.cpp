@@ -1,6 +1,7 @@
 // jinja_filters.cpp: jinja2's built-in filters that chat templates use, and transformers' own
 // tojson (json.dumps with ensure_ascii=False).
 #include <algorithm>
+#include <cmath>
 
 #include "text/jinja_builtins.h"
 
@@ -23,7 +24,9 @@ Value attribute_path(const Value& item, const std::string& path) {
   while (true) {
     const size_t dot = path.find('.', start);
     const std::string part = path.substr(start, dot == std::string::npos ? dot : dot - start);
-    const bool digits = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit);
+    // An index within 64 bits; a longer run of digits names an attribute (that none has).
+    const bool digits =
+        !part.empty() && part.size() <= 18 && std::all_of(part.begin(), part.end(), ::isdigit);
     value = digits ? get_item(value, Value::of(std::stoll(part))) : get_attr(value, part);
     if (dot == std::string::npos) return value;
     start = dot + 1;
@@ -161,6 +164,12 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
+// Whether a double converts to int64_t (truncating) without overflow.
+bool fits_int64(double v) {
+  constexpr double kInt64Limit = 9223372036854775808.0;  // 2^63
+  return std::isfinite(v) && std::fabs(v) < kInt64Limit;
+}
+
 // int and float filters: numbers convert; strings parse as Python's int()/float() do (with
 // jinja2's fallback of "42.23" | int == 42); anything else gives the default.
 Value number_filter(const Value& input, const Value* fallback, bool integer) {
@@ -169,6 +178,7 @@ Value number_filter(const Value& input, const Value* fallback, bool integer) {
     if (integer && input.data().is_number_integer()) return input;
     const double v =
         input.data().is_boolean() ? input.data().get<bool>() : input.data().get<double>();
+    if (integer && !fits_int64(v)) return default_value;  // Python's ints have no bound; ours do
     return integer ? Value::of(static_cast<int64_t>(v)) : Value::of(v);
   }
   if (!input.is_string()) return default_value;
@@ -182,7 +192,7 @@ Value number_filter(const Value& input, const Value* fallback, bool integer) {
       if (used == s.size()) return Value::of(v);
     }
     const double v = std::stod(s, &used);
-    if (used == s.size() && !s.empty())
+    if (used == s.size() && !s.empty() && (!integer || fits_int64(v)))
       return integer ? Value::of(static_cast<int64_t>(v)) : Value::of(v);
   } catch (const std::exception&) {
   }

@@ -3,6 +3,8 @@
 // calls bind.
 #include "text/jinja_parser.h"
 
+#include <cerrno>
+#include <cstdlib>
 #include <initializer_list>
 
 #include "text/jinja_lexer.h"
@@ -63,6 +65,17 @@ class Parser {
   }
   bool skip_op(const char* op) { return is_op(op) ? (advance(), true) : false; }
   bool skip_name(const char* name) { return is_name(name) ? (advance(), true) : false; }
+
+  // Python's integers have no bound; ours are 64-bit (found by fuzz_chat_template: std::stoll
+  // threw out_of_range).
+  int64_t integer_literal(const Token& token) const {
+    errno = 0;
+    const long long value = std::strtoll(token.value.c_str(), nullptr, 10);
+    if (errno == ERANGE)
+      fail(fmt::format("chat template {}: the integer {} does not fit in 64 bits",
+                       position(token.line, token.column), token.value));
+    return static_cast<int64_t>(value);
+  }
 
   [[noreturn]] void fail_here(const std::string& expected) const {
     fail(fmt::format("chat template {}: expected {}, got {}",
@@ -271,10 +284,11 @@ class Parser {
       case TokenKind::kFloat: {
         advance();
         auto expr = node(ExprKind::kLiteral, at);
-        if (at.kind == TokenKind::kFloat)
-          expr->literal = std::stod(at.value);
-        else
-          expr->literal = static_cast<int64_t>(std::stoll(at.value));
+        if (at.kind == TokenKind::kFloat) {
+          expr->literal = std::strtod(at.value.c_str(), nullptr);  // 1e999 is inf, as in Python
+        } else {
+          expr->literal = integer_literal(at);
+        }
         return expr;
       }
       case TokenKind::kOperator:
@@ -323,7 +337,7 @@ class Parser {
       if (skip_op(".")) {
         if (current().kind == TokenKind::kInteger) {
           auto item = node(ExprKind::kLiteral, current());
-          item->literal = static_cast<int64_t>(std::stoll(advance().value));
+          item->literal = integer_literal(advance());
           expr = binary(ExprKind::kGetItem, at, std::move(expr), std::move(item));
         } else {
           auto attr = node(ExprKind::kGetAttr, at);

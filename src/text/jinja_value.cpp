@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 
 #include "text/utf8.h"
 
@@ -157,7 +158,19 @@ int64_t floor_div(int64_t a, int64_t b) {
   return q;
 }
 
-Json number(double v, bool integral) { return integral ? Json(static_cast<int64_t>(v)) : Json(v); }
+// Python's integers have no bound; ours are 64-bit, and a result beyond them is an error rather
+// than undefined behaviour (found by fuzz_chat_template's review).
+int64_t checked(bool overflow, int64_t result) {
+  DSMOE_CHECK(!overflow, "integer overflow: the result does not fit in 64 bits");
+  return result;
+}
+
+Json number(double v, bool integral) {
+  if (!integral) return Json(v);
+  DSMOE_CHECK(std::isfinite(v) && std::fabs(v) < 9223372036854775808.0,  // 2^63
+              "integer overflow: the result does not fit in 64 bits");
+  return Json(static_cast<int64_t>(v));
+}
 
 // The largest string or list `*` may make (Python would run out of memory instead).
 constexpr int64_t kMaxRepeatBytes = int64_t{1} << 30;
@@ -446,21 +459,32 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   }
   const bool integral = is_integral(x) && is_integral(y);
   const double u = as_double(x), v = as_double(y);
-  if (op == "+") return Value::of(integral ? Json(as_int(x) + as_int(y)) : Json(u + v));
-  if (op == "-") return Value::of(integral ? Json(as_int(x) - as_int(y)) : Json(u - v));
-  if (op == "*") return Value::of(integral ? Json(as_int(x) * as_int(y)) : Json(u * v));
+  const int64_t i = integral ? as_int(x) : 0, j = integral ? as_int(y) : 0;
+  if (op == "+" || op == "-" || op == "*") {
+    if (!integral) return Value::of(op == "+" ? u + v : op == "-" ? u - v : u * v);
+    int64_t result = 0;
+    const bool overflow = op == "+"   ? __builtin_add_overflow(i, j, &result)
+                          : op == "-" ? __builtin_sub_overflow(i, j, &result)
+                                      : __builtin_mul_overflow(i, j, &result);
+    return Value::of(checked(overflow, result));
+  }
   if (op == "**") {
     if (integral && as_int(y) >= 0) return Value::of(number(std::pow(u, v), true));
     return Value::of(std::pow(u, v));
   }
   DSMOE_CHECK(v != 0.0, "division by zero");
   if (op == "/") return Value::of(u / v);
+  DSMOE_CHECK(!integral || i != INT64_MIN || j != -1,
+              "integer overflow: the result does not fit in 64 bits");
   if (op == "//") {
     if (integral) return Value::of(floor_div(as_int(x), as_int(y)));
     return Value::of(std::floor(u / v));
   }
   if (op == "%") {
-    if (integral) return Value::of(as_int(x) - floor_div(as_int(x), as_int(y)) * as_int(y));
+    if (integral) {  // Python's: the remainder takes the divisor's sign
+      const int64_t remainder = i % j;
+      return Value::of(remainder != 0 && (remainder < 0) != (j < 0) ? remainder + j : remainder);
+    }
     return Value::of(u - std::floor(u / v) * v);
   }
   fail(fmt::format("unknown operator {}", op));
@@ -470,7 +494,11 @@ Value negate(const Value& value) {
   require_defined(value);
   DSMOE_CHECK(value.is_data() && is_numeric(value.data()), "bad operand type for unary -: '{}'",
               type_name(value));
-  if (is_integral(value.data())) return Value::of(-as_int(value.data()));
+  if (is_integral(value.data())) {
+    const int64_t i = as_int(value.data());
+    DSMOE_CHECK(i != INT64_MIN, "integer overflow: the result does not fit in 64 bits");
+    return Value::of(-i);
+  }
   return Value::of(-value.data().get<double>());
 }
 
