@@ -20,140 +20,13 @@
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "runtime/text_codec.h"
+#include "server_fixture.h"
 #include "test_util.h"
 
 namespace dsmoe {
 namespace {
 
-using json = nlohmann::json;
-constexpr const char* kKey = "test-key";
-constexpr const char* kModelName = "tiny";
-constexpr int64_t kMaxBodyBytes = 64 * 1024;
-
-// The v3-tiny fixture (context 256), or a larger random model whose generations last seconds.
-const Model& fixture_model() {
-  static const Model model = Model::load(std::string(DSMOE_TEST_DATA) + "/v3-tiny/model");
-  return model;
-}
-
-const Model& slow_model() {
-  static const Model model = [] {
-    const json config = {{"model_type", "deepseek_v3"},
-                         {"vocab_size", 512},
-                         {"hidden_size", 256},
-                         {"intermediate_size", 1024},
-                         {"moe_intermediate_size", 256},
-                         {"num_hidden_layers", 4},
-                         {"first_k_dense_replace", 1},
-                         {"num_attention_heads", 4},
-                         {"q_lora_rank", 64},
-                         {"kv_lora_rank", 64},
-                         {"qk_nope_head_dim", 32},
-                         {"qk_rope_head_dim", 16},
-                         {"v_head_dim", 32},
-                         {"n_routed_experts", 8},
-                         {"num_experts_per_tok", 2},
-                         {"n_shared_experts", 1},
-                         {"n_group", 4},
-                         {"topk_group", 2},
-                         {"max_position_embeddings", 2048},
-                         {"num_nextn_predict_layers", 0}};
-    const ModelConfig c = parse_model_config(config, "slow test model");
-    return Model(c, random_weights(c, 7));
-  }();
-  return model;
-}
-
-// A server on a free port of 127.0.0.1, running on its own thread for the test's lifetime.
-class RunningServer {
- public:
-  explicit RunningServer(const Model& model, int64_t max_concurrent = 4)
-      : codec_(model.config()), server_(model, codec_, options(max_concurrent)) {
-    port_ = server_.bind();
-    thread_ = std::thread([this] { server_.run(); });
-    httplib::Client probe("127.0.0.1", port_);
-    for (int i = 0; i < 200 && !probe.Get("/health"); i++)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ~RunningServer() {
-    server_.stop();
-    thread_.join();
-  }
-  int port() const { return port_; }
-  server::Server& server() { return server_; }
-  httplib::Client client() const {
-    httplib::Client client("127.0.0.1", port_);
-    client.set_read_timeout(60, 0);
-    return client;
-  }
-
- private:
-  static server::ServerOptions options(int64_t max_concurrent) {
-    server::ServerOptions o;
-    o.port = 0;
-    o.api_key = kKey;
-    o.model_name = kModelName;
-    o.max_body_bytes = kMaxBodyBytes;
-    o.heartbeat_ms = 50;
-    o.scheduler.max_concurrent = max_concurrent;
-    o.scheduler.max_queue = 64;
-    o.scheduler.prefill_chunk = 16;
-    return o;
-  }
-
-  ByteCodec codec_;
-  server::Server server_;
-  int port_ = 0;
-  std::thread thread_;
-};
-
-httplib::Headers auth() { return {{"Authorization", std::string("Bearer ") + kKey}}; }
-
-// POST with the key; the body parsed (a non-streaming answer may start with probe spaces).
-std::pair<int, json> post(const RunningServer& server, const std::string& path, const json& body,
-                          const httplib::Headers& headers = auth()) {
-  httplib::Result result =
-      server.client().Post(path.c_str(), headers, body.dump(), "application/json");
-  EXPECT_TRUE(result) << "no answer from " << path;
-  if (!result) return {0, json()};
-  return {result->status, json::parse(result->body, nullptr, false)};
-}
-
-// The data events of an SSE body (comments skipped); "[DONE]" kept as a string.
-std::vector<std::string> sse_events(const std::string& body) {
-  std::vector<std::string> events;
-  size_t pos = 0;
-  while (pos < body.size()) {
-    const size_t end = body.find("\n\n", pos);
-    EXPECT_NE(end, std::string::npos) << "an event without its blank line: " << body.substr(pos);
-    if (end == std::string::npos) break;
-    const std::string event = body.substr(pos, end - pos);
-    pos = end + 2;
-    if (event[0] == ':') continue;  // a probe
-    EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
-    events.push_back(event.substr(6));
-  }
-  return events;
-}
-
-void expect_error_shape(const json& body, const std::string& param = "") {
-  ASSERT_TRUE(body.is_object() && body.contains("error")) << body.dump();
-  const json& error = body["error"];
-  for (const char* key : {"message", "type", "param", "code"})
-    EXPECT_TRUE(error.contains(key)) << key << " missing in " << body.dump();
-  EXPECT_TRUE(error["message"].is_string());
-  if (!param.empty()) {
-    EXPECT_EQ(error["param"], param) << body.dump();
-  }
-}
-
-json completion_body(const std::string& prompt, int max_tokens, bool stream = false) {
-  return {{"model", kModelName},
-          {"prompt", prompt},
-          {"max_tokens", max_tokens},
-          {"temperature", 0},
-          {"stream", stream}};
-}
+using namespace server_test;  // NOLINT: the fixture of server_fixture.h
 
 TEST(Server, HealthModelsMetricsAndAuth) {
   RunningServer server(fixture_model());
@@ -371,28 +244,6 @@ TEST(Server, ErrorsInOpenAiShapeAndTheServerGoesOn) {
   EXPECT_EQ(unknown->status, 404);
   expect_error_shape(json::parse(unknown->body));
   EXPECT_EQ(post(server, "/v1/completions", completion_body("still here", 2)).first, 200);
-}
-
-// Sends raw bytes and returns the answer's head (up to its blank line; empty when the server
-// closes first or 2 s pass).
-std::string raw_exchange(int port, const std::string& bytes) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  timeval timeout{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  EXPECT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL),
-            static_cast<ssize_t>(bytes.size()));
-  std::string answer;
-  char buffer[4096];
-  for (ssize_t n; answer.find("\r\n\r\n") == std::string::npos &&
-                  (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;)
-    answer.append(buffer, n);
-  ::close(fd);
-  return answer;
 }
 
 TEST(Server, MalformedHttpGets4xx) {
