@@ -36,7 +36,10 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "tensor/tensor.h"
 
 namespace dsmoe {
 namespace {
@@ -113,6 +116,17 @@ struct FdCheck {
     return c;
   }
   return std::nullopt;
+}
+
+// <g, d> and sum |g_i d_i| (the magnitude its rounding scales with), in double.
+std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
+  double sum = 0.0, magnitude = 0.0;
+  for (int64_t i = 0; i < g.numel(); i++) {
+    const double term = static_cast<double>(g.data[i]) * d[i];
+    sum += term;
+    magnitude += std::fabs(term);
+  }
+  return {sum, magnitude};
 }
 
 }  // namespace

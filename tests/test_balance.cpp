@@ -37,17 +37,6 @@ Eval evaluate(const Model& model, const std::vector<int64_t>& ids, int64_t n_seq
   return e;
 }
 
-// <g, d> and sum |g_i d_i| (the magnitude its rounding scales with), in double.
-std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
-  double sum = 0.0, magnitude = 0.0;
-  for (int64_t i = 0; i < g.numel(); i++) {
-    const double term = static_cast<double>(g.data[i]) * d[i];
-    sum += term;
-    magnitude += std::fabs(term);
-  }
-  return {sum, magnitude};
-}
-
 struct FdCase {
   std::string name;
   json config;

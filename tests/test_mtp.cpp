@@ -86,17 +86,6 @@ Step train_step(const Model& model, const std::vector<int64_t>& ids, int64_t n_s
   return s;
 }
 
-// <g, d> and sum |g_i d_i| (the magnitude its rounding scales with), in double.
-std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
-  double sum = 0.0, magnitude = 0.0;
-  for (int64_t i = 0; i < g.numel(); i++) {
-    const double term = static_cast<double>(g.data[i]) * d[i];
-    sum += term;
-    magnitude += std::fabs(term);
-  }
-  return {sum, magnitude};
-}
-
 class MtpGradient : public ::testing::TestWithParam<bool> {};
 
 // d objective along a random direction, by central differences, against the analytic gradient;
