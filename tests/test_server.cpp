@@ -338,10 +338,14 @@ TEST(Server, ClientsThatDisconnectFreeTheirSequences) {
       server, completion_body("stream then leave", kMaxTokens, true),
       [](const std::string& received) { return received.find("data: ") != std::string::npos; });
   EXPECT_TRUE(sequences_freed(server));
-  // Not tested yet: a non-streaming client that gives up. Its disconnect is seen only through
-  // the server's probe writes, and in one run in three the probes did not reach the client and
-  // the request ran to max_tokens (issue 14's note).
-  const int n_gone = 1;
+  // A non-streaming client that gives up after 0.3 s: the server's probes (spaces, written
+  // whenever nothing else was for a heartbeat) reach it, and its hang-up is seen by the next.
+  const auto start = std::chrono::steady_clock::now();
+  post_and_leave(server, completion_body("wait then leave", kMaxTokens), [&](const std::string&) {
+    return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(300);
+  });
+  EXPECT_TRUE(sequences_freed(server));
+  const int n_gone = 2;
   // Each was answered as gone (499; booked a moment after the sequence is freed) and cut short.
   const std::string gone =
       fmt::format("dsmoe_requests_total{{endpoint=\"/v1/completions\",status=\"499\"}} {}", n_gone);

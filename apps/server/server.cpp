@@ -248,12 +248,18 @@ void Server::Impl::generate(Endpoint endpoint, const Request& req, Response& res
 bool Server::Impl::pump(Generation& generation, httplib::DataSink& sink) {
   const auto probe_interval = std::chrono::milliseconds(options.heartbeat_ms);
   const std::string probe = generation.stream ? ": ping\n\n" : " ";
+  // A probe goes out whenever nothing was written for a probe interval, updates or not: a
+  // non-streaming answer writes nothing until its end, and a client that left is noticed only
+  // by a write that fails.
+  auto last_write = std::chrono::steady_clock::now();
   StreamUpdate update;
   while (!stopping) {
-    if (!generation.sequence->wait_update(&update, probe_interval)) {
+    const bool updated = generation.sequence->wait_update(&update, probe_interval);
+    if (std::chrono::steady_clock::now() - last_write >= probe_interval) {
       if (!sink.write(probe.data(), probe.size())) break;
-      continue;
+      last_write = std::chrono::steady_clock::now();
     }
+    if (!updated) continue;
     if (update.finish == FinishReason::kCancelled) break;
     generation.finish = update.finish;
     std::string out;
@@ -268,7 +274,10 @@ bool Server::Impl::pump(Generation& generation, httplib::DataSink& sink) {
                                    generation.sequence->prompt_tokens(),
                                    generation.sequence->completion_tokens()));
     }
-    if (!out.empty() && !sink.write(out.data(), out.size())) break;
+    if (!out.empty()) {
+      if (!sink.write(out.data(), out.size())) break;
+      last_write = std::chrono::steady_clock::now();
+    }
     if (update.finish != FinishReason::kNone) {
       sink.done();
       return true;
