@@ -2,7 +2,7 @@
 """table.py DIR - the benchmark table (markdown) from the JSON files bench/run.sh writes in DIR:
 dsmoe-infer-lite8-{bf16,q8_0,q4_0}.json, dsmoe-train-s.json, dsmoe-train-s-bf16.json,
 dsmoe-v2-lite-q4_0.json, torch-infer-lite8-bf16.json, torch-train-s.json. Missing files show as
-"-". llama.cpp's numbers are those the issue measured on this machine (no llama.cpp build here)."""
+"-". Peers (llama.cpp) are measured in the same run by bench/peers.sh, never quoted here."""
 import json, os, sys
 
 
@@ -27,9 +27,7 @@ def pct(x):
     return "-" if x is None else "{:.0f}%".format(100 * x)
 
 
-# llama.cpp (CPU build, llama-bench, 2 threads) on infer-lite8, measured on this machine as the
-# issue states (pp512, tg128), and the issue's targets for dsmoe.
-LLAMA_CPP = {"bf16": (121, 24), "q8_0": (103, 34), "q4_0": (123, 52)}
+# The targets of the first speed issue for dsmoe on infer-lite8 (pp512, tg128).
 TARGET = {"bf16": (300, 28), "q8_0": (400, 52), "q4_0": (400, 88)}
 
 
@@ -60,18 +58,16 @@ def main():
         num(ref.get("int8_dot_peak_ops_per_s", 0) / 1e9 or None)))
     pp, tg = "pp{}".format(ref.get("prompt", "-")), "tg{}".format(ref.get("decode_tokens", "-"))
     print("## infer-lite8 ({} / {}, median of the repetitions, tokens/s)\n".format(pp, tg))
-    print("| weights | dsmoe {0} | dsmoe {1} | target {0} / {1} | llama.cpp {0} / {1} "
-          "| PyTorch {0} / {1} | vs llama.cpp pp / tg | vs PyTorch pp / tg "
+    print("| weights | dsmoe {0} | dsmoe {1} | target {0} / {1} "
+          "| PyTorch {0} / {1} | vs PyTorch pp / tg "
           "| tg of roofline | read GB/s | pp of peak | active MB/token | peak RSS GiB |".format(pp, tg))
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for w, j in ds.items():
         t = ts if w == "bf16" else {}
-        lp, lt = LLAMA_CPP[w]
         dp, dd = j.get("prefill_tokens_per_s"), j.get("decode_tokens_per_s")
-        print("| {} | {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |".format(
-            w, num(dp), num(dd), TARGET[w][0], TARGET[w][1], lp, lt,
+        print("| {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |".format(
+            w, num(dp), num(dd), TARGET[w][0], TARGET[w][1],
             num(t.get("prefill_tokens_per_s")), num(t.get("decode_tokens_per_s")),
-            ratio(dp, lp), ratio(dd, lt),
             ratio(dp, t.get("prefill_tokens_per_s")), ratio(dd, t.get("decode_tokens_per_s")),
             pct(j.get("decode_fraction_of_roofline")),
             num(j.get("read_bandwidth_bytes_per_s", 0) / 1e9 or None),
@@ -91,6 +87,7 @@ def main():
     print("\ndsmoe / PyTorch training: f32 {}, bf16 {} (targets: f32 >= 1.5x, bf16 >= 2500 tokens/s)".format(
         ratio(dt.get("train_tokens_per_s"), tt.get("train_tokens_per_s")),
         ratio(dt16.get("train_tokens_per_s"), tt.get("train_tokens_per_s"))))
+    print("\nllama.cpp on the same model and machine: bench/peers.sh (alternating pairs, same run).")
     full = load(d, "dsmoe-v2-lite-q4_0")
     if full:
         print("\nFull DeepSeek-V2-Lite shape ({} layers, random weights) at q4_0: peak RSS {} GiB "
