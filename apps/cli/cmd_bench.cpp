@@ -43,6 +43,7 @@ struct BenchArgs {
   std::string peak_size = "full";
   std::string precision = "f32";  // of the training step
   bool no_roofline = false;
+  bool bandwidth_search = false;
   std::vector<int64_t> concurrent;           // batch sizes of batched decode (empty: none)
   std::string concurrent_kernels = "exact";  // Model::set_exact_batches
   std::string speculative;                   // "" or "mtp"
@@ -140,6 +141,33 @@ int64_t bandwidth_probe_bytes(const BenchArgs& a) {
   return bytes;
 }
 
+// Each way the bandwidth probe read its buffer, with its best bytes/s (the fastest is the limit).
+nlohmann::json ways_json(const BandwidthProbe& probe) {
+  nlohmann::json ways = nlohmann::json::array();
+  for (const BandwidthProbe::Way& way : probe.ways())
+    ways.push_back({{"way", way.name}, {"bytes_per_s", way.best_bytes_per_s}});
+  return ways;
+}
+
+// --bandwidth-search: every pattern of cpu::search_read_patterns() on a buffer with hugepages
+// and on one with 4 KiB pages, best of `reps` each; a markdown table on stderr, JSON returned.
+nlohmann::json bandwidth_search(int64_t bytes, int reps) {
+  const std::vector<cpu::ReadPattern> patterns = cpu::search_read_patterns();
+  nlohmann::json rows = nlohmann::json::array();
+  std::vector<std::vector<double>> measured;
+  for (bool hugepages : {true, false})
+    measured.push_back(BandwidthProbe(bytes, hugepages).measure_patterns(patterns, reps));
+  fmt::print(stderr, "| read pattern | GB/s, hugepages | GB/s, 4 KiB pages |\n|---|---|---|\n");
+  for (size_t i = 0; i < patterns.size(); i++) {
+    fmt::print(stderr, "| {} | {:.1f} | {:.1f} |\n", cpu::describe(patterns[i]),
+               measured[0][i] / 1e9, measured[1][i] / 1e9);
+    rows.push_back({{"pattern", cpu::describe(patterns[i])},
+                    {"hugepages_bytes_per_s", measured[0][i]},
+                    {"small_pages_bytes_per_s", measured[1][i]}});
+  }
+  return rows;
+}
+
 // The median of values (mean of the middle two for an even count).
 double median_of(std::vector<double> values) { return RepTimes{std::move(values)}.median(); }
 
@@ -230,6 +258,7 @@ int run_bench(const BenchArgs& a) {
     const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps, hooks);
     if (probe != nullptr) {
       out["bandwidth_probe_bytes"] = probe->bytes();
+      out["read_bandwidth_ways"] = ways_json(*probe);
       probe.reset();
       malloc_trim(0);  // main() keeps freed memory in the heap; give the probe's pages back
       rss_reset = reset_peak_rss();
@@ -279,11 +308,14 @@ int run_bench(const BenchArgs& a) {
   if (!a.no_roofline) {
     log_info("roofline probes ({} peaks)...", a.peak_size);
     if (probed.empty()) {  // no decode measured: the bandwidth of the end of the run
-      const int64_t bw_bytes = bandwidth_probe_bytes(a);
-      out["read_bandwidth_bytes_per_s"] = probe_read_bandwidth(bw_bytes, probe_reps);
-      out["bandwidth_probe_bytes"] = bw_bytes;
+      BandwidthProbe end_probe(bandwidth_probe_bytes(a));
+      out["read_bandwidth_bytes_per_s"] = end_probe.measure(probe_reps);
+      out["bandwidth_probe_bytes"] = end_probe.bytes();
+      out["read_bandwidth_ways"] = ways_json(end_probe);
       out["bandwidth_probe_when"] = "after the model work";
     }
+    if (a.bandwidth_search)
+      out["bandwidth_search"] = bandwidth_search(bandwidth_probe_bytes(a), probe_reps);
     const double bandwidth = out["read_bandwidth_bytes_per_s"].get<double>();
     const int64_t n = small ? 256 : 2048, m = small ? 32 : 256;
     const double fp32 = probe_fp32_sgemm(n, probe_reps);
@@ -434,6 +466,9 @@ Command add_bench(CLI::App& app) {
   app.add_option("--peak-size", args->peak_size,
                  "peak probes: full (sgemm 2048^3, M=256 N=K=2048) or small (256, M=32)");
   app.add_flag("--no-roofline", args->no_roofline, "skip the bandwidth and peak probes");
+  app.add_flag("--bandwidth-search", args->bandwidth_search,
+               "also read the probe's buffer in every access pattern (streams per thread, "
+               "prefetch distance and kind, hugepages or 4 KiB pages): a table on stderr");
   app.add_option("--concurrent", args->concurrent,
                  "also decode N sequences together (batched decode), N or a list N1,N2,..; "
                  "decode_tokens_per_s is then the last N's aggregate")

@@ -209,8 +209,8 @@ double batched_step_weight_bytes(const ModelConfig& c, int64_t active_bytes, int
          static_cast<double>(n_moe_layers) * per_layer * static_cast<double>(expert_bytes);
 }
 
-BandwidthProbe::BandwidthProbe(int64_t bytes) {
-  constexpr int64_t kCols = 4096;
+BandwidthProbe::BandwidthProbe(int64_t bytes, bool hugepages) {
+  constexpr int64_t kCols = 4096;  // a row is 8 KiB: the buffer is a whole number of pages
   QuantMatrix& w = matrix_;
   w.format = WeightFormat::kBF16;
   w.cols = kCols;
@@ -221,20 +221,51 @@ BandwidthProbe::BandwidthProbe(int64_t bytes) {
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.data.data()) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(w.data.data()) + total) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  if (end > begin)
+    madvise(reinterpret_cast<void*>(begin), end - begin,
+            hugepages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   w.data.resize(total, 0x3c);  // every bf16 element 0x3c3c ~ 0.0115: finite, nonzero pages
+  ways_.push_back({"decode kernel: bf16 matrix x vector (quant_linear_forward, M = 1)"});
+  for (const cpu::ReadPattern& pattern : cpu::default_read_patterns())
+    ways_.push_back({"streaming read: " + cpu::describe(pattern)});
 }
 
-double BandwidthProbe::measure(int reps) const {
+std::vector<double> BandwidthProbe::measure_patterns(const std::vector<cpu::ReadPattern>& patterns,
+                                                     int reps) const {
+  // The first 4096-aligned byte: the loops load whole aligned vectors.
+  const uint8_t* data = matrix_.data.data();
+  const int64_t skip =
+      static_cast<int64_t>((4096 - reinterpret_cast<uintptr_t>(data) % 4096) % 4096);
+  const int64_t n = (bytes() - skip) / 4096 * 4096;
+  std::vector<double> bytes_per_s;
+  uint64_t checksum = 0;
+  for (const cpu::ReadPattern& pattern : patterns) {
+    checksum ^= cpu::read_buffer(data + skip, n, pattern);  // warm-up
+    const RepTimes times =
+        time_reps([&] { checksum ^= cpu::read_buffer(data + skip, n, pattern); }, reps);
+    bytes_per_s.push_back(static_cast<double>(n) / times.best());
+  }
+  volatile uint64_t sink = checksum;  // the reads are used
+  (void)sink;
+  return bytes_per_s;
+}
+
+double BandwidthProbe::measure(int reps) {
   std::vector<float> x(matrix_.cols, 0.5f);                   // (K)
   std::vector<float> y(matrix_.rows);                         // (N)
   cpu::quant_linear_forward(y.data(), x.data(), matrix_, 1);  // warm-up
   const RepTimes times =
       time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), matrix_, 1); }, reps);
-  return static_cast<double>(bytes()) / times.best();
+  std::vector<double> measured{static_cast<double>(bytes()) / times.best()};
+  for (double pattern : measure_patterns(cpu::default_read_patterns(), reps))
+    measured.push_back(pattern);
+  double fastest = 0;
+  for (size_t i = 0; i < measured.size(); i++) {
+    ways_[i].best_bytes_per_s = std::max(ways_[i].best_bytes_per_s, measured[i]);
+    fastest = std::max(fastest, measured[i]);
+  }
+  return fastest;
 }
-
-double probe_read_bandwidth(int64_t bytes, int reps) { return BandwidthProbe(bytes).measure(reps); }
 
 double probe_fp32_sgemm(int64_t n, int reps) {
   std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);  // (n, n) each

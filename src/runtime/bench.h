@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/read_probe.h"
 #include "kernels/quant.h"
 #include "model/config.h"
 #include "model/transformer.h"
@@ -80,20 +81,31 @@ struct SpeculativeTimes {
 SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64_t n_decode,
                                      int64_t draft_tokens, int reps, uint64_t seed = 1234);
 
-// Read bandwidth in bytes/s as the issue defines it: a bf16 matrix of ~`bytes` bytes (4096
-// columns, hugepages requested) times one vector with cpu::quant_linear_forward at M = 1, which
-// splits the rows over the threads; best of `reps` products. bytes/s = matrix bytes / seconds.
-// The matrix is made once and measured as often as asked.
+// Read bandwidth in bytes/s: the fastest of several ways to stream a buffer of ~`bytes` bytes
+// (hugepages requested) on all threads, so that no engine's decode reads above it (issue 16
+// part 2): the streaming-read patterns of cpu::default_read_patterns() (streams per thread,
+// software prefetch) and the decode kernel itself (a bf16 matrix of 4096 columns times one
+// vector, cpu::quant_linear_forward at M = 1). Each way's best of `reps` passes; measure()
+// returns the fastest way's and keeps every way's best over all calls (ways()).
+// The buffer is made once and measured as often as asked.
 class BandwidthProbe {
  public:
-  explicit BandwidthProbe(int64_t bytes);
-  double measure(int reps) const;
+  struct Way {
+    std::string name;
+    double best_bytes_per_s = 0;  // over all measure() calls
+  };
+  explicit BandwidthProbe(int64_t bytes, bool hugepages = true);
+  double measure(int reps);
+  // One pass of each pattern of `patterns` (best of reps): bytes/s per pattern, in order.
+  std::vector<double> measure_patterns(const std::vector<cpu::ReadPattern>& patterns,
+                                       int reps) const;
   int64_t bytes() const { return static_cast<int64_t>(matrix_.data.size()); }
+  const std::vector<Way>& ways() const { return ways_; }
 
  private:
-  QuantMatrix matrix_;
+  QuantMatrix matrix_;  // the bf16 matrix, also the buffer the patterns read
+  std::vector<Way> ways_;
 };
-double probe_read_bandwidth(int64_t bytes, int reps);  // BandwidthProbe(bytes).measure(reps)
 
 // fp32 peak in FLOP/s: cpu::linear_forward (OpenBLAS sgemm) of n x n x n, 2 n^3 FLOPs, best of
 // `reps`.
