@@ -12,9 +12,12 @@ namespace dsmoe {
 namespace {
 
 // What sampling draws from: the top-k tokens by logit, then the nucleus of them (the smallest
-// prefix whose probability reaches top_p), with unnormalized weights exp((l - max) / T).
+// prefix, most likely first, whose probability reaches top_p), with unnormalized weights
+// exp((l - max) / T). Only what needs an order is sorted: nothing when top_p is 1 (the top-k
+// tokens in any order), else the most likely tokens in growing chunks until the nucleus is
+// complete; a full sort of a 129k vocabulary per token was most of a sampled step's time.
 struct Nucleus {
-  std::vector<int64_t> order;  // token ids, most likely first (the first `size` count)
+  std::vector<int64_t> order;  // token ids (the first `size` count), most likely first if top_p < 1
   std::vector<double> weight;  // their weights
   int64_t size = 0;
   double total = 0.0;  // sum of the nucleus' weights
@@ -24,26 +27,38 @@ Nucleus nucleus(const float* logits, int64_t vocab_size, const SamplingParams& p
   Nucleus n;
   n.order.resize(vocab_size);
   std::iota(n.order.begin(), n.order.end(), 0);
+  const auto more_likely = [&](int64_t a, int64_t b) { return logits[a] > logits[b]; };
   const int64_t keep = params.top_k > 0 ? std::min(params.top_k, vocab_size) : vocab_size;
-  std::partial_sort(n.order.begin(), n.order.begin() + keep, n.order.end(),
-                    [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
-  n.weight.resize(keep);
-  const double max_logit = logits[n.order[0]];
+  if (keep < vocab_size)
+    std::nth_element(n.order.begin(), n.order.begin() + keep - 1, n.order.end(), more_likely);
+  const double max_logit = *std::max_element(logits, logits + vocab_size);
+  const auto weight_of = [&](int64_t id) {
+    return std::exp((logits[id] - max_logit) / params.temperature);
+  };
   double sum = 0.0;
-  for (int64_t i = 0; i < keep; i++) {
-    n.weight[i] = std::exp((logits[n.order[i]] - max_logit) / params.temperature);
-    sum += n.weight[i];
-  }
-  double cumulative = 0.0;
+  for (int64_t i = 0; i < keep; i++) sum += weight_of(n.order[i]);
   n.size = keep;
-  for (int64_t i = 0; i < keep; i++) {
-    cumulative += n.weight[i] / sum;
-    if (cumulative >= params.top_p) {
-      n.size = i + 1;
-      break;
+  if (params.top_p < 1.0f) {
+    double cumulative = 0.0;
+    bool complete = false;
+    for (int64_t sorted = 0, chunk = 256; sorted < keep && !complete; chunk *= 8) {
+      const int64_t end = std::min(keep, sorted + chunk);
+      std::partial_sort(n.order.begin() + sorted, n.order.begin() + end, n.order.begin() + keep,
+                        more_likely);
+      for (; sorted < end; sorted++) {
+        cumulative += weight_of(n.order[sorted]) / sum;
+        if (cumulative >= params.top_p) {
+          n.size = sorted + 1, complete = true;
+          break;
+        }
+      }
     }
   }
-  for (int64_t i = 0; i < n.size; i++) n.total += n.weight[i];
+  n.weight.resize(n.size);
+  for (int64_t i = 0; i < n.size; i++) {
+    n.weight[i] = weight_of(n.order[i]);
+    n.total += n.weight[i];
+  }
   return n;
 }
 
