@@ -49,9 +49,10 @@ status=0
 python3 bench/load_test.py --port "$port" --model load --server-pid "$server" "$@" || status=$?
 
 echo "load_test.sh: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "load_test.sh: server log: $(grep -c "^request .* POST" "$log") generation requests," \
-  "$(grep -c 'status=200' "$log") status=200, $(grep -c 'status=499' "$log") status=499," \
-  "other statuses: $(grep "^request .* POST" "$log" | grep -v -e 'status=200' -e 'status=499' | wc -l)"
+posts=$(grep "^request .* POST" "$log" || true)  # one line per generation request
+count() { if [ -z "$posts" ]; then echo 0; else grep -c "$@" <<<"$posts" || true; fi; }
+echo "load_test.sh: server log: $(count .) generation requests: $(count status=200) status=200," \
+  "$(count status=499) status=499 (client closed), $(count -v -e status=200 -e status=499) other"
 kill "$server"
 wait "$server" || true
 trap - EXIT
