@@ -1,9 +1,10 @@
 // fuzz_util.h: what the fuzz targets share: a scratch directory of this process (in /dev/shm when
-// it exists) for parsers that read files.
+// it exists, removed at a normal exit) for parsers that read files.
 #pragma once
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -11,6 +12,9 @@
 
 namespace dsmoe::fuzz {
 
+inline void remove_scratch_dir();
+
+// Removed when the process exits normally (a crash leaves it, with the input that caused it).
 inline const std::filesystem::path& scratch_dir() {
   static const std::filesystem::path dir = [] {
     const std::filesystem::path base =
@@ -19,7 +23,15 @@ inline const std::filesystem::path& scratch_dir() {
     std::filesystem::create_directories(path);
     return path;
   }();
+  // Registered after `dir` is constructed, so that it runs before `dir` is destroyed.
+  static const bool removed_at_exit = (std::atexit(remove_scratch_dir), true);
+  (void)removed_at_exit;
   return dir;
+}
+
+inline void remove_scratch_dir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(scratch_dir(), ignored);
 }
 
 inline std::string write_scratch(const std::string& name, std::string_view bytes) {

@@ -10,8 +10,9 @@ build=build/fuzz
 CXX=clang++ cmake -S fuzz -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j "$(nproc)"
 targets=(safetensors checkpoint_index config tokenizer_json tokenizer_encode chat_template
-         server_request)
-# Seeds: the repository's own inputs for each parser.
+         server_request trainer_state)
+# Seeds: the repository's own inputs for each parser (trainer_state's are in its regression
+# corpus: the files of a real two-step training checkpoint, fuzz/corpus/trainer_state/seed-*).
 seed_dir() {
   local target=$1 dir="$build/seeds/$1"
   mkdir -p "$dir"

@@ -1,8 +1,10 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "io/safetensors.h"
@@ -27,11 +29,42 @@ json rng_to_json(const Rng::Snapshot& s) {
   return {{"state", s.state}, {"has_spare", s.has_spare}, {"spare", s.spare}};
 }
 
-Rng::Snapshot rng_from_json(const json& j, const std::string& where) {
+// trainer_state.json is read as outside input: every field is checked for its type and range
+// before it is converted (nlohmann's get<> throws its own exceptions, or converts out-of-range
+// numbers with undefined behaviour).
+
+// `key` of `object`: a count, an integer >= 0 (optional fields are 0 when absent).
+int64_t count_field(const json& object, const char* key, bool required, const std::string& where) {
+  const auto it = object.find(key);
+  if (it == object.end()) {
+    DSMOE_CHECK(!required, "{}: missing '{}'", where, key);
+    return 0;
+  }
+  const bool in_range = it->is_number_unsigned()
+                            ? it->get<uint64_t>() <= std::numeric_limits<int64_t>::max()
+                            : it->is_number_integer() && it->get<int64_t>() >= 0;
+  DSMOE_CHECK(in_range, "{}: '{}' must be an integer >= 0 (a count), got {}", where, key,
+              it->type_name());
+  return it->get<int64_t>();
+}
+
+Rng::Snapshot rng_from_json(const json& trainer, const char* key, const std::string& where) {
+  const auto it = trainer.find(key);
+  DSMOE_CHECK(it != trainer.end() && it->is_object(),
+              "{}: '{}' must be a random generator state (an object)", where, key);
+  const json& j = *it;
+  const auto state = j.find("state"), has_spare = j.find("has_spare"), spare = j.find("spare");
+  DSMOE_CHECK(state != j.end() && state->is_number_unsigned(),
+              "{}: '{}.state' must be an unsigned 64-bit integer", where, key);
+  DSMOE_CHECK(has_spare != j.end() && has_spare->is_boolean(), "{}: '{}.has_spare' must be a bool",
+              where, key);
+  DSMOE_CHECK(spare != j.end() && spare->is_number(), "{}: '{}.spare' must be a number", where,
+              key);
+  const double spare_value = spare->get<double>();
   DSMOE_CHECK(
-      j.is_object() && j.contains("state") && j.contains("has_spare") && j.contains("spare"),
-      "{}: malformed random generator state", where);
-  return {j["state"].get<uint64_t>(), j["has_spare"].get<bool>(), j["spare"].get<float>()};
+      std::isfinite(spare_value) && std::fabs(spare_value) <= std::numeric_limits<float>::max(),
+      "{}: '{}.spare' = {} is not a finite float", where, key, spare_value);
+  return {state->get<uint64_t>(), has_spare->get<bool>(), static_cast<float>(spare_value)};
 }
 
 // Loads `name` of `file` into `tensor` (already allocated with the right shape).
@@ -126,8 +159,9 @@ std::string latest_checkpoint_dir(const std::string& out_dir) {
   if (!fs::exists(latest)) return "";
   std::string name = read_text(latest.string());
   name.erase(name.find_last_not_of(" \n\r\t") + 1);
-  DSMOE_CHECK(!name.empty() && name.find('/') == std::string::npos,
-              "{}: does not name a checkpoint directory", latest.string());
+  // A step directory of out_dir, as save_checkpoint names them (not "..", nor a path).
+  DSMOE_CHECK(name.rfind("step-", 0) == 0 && name.find('/') == std::string::npos,
+              "{}: does not name a checkpoint directory (step-N)", latest.string());
   return (fs::path(out_dir) / name).string();
 }
 
@@ -152,17 +186,21 @@ void load_checkpoint(const std::string& out_dir, const ModelConfig& config, Mode
                   });
   const TensorInfo* step = optimizer.find("step");
   DSMOE_CHECK(step != nullptr, "{}: missing tensor 'step'", optimizer_path);
-  adam.step = read_i64(*step).at(0);
+  const std::vector<int64_t> step_values = read_i64(*step);
+  DSMOE_CHECK(step_values.size() == 1 && step_values[0] >= 0,
+              "{}: tensor 'step' must hold one count >= 0", optimizer_path);
+  adam.step = step_values[0];
   const std::string state_path = dir + "/trainer_state.json";
   const json trainer = json::parse(read_text(state_path), nullptr, false);
-  DSMOE_CHECK(!trainer.is_discarded() && trainer.is_object() && trainer.contains("step"),
-              "{}: not a trainer state", state_path);
-  state.step = trainer["step"].get<int64_t>();
-  state.data_rng = rng_from_json(trainer["data_rng"], state_path);
-  state.noise_rng = rng_from_json(trainer["noise_rng"], state_path);
-  state.skipped_steps = trainer.value("skipped_steps", int64_t{0});
-  state.nonfinite_in_a_row = trainer.value("nonfinite_in_a_row", int64_t{0});
-  DSMOE_CHECK(state.step == adam.step + state.skipped_steps,
+  DSMOE_CHECK(!trainer.is_discarded() && trainer.is_object(), "{}: not a trainer state",
+              state_path);
+  state.step = count_field(trainer, "step", true, state_path);
+  state.data_rng = rng_from_json(trainer, "data_rng", state_path);
+  state.noise_rng = rng_from_json(trainer, "noise_rng", state_path);
+  state.skipped_steps = count_field(trainer, "skipped_steps", false, state_path);
+  state.nonfinite_in_a_row = count_field(trainer, "nonfinite_in_a_row", false, state_path);
+  // Both counts are >= 0, so the difference cannot overflow (a sum could).
+  DSMOE_CHECK(state.step - state.skipped_steps == adam.step,
               "{}: step {} does not match the optimizer's {} (+{} skipped)", state_path, state.step,
               adam.step, state.skipped_steps);
 }
