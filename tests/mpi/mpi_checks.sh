@@ -64,7 +64,9 @@ train)
   cmp "$work/r2/model.safetensors" "$work/again2/model.safetensors"
   echo "train: 2 ranks twice: bit-identical losses and checkpoint"
   # dsmoe report draws the traffic of the 2-rank run (without gnuplot: its data and script).
-  "$dsmoe" report --run "$work/r2" > /dev/null 2>&1 || ! command -v gnuplot > /dev/null
+  if ! "$dsmoe" report --run "$work/r2" > /dev/null 2>&1 && command -v gnuplot > /dev/null; then
+    echo "report: dsmoe report failed with gnuplot installed"; exit 1
+  fi
   pictures=(parallel.dat); command -v gnuplot > /dev/null && pictures+=(a2a_bytes.png tokens_received.png comm_time.png)
   for f in "${pictures[@]}"; do [[ -s "$work/r2/report/$f" ]] || { echo "report: no $f"; exit 1; }; done
   echo "train: dsmoe report of the 2-rank run: ${pictures[*]}"
