@@ -6,6 +6,7 @@
 #   train     20 steps: the loss curve within 1e-5 relative of one process, a rerun at fixed R
 #             bit-identical, the checkpoint loads in one process and under mpirun -np 2, and
 #             --resume with another R continues the same curve; dsmoe report plots the traffic
+#   bench     dsmoe bench --train and decode on 2 ranks: the JSON has the ranks and the traffic
 # Used by CTest (tests/mpi/CMakeLists.txt); needs python3 for the comparisons.
 set -euo pipefail
 dsmoe=$1 src=$2 check=$3
@@ -82,6 +83,13 @@ train)
   train 2 "$work/resumed" --steps 20 --resume
   python3 "$here/close_losses.py" "$work/one/metrics.jsonl" "$work/resumed/metrics.jsonl" 1e-5
   echo "train: resumed on 2 ranks from a 4-rank checkpoint: the same curve"
+  ;;
+bench)
+  # dsmoe bench --train and prefill / decode on 2 ranks: rank 0 prints one JSON object with the
+  # ranks and, per phase, the traffic per rank and token (check_bench.py).
+  mpi 2 "$dsmoe" bench --model "$model" --train --batch 4 --seq 16 --prompt 8 --decode 4 \
+    --reps 1 --train-warmup 1 --threads 1 --json 2>/dev/null > "$work/bench.json"
+  python3 "$here/check_bench.py" "$work/bench.json" 2
   ;;
 *)
   echo "unknown check $check"; exit 2 ;;
