@@ -5,8 +5,9 @@
 # bytes per token against the bound of device-limited routing, the share of time in collectives
 # and the tokens each rank's experts received (max / mean). Then a ping-pong between two ranks
 # over shared memory (--mca btl self,vader) and TCP (self,tcp): the latency and bandwidth that
-# bench/scale_out_model.py takes for its model of 8 to 256 ranks (printed last). Prints the CPU model, the date
-# and the load averages before and after: on a shared machine the numbers are what it allowed.
+# bench/scale_out_model.py takes for its model of 8 to 256 ranks (printed last). Prints the CPU
+# model, the date and the load averages before and after: on a shared machine the numbers are
+# what it allowed.
 #
 # Environment: DSMOE (default build/release/dsmoe), CONFIG (default bench/configs/train-s.json),
 # RANKS (default "1 2 4"), BATCH x SEQ (default 8 x 256), REPS (timed training steps, default 3),
