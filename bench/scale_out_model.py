@@ -22,7 +22,7 @@ import json
 import os
 
 # Measured on the development machine (docs/scale-out.md): one-way latency (s), bandwidth (B/s).
-DEFAULT_LINKS = {"vader": (2.6e-7, 6.1e9), "tcp": (3.7e-6, 6.1e9)}
+DEFAULT_LINKS = {"vader": (2.8e-7, 3.53e9), "tcp": (3.97e-6, 4.66e9)}
 
 FLOAT, DOUBLE = 4, 8
 N_COLLECTIVES = 5  # per MoE layer and training step (forward counts, dispatch, combine; backward 2)
@@ -116,10 +116,11 @@ def main():
     print("| setting | R | experts/rank | r (bound) | KB/token dsmoe | KB/token DeepSeek "
           "(network) | ms/layer vader | ms/layer tcp | of which latency (tcp) |")
     print("|---|---|---|---|---|---|---|---|---|")
+    left_out = {}  # setting -> the rank counts left out
     for name, s in SETTINGS.items():
         for R in RANKS:
-            if s["E"] % R != 0:
-                print(f"| {name} | {R} | n/a: R does not divide {s['E']} experts | | | | | | |")
+            if s["E"] % R != 0:  # dsmoe needs R | n_routed_experts
+                left_out.setdefault(name, []).append(str(R))
                 continue
             r, why = remote_ranks_bound(s, R)
             ours = r * dsmoe_bytes(s["H"], s["K"])
@@ -131,6 +132,9 @@ def main():
             print(f"| {name} | {R} | {s['E'] // R} | {r}: {why} | {ours / 1e3:.0f} "
                   f"| {theirs / 1e3:.0f} | {times['vader'][0] * 1e3:.0f} "
                   f"| {times['tcp'][0] * 1e3:.0f} | {times['tcp'][1] * 1e3:.2f} |")
+    if left_out:
+        print("\nNot shown (R does not divide the routed experts): " + "; ".join(
+            f"{name} at R = {', '.join(ranks)}" for name, ranks in left_out.items()) + ".")
     print("\nA whole step multiplies the per-layer time by the MoE layers "
           + ", ".join(f"({name.split(',')[0]}: {s['moe_layers']})" for name, s in
                       list(SETTINGS.items())[::2]) + ".")
