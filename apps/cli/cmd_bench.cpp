@@ -1,6 +1,7 @@
 // cmd_bench.cpp: dsmoe bench --model DIR [--prompt P] [--decode N] [--train] ... [--json]:
 // prefill / decode / training tokens/s, peak RSS, and the machine's roofline measured in the
-// same run (see runtime/bench.h for what each number means).
+// same run (see runtime/bench.h for what each number means). Under mpirun the experts are
+// spread over the ranks and the all-to-all traffic is reported (apps/cli/bench_parallel.h).
 #include <fmt/format.h>
 #include <malloc.h>
 
