@@ -1,6 +1,7 @@
 // cmd_bench.cpp: dsmoe bench --model DIR [--prompt P] [--decode N] [--train] ... [--json]:
 // prefill / decode / training tokens/s, peak RSS, and the machine's roofline measured in the
-// same run (see runtime/bench.h for what each number means).
+// same run (see runtime/bench.h for what each number means). Under mpirun the experts are
+// spread over the ranks and the all-to-all traffic is reported (apps/cli/bench_parallel.h).
 #include <fmt/format.h>
 #include <malloc.h>
 
@@ -14,8 +15,10 @@
 #include <utility>
 #include <vector>
 
+#include "apps/cli/bench_parallel.h"
 #include "apps/cli/commands.h"
 #include "apps/cli/common.h"
+#include "apps/cli/parallel.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/peak_probe.h"
 #include "model/transformer.h"
@@ -110,24 +113,32 @@ void add_concurrent(const BenchArgs& a, const Model& model, int64_t active_bytes
 // them (every fresh page is zeroed by the kernel on first touch), ~15% on train-s for the first
 // timed step after a single warm-up.
 RepTimes measure_train(Model& model, int64_t batch, int64_t seq, int reps, int warmup,
-                       cpu::MatmulPrecision precision) {
+                       cpu::MatmulPrecision precision, BenchRanks& ranks, PhaseTraffic& traffic) {
   const ModelConfig& c = model.config();
   make_weights_owned(c, model.mutable_weights());  // mmap'd checkpoints are read-only
   const int64_t n_mtp = static_cast<int64_t>(model.weights().mtp.size());
   ModelWeights grads = zeros_like_weights(c, n_mtp);
   AdamWState adam = make_adamw_state(c, n_mtp);
+  ranks.shard_training(c, grads, adam);             // under mpirun: this rank's experts only
+  const SeqRange share = ranks.train_share(batch);  // (all of it in one process)
   TrainActs acts;
   Rng rng(99), noise_rng(100);
   TrainOptions options;
   options.noise_rng = &noise_rng;
-  std::vector<int64_t> ids(batch * seq);  // (B, T)
+  std::vector<int64_t> ids(batch * seq);  // (B, T): every rank draws the whole batch
   auto step = [&] {
     const cpu::MatmulPrecisionScope scope(precision);
     for (int64_t& id : ids) id = static_cast<int64_t>(rng.next_u64() % c.vocab_size);
-    model.forward_backward(ids.data(), batch, seq, grads, acts, options);
+    model.forward_backward(ids.data() + share.first * seq, share.count(), seq, grads, acts,
+                           options);
+    ranks.reduce_gradients(c, grads);
     adamw_step(c, model.mutable_weights(), grads, adam, 1e-4f, AdamWConfig{});
   };
-  return time_reps(step, reps, warmup);
+  time_reps(step, 0, warmup);
+  ranks.start();
+  const RepTimes times = time_reps(step, reps);
+  ranks.stop(traffic, share.count() * seq * reps, total_seconds(times));
+  return times;
 }
 
 // The read-bandwidth probe's matrix size: --bandwidth-mib, at most a quarter of MemAvailable.
@@ -206,7 +217,17 @@ void add_speculative(const BenchArgs& a, const Model& model, nlohmann::json& out
   out["speculative_speedup"] = t.plain_decode.median() / t.decode.median();
 }
 
-int run_bench(const BenchArgs& a) {
+// Under mpirun: the roofline probes measure one process on the machine the ranks share, so they
+// are off; --concurrent and --speculative run one process only.
+void check_parallel_args(BenchArgs& a, int n_ranks) {
+  DSMOE_CHECK(a.concurrent.empty() && a.speculative.empty(),
+              "--concurrent and --speculative run in one process, not under mpirun ({} ranks)",
+              n_ranks);
+  if (!a.no_roofline) log_info("{} ranks: no roofline probes (they measure one process)", n_ranks);
+  a.no_roofline = true;
+}
+
+int run_bench(BenchArgs a) {
   const std::optional<WeightFormat> format = parse_weight_format(a.weights);
   DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", a.weights);
   DSMOE_CHECK(!a.train || *format == WeightFormat::kF32,
@@ -214,6 +235,8 @@ int run_bench(const BenchArgs& a) {
               a.weights);
   DSMOE_CHECK(a.peak_size == "full" || a.peak_size == "small",
               "--peak-size must be full or small, got '{}'", a.peak_size);
+  BenchRanks ranks(world_comm());
+  if (ranks.active()) check_parallel_args(a, ranks.size());
   set_num_threads(a.threads);
   if (a.json) log_level() = LogLevel::kQuiet;
   const MachineInfo machine = machine_info();
@@ -231,7 +254,7 @@ int run_bench(const BenchArgs& a) {
   bool rss_reset = true;
   ModelConfig c;
   {
-    Model model = load_inference_model(a.model_dir, a.weights);
+    Model model = ranks.load(a.model_dir, a.weights);  // under mpirun, this rank's experts
     c = model.config();
     const int64_t active_params = active_parameters_per_token(c);
     active_bytes = active_weight_bytes_per_token(c, model.mutable_weights());
@@ -255,7 +278,11 @@ int run_bench(const BenchArgs& a) {
       };
       hooks.beside_decode = [&] { probed.push_back(probe->measure(probe_reps)); };
     }
-    const InferenceTimes inf = measure_inference(model, a.prompt, a.decode, a.reps, hooks);
+    InferenceTraffic inference_traffic;
+    if (ranks.active()) add_traffic_hooks(ranks, a.prompt, a.decode, hooks, inference_traffic);
+    constexpr uint64_t kPromptSeed = 1234;  // each rank's own prompt under mpirun
+    const InferenceTimes inf =
+        measure_inference(model, a.prompt, a.decode, a.reps, hooks, kPromptSeed + ranks.rank());
     if (probe != nullptr) {
       out["bandwidth_probe_bytes"] = probe->bytes();
       out["read_bandwidth_ways"] = ways_json(*probe);
@@ -287,10 +314,12 @@ int run_bench(const BenchArgs& a) {
       out["concurrent_kernels"] = a.concurrent_kernels;
       add_concurrent(a, model, active_bytes, decode_tps, out);
     }
+    PhaseTraffic train_traffic;
     if (a.train) {
       const RepTimes t = measure_train(
           model, a.batch, a.seq, a.reps, a.train_warmup,
-          a.precision == "bf16" ? cpu::MatmulPrecision::kBF16 : cpu::MatmulPrecision::kF32);
+          a.precision == "bf16" ? cpu::MatmulPrecision::kBF16 : cpu::MatmulPrecision::kF32, ranks,
+          train_traffic);
       const double tokens = static_cast<double>(a.batch * a.seq);
       out["train"] = rep_json(t, tokens);
       train_tps = tokens / t.median();
@@ -303,6 +332,13 @@ int run_bench(const BenchArgs& a) {
     // be reset after the decode probe's; otherwise it is counted, and said so).
     out["peak_rss_bytes"] = std::max(model_peak_rss, peak_rss_bytes());
     if (!rss_reset) out["peak_rss_includes_bandwidth_probe"] = true;
+    out["ranks"] = ranks.size();
+    if (ranks.active()) {
+      out["parallel"] =
+          parallel_json(ranks, c, static_cast<int64_t>(model.weights().mtp.size()),
+                        inference_traffic, inf, a.train ? &train_traffic : nullptr, decode_tps);
+      out["weight_bytes_of"] = "rank 0's experts";  // active and total weight bytes above
+    }
   }  // the model is freed here: the probes get the memory
 
   if (!a.no_roofline) {
@@ -366,6 +402,7 @@ int run_bench(const BenchArgs& a) {
   const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
   out["openblas_coretype"] = blas_core != nullptr ? blas_core : "";
 
+  if (ranks.rank() != 0) return 0;  // rank 0 prints
   if (a.json) {
     std::printf("%s\n", out.dump().c_str());
     return 0;
@@ -430,6 +467,7 @@ int run_bench(const BenchArgs& a) {
         "bytes\n",
         out["prefill_peak_kind"].get<std::string>(), prefill_flops / 1e9);
   }
+  if (out.contains("parallel")) print_parallel_summary(out["parallel"]);
   return 0;
 }
 
@@ -485,7 +523,10 @@ Command add_bench(CLI::App& app) {
   app.add_option("--draft-tokens", args->draft_tokens,
                  "tokens drafted per main-model forward with --speculative (default 1)")
       ->check(CLI::PositiveNumber);
-  return [args] { return run_bench(*args); };
+  return [args] {  // under mpirun: on every rank, the experts spread over them
+    if (world_comm().size() == 1) return run_bench(*args);
+    return run_on_ranks([args] { return run_bench(*args); });
+  };
 }
 
 }  // namespace dsmoe::cli

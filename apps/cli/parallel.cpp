@@ -32,11 +32,13 @@ ExpertShard rank_shard(Comm& comm, const std::string& model_dir) {
   return ExpertParallel(comm, config).shard();
 }
 
-Model load_parallel_model(Comm& comm, const std::string& model_dir, const std::string& weights) {
+Model load_parallel_model(Comm& comm, const std::string& model_dir, const std::string& weights,
+                          std::shared_ptr<ExpertParallel>* dispatcher) {
   Model model = load_inference_model(model_dir, weights, rank_shard(comm, model_dir));
   if (comm.size() > 1) {
     auto ep = std::make_shared<ExpertParallel>(comm, model.config());
     use_expert_parallel(model.config(), model.mutable_weights(), ep);
+    if (dispatcher != nullptr) *dispatcher = ep;
     log_info("expert parallelism: {} ranks on {} node(s), {} routed experts per rank", comm.size(),
              comm.n_nodes(), model.config().n_routed_experts / comm.size());
   }

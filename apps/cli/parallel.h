@@ -21,8 +21,10 @@ int run_on_ranks(const std::function<int()>& command);
 ExpertShard rank_shard(Comm& comm, const std::string& model_dir);
 
 // Loads a checkpoint for inference with this rank's experts and makes its MoE layers dispatch
-// over `comm` (a no-op in one process).
-Model load_parallel_model(Comm& comm, const std::string& model_dir, const std::string& weights);
+// over `comm` (a no-op in one process); `dispatcher`, when given, gets the layers' dispatcher
+// (its traffic counters; null in one process).
+Model load_parallel_model(Comm& comm, const std::string& model_dir, const std::string& weights,
+                          std::shared_ptr<ExpertParallel>* dispatcher = nullptr);
 
 // Sequences [first, end) of n_seqs that rank `rank` of `size` runs.
 struct SeqRange {

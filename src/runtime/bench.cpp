@@ -83,6 +83,7 @@ InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n
   InferenceTimes times;
   for (int rep = 0; rep < reps; rep++) {
     cache.clear();
+    if (hooks.before_prefill) hooks.before_prefill();
     Timer prefill_timer;
     Tensor logits = model.forward_cached(prompt.data(), n_prompt, cache.view());
     cache.advance(n_prompt);

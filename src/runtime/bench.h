@@ -40,8 +40,9 @@ struct InferenceTimes {
 // - beside_decode: right before and right after each repetition's decode. The bench probes the
 //   read bandwidth there, so that each decode is compared with the bandwidth of its own minute
 //   (this VM's swings by +-20% within minutes).
+// - before_prefill: right before each repetition's prefill.
 struct InferenceHooks {
-  std::function<void()> after_warmup, beside_decode;
+  std::function<void()> after_warmup, beside_decode, before_prefill;
 };
 InferenceTimes measure_inference(const Model& model, int64_t n_prompt, int64_t n_decode, int reps,
                                  const InferenceHooks& hooks = {}, uint64_t seed = 1234);

@@ -155,6 +155,7 @@ void zero_grads(const ModelConfig& config, ModelWeights& grads) {
 void make_weights_owned(const ModelConfig& config, ModelWeights& weights) {
   for_each_tensor(config, weights,
                   [](const std::string&, const Shape& shape, TensorRole, Tensor& tensor) {
+                    if (tensor.empty()) return;  // another rank's expert (expert parallelism)
                     Tensor owned = Tensor::zeros(shape);
                     std::copy(tensor.data, tensor.data + tensor.numel(), owned.data);
                     tensor = std::move(owned);

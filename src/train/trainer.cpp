@@ -256,6 +256,7 @@ double train(const TrainConfig& tc) {
                            {"lr", lr},
                            {"grad_norm", grad_norm},
                            {"tokens_per_s", tokens_per_s},
+                           {"step_seconds", seconds},
                            {"load_max_over_mean", worst_ratio},
                            {"dropped", total.n_dropped},
                            {"skipped", !finite},

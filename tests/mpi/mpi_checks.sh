@@ -5,7 +5,8 @@
 #   generate  the same greedy tokens (KV cache and --no-cache)
 #   train     20 steps: the loss curve within 1e-5 relative of one process, a rerun at fixed R
 #             bit-identical, the checkpoint loads in one process and under mpirun -np 2, and
-#             --resume with another R continues the same curve
+#             --resume with another R continues the same curve; dsmoe report plots the traffic
+#   bench     dsmoe bench --train and decode on 2 ranks: the JSON has the ranks and the traffic
 # Used by CTest (tests/mpi/CMakeLists.txt); needs python3 for the comparisons.
 set -euo pipefail
 dsmoe=$1 src=$2 check=$3
@@ -63,6 +64,13 @@ train)
   [[ "$(losses "$work/r2")" == "$(losses "$work/again2")" ]] || { echo "2 ranks: reruns differ"; exit 1; }
   cmp "$work/r2/model.safetensors" "$work/again2/model.safetensors"
   echo "train: 2 ranks twice: bit-identical losses and checkpoint"
+  # dsmoe report draws the traffic of the 2-rank run (without gnuplot: its data and script).
+  if ! "$dsmoe" report --run "$work/r2" > /dev/null 2>&1 && command -v gnuplot > /dev/null; then
+    echo "report: dsmoe report failed with gnuplot installed"; exit 1
+  fi
+  pictures=(parallel.dat); command -v gnuplot > /dev/null && pictures+=(a2a_bytes.png tokens_received.png comm_time.png)
+  for f in "${pictures[@]}"; do [[ -s "$work/r2/report/$f" ]] || { echo "report: no $f"; exit 1; }; done
+  echo "train: dsmoe report of the 2-rank run: ${pictures[*]}"
   # The 4-rank checkpoint: one Hugging Face checkpoint, loads in one process and on 2 ranks.
   python3 "$here/make_ids.py" "$work/ids.safetensors" 2 16 256
   "$dsmoe" forward --model "$work/r4" --input "$work/ids.safetensors" --output "$work/f1.st" --threads 1 2>/dev/null
@@ -75,6 +83,13 @@ train)
   train 2 "$work/resumed" --steps 20 --resume
   python3 "$here/close_losses.py" "$work/one/metrics.jsonl" "$work/resumed/metrics.jsonl" 1e-5
   echo "train: resumed on 2 ranks from a 4-rank checkpoint: the same curve"
+  ;;
+bench)
+  # dsmoe bench --train and prefill / decode on 2 ranks: rank 0 prints one JSON object with the
+  # ranks and, per phase, the traffic per rank and token (check_bench.py).
+  mpi 2 "$dsmoe" bench --model "$model" --train --batch 4 --seq 16 --prompt 8 --decode 4 \
+    --reps 1 --train-warmup 1 --threads 1 --json 2>/dev/null > "$work/bench.json"
+  python3 "$here/check_bench.py" "$work/bench.json" 2
   ;;
 *)
   echo "unknown check $check"; exit 2 ;;
