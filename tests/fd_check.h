@@ -119,7 +119,7 @@ struct FdCheck {
 }
 
 // <g, d> and sum |g_i d_i| (the magnitude its rounding scales with), in double.
-std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
+inline std::pair<double, double> dot_and_magnitude(const Tensor& g, const std::vector<float>& d) {
   double sum = 0.0, magnitude = 0.0;
   for (int64_t i = 0; i < g.numel(); i++) {
     const double term = static_cast<double>(g.data[i]) * d[i];
