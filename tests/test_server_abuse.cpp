@@ -326,7 +326,7 @@ TEST(ServerAbuse, HeaderFloodsGet431) {
   // Just within the caps: served (401: no key; the head was read).
   EXPECT_EQ(status_of(raw_answer(server.port(), request_with_headers(kMaxHeaderLines - 2, 100))),
             401);
-  constexpr int kRounds = 40, kWarmUp = 5;
+  constexpr int kRounds = 20, kWarmUp = 5;
   int64_t rss_after_warm_up = 0;
   for (int round = 0; round < kRounds; round++) {
     if (round == kWarmUp) rss_after_warm_up = resident_bytes();
