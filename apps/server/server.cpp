@@ -49,7 +49,6 @@ ApiError default_error(const Request& req, int status, int64_t max_body_bytes) {
   return {status, fmt::format("Malformed HTTP request ({})", status)};
 }
 
-// The metrics label of a path: the served endpoints by name, anything else "other".
 // The HTTP limits with the number of threads resolved: enough for every running and waiting
 // generation (each holds its connection's thread) and a few more requests.
 HttpLimits resolved_limits(const ServerOptions& o) {
@@ -60,6 +59,7 @@ HttpLimits resolved_limits(const ServerOptions& o) {
   return limits;
 }
 
+// The metrics label of a path: the served endpoints by name, anything else "other".
 std::string endpoint_label(const std::string& path) {
   for (const char* known :
        {"/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions"})
