@@ -10,6 +10,7 @@
 
 #include "server_fixture.h"
 #include "test_util.h"
+#include "util/check.h"
 
 namespace dsmoe {
 namespace {
@@ -444,6 +445,27 @@ TEST(ServerAbuse, AClientThatStopsReadingIsCutOffByTheWriteTimeout) {
   EXPECT_NE(metrics.find(gone), std::string::npos) << metrics;
   request["max_tokens"] = 2;
   EXPECT_EQ(post(server, "/v1/completions", request).first, 200);
+}
+
+// Limits that cannot hold are refused when the server is built, naming them.
+TEST(ServerAbuse, InvalidHttpLimitsAreRefused) {
+  const ByteCodec codec(fixture_model().config());
+  const auto refused = [&](const AdjustOptions& adjust) {
+    server::ServerOptions o;
+    o.port = 0;
+    adjust(o);
+    try {
+      server::Server server(fixture_model(), codec, o);
+    } catch (const Error& error) {
+      return std::string(error.what()).find("HTTP limits") != std::string::npos;
+    }
+    return false;
+  };
+  EXPECT_TRUE(refused([](server::ServerOptions& o) { o.http.read_timeout_s = 0; }));
+  EXPECT_TRUE(refused([](server::ServerOptions& o) { o.http.write_timeout_s = 1e300; }));
+  EXPECT_TRUE(refused([](server::ServerOptions& o) { o.http.max_header_lines = -1; }));
+  EXPECT_TRUE(refused([](server::ServerOptions& o) { o.http.n_threads = -3; }));
+  EXPECT_FALSE(refused([](server::ServerOptions&) {}));
 }
 
 }  // namespace

@@ -28,6 +28,9 @@ std::string default_model_name(const std::string& dir) {
   return path.filename().string();
 }
 
+// The HTTP timeouts a user may set, in seconds (a day at most: beyond, a timeout is no limit).
+constexpr double kMinTimeoutS = 0.001, kMaxTimeoutS = 86400;
+
 // Set by SIGINT/SIGTERM; a watcher thread stops the server (httplib's stop is not
 // async-signal-safe).
 volatile std::sig_atomic_t g_stop_requested = 0;
@@ -95,15 +98,15 @@ Command add_serve(CLI::App& app) {
   app.add_option("--read-timeout", http.read_timeout_s,
                  "seconds for a request's headers and body, from its first byte; slower: 408 "
                  "(default 30)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(kMinTimeoutS, kMaxTimeoutS));
   app.add_option("--write-timeout", http.write_timeout_s,
                  "seconds a client may take no bytes of the answer before it is cut off and its "
                  "sequence freed (default 30)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(kMinTimeoutS, kMaxTimeoutS));
   app.add_option("--idle-timeout", http.idle_timeout_s,
                  "seconds a connection may wait without a request (new or kept alive) before "
                  "it is closed (default 5)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(kMinTimeoutS, kMaxTimeoutS));
   app.add_option("--max-header-bytes", http.max_header_bytes,
                  "largest request line + headers; larger get 431 (default 32 KiB)")
       ->check(CLI::Range(int64_t{1024}, int64_t{1} << 30));
@@ -113,7 +116,7 @@ Command add_serve(CLI::App& app) {
   app.add_option("--http-threads", http.n_threads,
                  "connections served at once; more get a fast 503 (default: max-concurrent + "
                  "max-queue + 8, within 16..1024)")
-      ->check(CLI::Range(int64_t{1}, int64_t{100000}));
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   app.add_option("--weights", args->weights,
                  "weight format for inference: f32 (default), bf16, q8_0, q4_0");
   app.add_option("--threads", args->threads, "threads of the model (default: all cores)");

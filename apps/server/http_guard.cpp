@@ -40,6 +40,7 @@ constexpr size_t kMaxOverflowWaiting = 64;  // beyond: the connection is closed 
 constexpr milliseconds kLingerTime{500};
 constexpr size_t kLingerMaxBytes = size_t{1} << 20;
 constexpr size_t kReadBufferBytes = 4096;
+constexpr double kMaxTimeoutS = 1e6;  // beyond, the clock's arithmetic could overflow
 
 // How a worker treats the connections it is given.
 enum class ConnectionRole { kNone, kServe, kOverflow, kDrop };
@@ -377,14 +378,17 @@ ApiError fault_error(RequestFault fault, const HttpLimits& limits) {
 }
 
 GuardedHttpServer::GuardedHttpServer(const HttpLimits& limits) : limits_(limits) {
-  DSMOE_CHECK(limits.n_threads > 0 && limits.read_timeout_s > 0 && limits.write_timeout_s > 0 &&
-                  limits.idle_timeout_s > 0 && limits.max_header_bytes > 0 &&
-                  limits.max_header_lines > 0 && limits.send_buffer_bytes >= 0 &&
+  const auto valid_timeout = [](double seconds) { return seconds > 0 && seconds <= kMaxTimeoutS; };
+  DSMOE_CHECK(limits.n_threads > 0 && valid_timeout(limits.read_timeout_s) &&
+                  valid_timeout(limits.write_timeout_s) && valid_timeout(limits.idle_timeout_s) &&
+                  limits.max_header_bytes > 0 && limits.max_header_lines > 0 &&
+                  limits.send_buffer_bytes >= 0 &&
                   limits.send_buffer_bytes <= std::numeric_limits<int>::max(),
-              "HTTP limits must be positive (threads {}, timeouts {} / {} / {} s, header bytes "
-              "{}, header lines {})",
-              limits.n_threads, limits.read_timeout_s, limits.write_timeout_s,
-              limits.idle_timeout_s, limits.max_header_bytes, limits.max_header_lines);
+              "HTTP limits must be positive, timeouts at most {} s (threads {}, timeouts {} / {} / "
+              "{} s, header bytes {}, header lines {}, send buffer {})",
+              kMaxTimeoutS, limits.n_threads, limits.read_timeout_s, limits.write_timeout_s,
+              limits.idle_timeout_s, limits.max_header_bytes, limits.max_header_lines,
+              limits.send_buffer_bytes);
   const auto n_threads = static_cast<size_t>(limits.n_threads);
   new_task_queue = [n_threads] { return new GuardedTaskQueue(n_threads); };
   // What the Keep-Alive header httplib writes announces.
