@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -61,11 +63,18 @@ inline const Model& slow_model() {
   return model;
 }
 
+// The HTTP limits of the test servers: short, so that slow clients are cut off in a second.
+inline constexpr double kReadTimeoutS = 1.0, kWriteTimeoutS = 1.0, kIdleTimeoutS = 1.0;
+inline constexpr int64_t kMaxHeaderBytes = 16 * 1024, kMaxHeaderLines = 50;
+
+using AdjustOptions = std::function<void(server::ServerOptions&)>;
+
 // A server on a free port of 127.0.0.1, running on its own thread for the test's lifetime.
 class RunningServer {
  public:
-  explicit RunningServer(const Model& model, int64_t max_concurrent = 4)
-      : codec_(model.config()), server_(model, codec_, options(max_concurrent)) {
+  explicit RunningServer(const Model& model, int64_t max_concurrent = 4,
+                         const AdjustOptions& adjust = nullptr)
+      : codec_(model.config()), server_(model, codec_, options(max_concurrent, adjust)) {
     port_ = server_.bind();
     thread_ = std::thread([this] { server_.run(); });
     httplib::Client probe("127.0.0.1", port_);
@@ -85,7 +94,7 @@ class RunningServer {
   }
 
  private:
-  static server::ServerOptions options(int64_t max_concurrent) {
+  static server::ServerOptions options(int64_t max_concurrent, const AdjustOptions& adjust) {
     server::ServerOptions o;
     o.port = 0;
     o.api_key = kKey;
@@ -95,6 +104,12 @@ class RunningServer {
     o.scheduler.max_concurrent = max_concurrent;
     o.scheduler.max_queue = 64;
     o.scheduler.prefill_chunk = 16;
+    o.http.read_timeout_s = kReadTimeoutS;
+    o.http.write_timeout_s = kWriteTimeoutS;
+    o.http.idle_timeout_s = kIdleTimeoutS;
+    o.http.max_header_bytes = kMaxHeaderBytes;
+    o.http.max_header_lines = kMaxHeaderLines;
+    if (adjust) adjust(o);
     return o;
   }
 
@@ -152,26 +167,69 @@ inline json completion_body(const std::string& prompt, int max_tokens, bool stre
           {"stream", stream}};
 }
 
-// Sends raw bytes and returns the answer's head (up to its blank line; empty when the server
-// closes first or 2 s pass).
-inline std::string raw_exchange(int port, const std::string& bytes) {
+// A TCP connection to the server (its receive buffer set first when `receive_buffer_bytes`).
+inline int connect_raw(int port, int receive_buffer_bytes = 0) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (receive_buffer_bytes > 0)
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  timeval timeout{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  EXPECT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL),
-            static_cast<ssize_t>(bytes.size()));
-  std::string answer;
+  return fd;
+}
+
+// Sends all of `bytes` (false when the server closed first).
+inline bool send_all(int fd, const std::string& bytes) {
+  for (size_t sent = 0; sent < bytes.size();) {
+    const ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Whether an answer's head is complete in `answer`.
+inline bool has_head(const std::string& answer) {
+  return answer.find("\r\n\r\n") != std::string::npos;
+}
+
+// Reads what is there to `answer`, waiting up to `wait`; false when the server closed (or reset).
+inline bool receive_some(int fd, std::string& answer, std::chrono::milliseconds wait) {
+  pollfd poll_fd{fd, POLLIN, 0};
+  if (::poll(&poll_fd, 1, static_cast<int>(wait.count())) <= 0) return true;
   char buffer[4096];
-  for (ssize_t n; answer.find("\r\n\r\n") == std::string::npos &&
-                  (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;)
-    answer.append(buffer, n);
+  const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+  if (n <= 0) return false;
+  answer.append(buffer, static_cast<size_t>(n));
+  return true;
+}
+
+// The status of an answer's head ("HTTP/1.1 431 ..."); 0 for none.
+inline int status_of(const std::string& answer) {
+  return has_head(answer) ? std::atoi(answer.substr(9, 3).c_str()) : 0;
+}
+
+// The JSON body of a whole answer (after its head).
+inline json body_of(const std::string& answer) {
+  const size_t head_end = answer.find("\r\n\r\n");
+  if (head_end == std::string::npos) return json();
+  return json::parse(answer.substr(head_end + 4), nullptr, false);
+}
+
+// Sends raw bytes and returns the answer's head (up to its blank line; empty when the server
+// closes first or 2 s pass).
+inline std::string raw_exchange(int port, const std::string& bytes) {
+  const int fd = connect_raw(port);
+  send_all(fd, bytes);
+  std::string answer;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!has_head(answer) && std::chrono::steady_clock::now() < give_up &&
+         receive_some(fd, answer, std::chrono::milliseconds(100))) {
+  }
   ::close(fd);
-  return answer;
+  return has_head(answer) ? answer : std::string();
 }
 
 }  // namespace dsmoe::server_test

@@ -246,18 +246,28 @@ TEST(Server, ErrorsInOpenAiShapeAndTheServerGoesOn) {
   EXPECT_EQ(post(server, "/v1/completions", completion_body("still here", 2)).first, 200);
 }
 
+int64_t completion_tokens_total(RunningServer& server) {
+  const std::string metrics = server.client().Get("/metrics")->body;
+  const std::string name = "\ndsmoe_completion_tokens_total ";
+  return std::stoll(metrics.substr(metrics.find(name) + name.size()));
+}
+
 TEST(Server, MalformedHttpGets4xx) {
   RunningServer server(fixture_model());
   EXPECT_EQ(raw_exchange(server.port(), "GARBAGE\r\n\r\n").rfind("HTTP/1.1 400", 0), 0u);
   const std::string long_header =
       "GET /health HTTP/1.1\r\nX-Long: " + std::string(20000, 'x') + "\r\n\r\n";
   EXPECT_EQ(raw_exchange(server.port(), long_header).rfind("HTTP/1.1 4", 0), 0u);
-  // A body cut short: the server waits for the rest, then gives up; nothing is generated.
-  EXPECT_EQ(raw_exchange(server.port(),
-                         "POST /v1/completions HTTP/1.1\r\nContent-Length: "
-                         "100\r\nAuthorization: Bearer " +
-                             std::string(kKey) + "\r\n\r\n{\"prompt\":"),
-            "");
+  // A body cut short: the server waits for the rest up to the read timeout, then answers 408
+  // and closes; nothing is generated.
+  const std::string head = raw_exchange(server.port(),
+                                        "POST /v1/completions HTTP/1.1\r\nContent-Length: "
+                                        "100\r\nAuthorization: Bearer " +
+                                            std::string(kKey) + "\r\n\r\n{\"prompt\":");
+  EXPECT_EQ(head.rfind("HTTP/1.1 408", 0), 0u) << head;
+  EXPECT_NE(head.find("Connection: close"), std::string::npos) << head;
+  EXPECT_EQ(head.find("Keep-Alive"), std::string::npos) << head;
+  EXPECT_EQ(completion_tokens_total(server), 0);
   EXPECT_EQ(post(server, "/v1/completions", completion_body("fine", 2)).first, 200);
 }
 
@@ -304,12 +314,6 @@ bool sequences_freed(RunningServer& server) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
-}
-
-int64_t completion_tokens_total(RunningServer& server) {
-  const std::string metrics = server.client().Get("/metrics")->body;
-  const std::string name = "\ndsmoe_completion_tokens_total ";
-  return std::stoll(metrics.substr(metrics.find(name) + name.size()));
 }
 
 // Sends a request and hangs up once `leave(body so far)` says so.

@@ -28,6 +28,9 @@ std::string default_model_name(const std::string& dir) {
   return path.filename().string();
 }
 
+// The HTTP timeouts a user may set, in seconds (a day at most: beyond, a timeout is no limit).
+constexpr double kMinTimeoutS = 0.001, kMaxTimeoutS = 86400;
+
 // Set by SIGINT/SIGTERM; a watcher thread stops the server (httplib's stop is not
 // async-signal-safe).
 volatile std::sig_atomic_t g_stop_requested = 0;
@@ -45,9 +48,10 @@ int run_serve(ServeArgs& args) {
   const SchedulerOptions& scheduler = server.scheduler().options();
   log_info(
       "serving '{}' on http://{}:{} (context {} tokens, {} concurrent sequences, queue {}, "
-      "body limit {} bytes{})",
+      "body limit {} bytes, read / write / idle timeouts {} / {} / {} s{})",
       args.server.model_name, args.server.host, port, scheduler.ctx_size, scheduler.max_concurrent,
-      scheduler.max_queue, args.server.max_body_bytes,
+      scheduler.max_queue, args.server.max_body_bytes, args.server.http.read_timeout_s,
+      args.server.http.write_timeout_s, args.server.http.idle_timeout_s,
       args.server.api_key.empty() ? "" : ", API key required");
   std::signal(SIGINT, [](int) { g_stop_requested = 1; });
   std::signal(SIGTERM, [](int) { g_stop_requested = 1; });
@@ -90,6 +94,29 @@ Command add_serve(CLI::App& app) {
   app.add_option("--max-body-bytes", o.max_body_bytes,
                  "largest request body; larger get 413 (default 4 MiB)")
       ->check(CLI::PositiveNumber);
+  server::HttpLimits& http = o.http;
+  app.add_option("--read-timeout", http.read_timeout_s,
+                 "seconds for a request's headers and body, from its first byte; slower: 408 "
+                 "(default 30)")
+      ->check(CLI::Range(kMinTimeoutS, kMaxTimeoutS));
+  app.add_option("--write-timeout", http.write_timeout_s,
+                 "seconds a client may take no bytes of the answer before it is cut off and its "
+                 "sequence freed (default 30)")
+      ->check(CLI::Range(kMinTimeoutS, kMaxTimeoutS));
+  app.add_option("--idle-timeout", http.idle_timeout_s,
+                 "seconds a connection may wait without a request (new or kept alive) before "
+                 "it is closed (default 5)")
+      ->check(CLI::Range(kMinTimeoutS, kMaxTimeoutS));
+  app.add_option("--max-header-bytes", http.max_header_bytes,
+                 "largest request line + headers; larger get 431 (default 32 KiB)")
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 30));
+  app.add_option("--max-header-lines", http.max_header_lines,
+                 "most header lines per request; more get 431 (default 100)")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}));
+  app.add_option("--http-threads", http.n_threads,
+                 "connections served at once; more get a fast 503 (default: max-concurrent + "
+                 "max-queue + 8, within 16..1024)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   app.add_option("--weights", args->weights,
                  "weight format for inference: f32 (default), bf16, q8_0, q4_0");
   app.add_option("--threads", args->threads, "threads of the model (default: all cores)");

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <ctime>
 
+#include "apps/server/http_guard.h"
 #include "apps/server/metrics.h"
 #include "apps/server/openai_api.h"
 #include "util/check.h"
@@ -46,6 +47,16 @@ ApiError default_error(const Request& req, int status, int64_t max_body_bytes) {
   }
   if (status >= 500) return {status, fmt::format("Internal error ({})", status), "server_error"};
   return {status, fmt::format("Malformed HTTP request ({})", status)};
+}
+
+// The HTTP limits with the number of threads resolved: enough for every running and waiting
+// generation (each holds its connection's thread) and a few more requests.
+HttpLimits resolved_limits(const ServerOptions& o) {
+  HttpLimits limits = o.http;
+  if (limits.n_threads == 0)
+    limits.n_threads = std::clamp<int64_t>(o.scheduler.max_concurrent + o.scheduler.max_queue + 8,
+                                           kMinHttpThreads, kMaxHttpThreads);
+  return limits;
 }
 
 // The metrics label of a path: the served endpoints by name, anything else "other".
@@ -89,7 +100,8 @@ struct Server::Impl {
         options(std::move(server_options)),
         scheduler(model, codec, options.scheduler, &metrics),
         limits{options.model_name, scheduler.ctx_size(), model.config().vocab_size},
-        started_at(std::time(nullptr)) {
+        started_at(std::time(nullptr)),
+        http(resolved_limits(options)) {
     std::signal(SIGPIPE, SIG_IGN);  // a client that went away is a failed write, not a signal
     routes();
   }
@@ -109,7 +121,7 @@ struct Server::Impl {
   Scheduler scheduler;
   ApiLimits limits;
   const int64_t started_at;
-  httplib::Server http;
+  GuardedHttpServer http;
   std::atomic<bool> stopping{false};
   std::atomic<uint64_t> n_requests{0};
   int listen_fd = -1;  // the listening socket, seen as httplib creates it
@@ -117,9 +129,6 @@ struct Server::Impl {
 
 void Server::Impl::routes() {
   const ServerOptions& o = options;
-  const int64_t n_threads = std::clamp<int64_t>(
-      o.scheduler.max_concurrent + o.scheduler.max_queue + 8, kMinHttpThreads, kMaxHttpThreads);
-  http.new_task_queue = [n_threads] { return new httplib::ThreadPool(n_threads); };
   http.set_payload_max_length(static_cast<size_t>(o.max_body_bytes));
   // httplib's default sets SO_REUSEPORT, with which a second server binds the same port and the
   // kernel splits the connections between them; SO_REUSEADDR alone refuses a port in use.
@@ -166,9 +175,37 @@ void Server::Impl::routes() {
       generate(Endpoint::kChatCompletions, q, r);
     });
   });
-  http.set_error_handler([this](const Request& req, Response& res) {
-    if (res.body.empty()) reply_error(res, default_error(req, res.status, options.max_body_bytes));
+  // A connection that found every HTTP thread busy is answered at once, its body unread.
+  http.set_pre_routing_handler([this](const Request&, Response& res) {
+    if (!serving_overflow()) return httplib::Server::HandlerResponse::Unhandled;
+    reply_error(res, {503,
+                      fmt::format("The server is busy: all {} HTTP threads serve other "
+                                  "connections. Retry later.",
+                                  resolved_limits(options).n_threads),
+                      "server_error", "", "overloaded"});
+    res.set_header("Retry-After", "1");
+    return httplib::Server::HandlerResponse::Handled;
   });
+  http.set_error_handler([this](const Request& req, Response& res) {
+    // httplib answers 400 to a head or body that the guard cut short: say why.
+    const RequestFault fault = current_request_fault();
+    if (fault != RequestFault::kNone && res.status == 400) {
+      reply_error(res, fault_error(fault, options.http));
+      res.set_header("Connection", "close");
+    } else if (res.body.empty()) {
+      reply_error(res, default_error(req, res.status, options.max_body_bytes));
+    }
+  });
+  // httplib announces Keep-Alive unless it closes on its own; not when a handler closes.
+  http.set_post_routing_handler([](const Request&, Response& res) {
+    if (res.get_header_value("Connection") == "close") res.headers.erase("Keep-Alive");
+  });
+  http.on_own_answer = [this](const Request& req, const Response& res) {
+    try {
+      log_request(req, res);
+    } catch (const std::exception&) {  // stderr gone: the server goes on
+    }
+  };
   http.set_exception_handler([](const Request&, Response& res, std::exception_ptr exception) {
     std::string what = "internal error";
     try {

@@ -12,6 +12,27 @@
 
 namespace dsmoe::server {
 
+// The HTTP layer's limits against slow and abusive clients (docs/reliability.md, "Resource
+// limits"); apps/server/http_guard.h enforces them.
+struct HttpLimits {
+  // A request's head and body must arrive within this, from its first byte (however steadily
+  // they trickle in); else 408, or the connection closed when nothing was parsed yet.
+  double read_timeout_s = 30;
+  // A write the client takes no byte of for this long fails: the connection is closed and a
+  // generation's sequence freed.
+  double write_timeout_s = 30;
+  // A connection with no request under way (new, or kept alive between requests) is closed.
+  double idle_timeout_s = 5;
+  int64_t max_header_bytes = 32 * 1024;  // request line + headers; more: 431 (414: the line)
+  int64_t max_header_lines = 100;        // header lines; more: 431
+  // Connections served at once (0: max-concurrent + max-queue + 8, within 16..1024); a
+  // connection beyond them gets a fast 503.
+  int64_t n_threads = 0;
+  // SO_SNDBUF of each connection (0: the kernel's, which grows as needed). Small in tests, so
+  // that a client that stops reading fills it at once.
+  int64_t send_buffer_bytes = 0;
+};
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;      // 0: any free port (bind() returns it)
@@ -21,6 +42,7 @@ struct ServerOptions {
   // How often an idle response probes its client (an SSE comment, or a space before a JSON
   // body): a client that went away is noticed within about two probes and its sequence freed.
   int heartbeat_ms = 200;
+  HttpLimits http;
   SchedulerOptions scheduler;
 };
 
