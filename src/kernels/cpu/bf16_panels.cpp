@@ -81,14 +81,14 @@ DSMOE_PANELS_TARGET void PanelsRowsNative(const uint16_t* x_hi, const uint16_t* 
     }
 }
 
-// Accumulators of one pass: 2 x rows x panels of the 32 vector registers, the rest for the
-// weights and the broadcast activations.
-constexpr int kMaxPassAccumulators = 24;
-constexpr int kMaxPassRows = kMaxPassAccumulators / 2;
+// A pass of r rows over p panels holds 2 r p accumulators and 2 r broadcast activation words
+// in the 32 vector registers, one more for the weights: r (p + 1) <= 15 keeps it from spilling.
+constexpr int kPassRegisterBudget = 15;
+constexpr int kMaxPassRows = kPassRegisterBudget / 2;
 
 // Panels per pass for `rows` rows (1 .. kMaxPassRows).
 constexpr int PassPanels(int rows) {
-  return std::min(kMaxPanels, std::max(1, kMaxPassAccumulators / (2 * rows)));
+  return std::min(kMaxPanels, std::max(1, kPassRegisterBudget / rows - 1));
 }
 
 // kRows rows against a whole group of `panels` panels, PassPanels(kRows) panels per pass: the
