@@ -122,6 +122,23 @@ TEST(Bf16Panels, ProductsFollowTheRowLayout) {
   });
 }
 
+// The matrix-vector kernel on several rows at once (speculative verification and batched
+// decode: passes of up to 7 rows, fewer panels per pass from 4 rows on) gives each row the
+// bits of that row alone.
+TEST(Bf16Panels, RowsTogetherGiveEachRowItsOwnBits) {
+  std::mt19937 rng(4);
+  for_each_case(rng, {3, 4, 15}, [](const Case& c, Dims d, int64_t M, bool) {
+    std::vector<float> together(M * d.rows), alone(d.rows);
+    cpu::quant_linear_forward_rows(together.data(), c.x.data(), c.panels, M);
+    for (int64_t m = 0; m < M; m++) {
+      cpu::quant_linear_forward_rows(alone.data(), c.x.data() + m * d.cols, c.panels, 1);
+      for (int64_t n = 0; n < d.rows; n++)
+        ASSERT_EQ(together[m * d.rows + n], alone[n])
+            << "row " << m << " of " << M << ", output " << n << ", " << d.rows << " x " << d.cols;
+    }
+  });
+}
+
 // The grouped products (decode) on panels: each job's result is that of its own product.
 TEST(Bf16Panels, GroupedProductsMatchSingleProducts) {
   std::mt19937 rng(4);

@@ -168,6 +168,10 @@ TEST(Speculative, BenchMeasurement) {
   EXPECT_GT(t.acceptance_rate, 0.8);
   EXPECT_GT(t.tokens_per_forward, 2.4);
   EXPECT_LE(t.tokens_per_forward, 3.0);
+  // Where a step's time went: both parts measured, the plain step beside them.
+  EXPECT_GT(t.draft_seconds_per_step, 0.0);
+  EXPECT_GT(t.verify_seconds_per_step, 0.0);
+  EXPECT_GT(t.plain_seconds_per_token, 0.0);
 }
 
 TEST(Speculative, ModelWithoutMtpIsAnError) {

@@ -211,6 +211,10 @@ void add_speculative(const BenchArgs& a, const Model& model, nlohmann::json& out
   out["speculative_acceptance_rate"] = t.acceptance_rate;
   out["speculative_tokens_per_forward"] = t.tokens_per_forward;
   out["speculative_greedy_identical"] = t.identical;
+  out["speculative_draft_seconds_per_step"] = t.draft_seconds_per_step;
+  out["speculative_verify_seconds_per_step"] = t.verify_seconds_per_step;
+  out["speculative_other_seconds_per_step"] = t.other_seconds_per_step;
+  out["speculative_plain_seconds_per_token"] = t.plain_seconds_per_token;
   out["decode_tokens_per_s"] = tokens / t.decode.median();
   out["decode_tokens_per_s_best"] = tokens / t.decode.best();
   out["plain_decode_tokens_per_s"] = tokens / t.plain_decode.median();

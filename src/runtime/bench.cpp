@@ -182,7 +182,8 @@ SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64
   GenerateOptions options;  // greedy
   options.max_new_tokens = n_decode + 1;
   SpeculativeTimes times;
-  int64_t drafted = 0, accepted = 0, forwards = 0, decoded = 0;
+  int64_t drafted = 0, accepted = 0, forwards = 0, decoded = 0, plain_tokens = 0;
+  double draft_seconds = 0, verify_seconds = 0, spec_seconds = 0, plain_seconds = 0;
   generate_speculative(model, prompt, options, draft_tokens);  // warm-up
   for (int rep = 0; rep < reps; rep++) {
     GenerateStats plain_stats;
@@ -195,7 +196,17 @@ SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64
     times.identical = times.identical && spec == plain;
     drafted += stats.drafted, accepted += stats.accepted;
     forwards += stats.main_forwards, decoded += stats.decode_tokens;
+    draft_seconds += stats.draft_seconds, verify_seconds += stats.verify_seconds;
+    spec_seconds += stats.generate.decode_seconds;
+    plain_seconds += plain_stats.decode_seconds;
+    plain_tokens += plain_stats.new_tokens - 1;  // the first comes from the prefill
   }
+  if (forwards > 0) {
+    times.draft_seconds_per_step = draft_seconds / forwards;
+    times.verify_seconds_per_step = verify_seconds / forwards;
+    times.other_seconds_per_step = (spec_seconds - draft_seconds - verify_seconds) / forwards;
+  }
+  if (plain_tokens > 0) times.plain_seconds_per_token = plain_seconds / plain_tokens;
   times.acceptance_rate = drafted > 0 ? static_cast<double>(accepted) / drafted : 0.0;
   times.tokens_per_forward = forwards > 0 ? static_cast<double>(decoded) / forwards : 0.0;
   return times;

@@ -78,6 +78,13 @@ struct SpeculativeTimes {
   double acceptance_rate = 0;     // accepted / drafted, over the repetitions
   double tokens_per_forward = 0;  // decoded tokens per main-model forward
   bool identical = true;          // the speculative output was the plain one token for token
+  // Per verification step (mean over the repetitions), seconds: the MTP module's share (catch-up
+  // and drafts), the main model's verification forward, and the rest (acceptance, sampling,
+  // rollback); and a plain decode step for comparison.
+  double draft_seconds_per_step = 0;
+  double verify_seconds_per_step = 0;
+  double other_seconds_per_step = 0;
+  double plain_seconds_per_token = 0;
 };
 SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64_t n_decode,
                                      int64_t draft_tokens, int reps, uint64_t seed = 1234);

@@ -131,6 +131,7 @@ std::vector<int64_t> generate_speculative(const Model& model, const std::vector<
     const int64_t left = options.max_new_tokens - local.generate.new_tokens;
     const int64_t K = std::min(draft_tokens, std::max<int64_t>(left - 1, 1));
     step_ids.assign(1, tokens[m]);
+    Timer part;
     Tensor draft_logits = drafter.catch_up(tokens, m);
     for (int64_t j = 1; j <= K; j++) {
       if (j > 1) draft_logits = drafter.draft_further(step_ids.back(), j);
@@ -140,10 +141,13 @@ std::vector<int64_t> generate_speculative(const Model& model, const std::vector<
                                 : sample_from(q[j - 1], rng);
       step_ids.push_back(draft);
     }
+    local.draft_seconds += part.seconds();
+    part.reset();
     // One main forward over the newest token and the drafts, every row's logits (each as
     // decoding it alone would give: Model::forward_cached_batch).
     const Tensor verified =
         model.forward_cached_batch({{step_ids.data(), K + 1, &cache.view(), true}}, &record);
+    local.verify_seconds += part.seconds();
     local.main_forwards++;
     local.drafted += K;
     int64_t n_accepted = 0, next = -1;

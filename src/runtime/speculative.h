@@ -19,6 +19,11 @@ struct SpeculativeStats {
   int64_t accepted = 0;       // of them accepted
   int64_t main_forwards = 0;  // verification forwards of the main model after the prefill
   int64_t decode_tokens = 0;  // tokens those forwards produced (new tokens after the first)
+  // Where the decode time went (seconds): the MTP module (catching up on the accepted rows and
+  // drafting), the main model's verification forwards, and the rest (acceptance, sampling,
+  // rollback).
+  double draft_seconds = 0.0;
+  double verify_seconds = 0.0;
   double acceptance_rate() const {
     return drafted > 0 ? static_cast<double>(accepted) / static_cast<double>(drafted) : 0.0;
   }

@@ -12,7 +12,8 @@ namespace dsmoe::cpu {
 // bf16): out = x_hi . w^T + x_lo . w^T, products exact and sums float32 (hi and lo summed apart
 // over K, then added). n_begin and n_end are multiples of kPanelGroupRows (or N). One thread:
 // callers split the groups between threads. vdpbf16ps where the CPU has AVX512-BF16, a scalar
-// loop with the same products otherwise.
+// loop with the same products otherwise. Rows go through in passes of up to 7, each panel load
+// feeding every row of the pass (a row's bits do not depend on M).
 void bf16_panel_rows(const uint16_t* x_hi, const uint16_t* x_lo, int64_t M, const uint16_t* panels,
                      int64_t N, int64_t K, float* out, int64_t n_begin, int64_t n_end);
 
