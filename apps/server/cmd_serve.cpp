@@ -16,7 +16,7 @@ namespace dsmoe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model_dir, weights = "f32", model_name;
+  std::string model_dir, weights = kWeightsAuto, model_name;
   server::ServerOptions server;
   int threads = 0;
 };
@@ -90,8 +90,10 @@ Command add_serve(CLI::App& app) {
   app.add_option("--max-body-bytes", o.max_body_bytes,
                  "largest request body; larger get 413 (default 4 MiB)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--weights", args->weights,
-                 "weight format for inference: f32 (default), bf16, q8_0, q4_0");
+  app.add_option(
+      "--weights", args->weights,
+      "weight format for inference: auto (default: fp8 for an FP8 checkpoint, else f32), f32, "
+      "bf16, q8_0, q4_0, fp8");
   app.add_option("--threads", args->threads, "threads of the model (default: all cores)");
   return [args] { return run_serve(*args); };
 }
