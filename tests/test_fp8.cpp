@@ -362,8 +362,8 @@ int64_t write_random_fp8_checkpoint(const std::string& dir) {
   return n_fp8;
 }
 
-// Peak resident bytes (ru_maxrss) of one `dsmoe` run.
-int64_t peak_rss_of_cli(const std::vector<std::string>& args) {
+// Runs `dsmoe args...`; its exit code, and its peak resident bytes (ru_maxrss) in *peak_rss.
+int run_cli(const std::vector<std::string>& args, int64_t* peak_rss = nullptr) {
   std::vector<std::string> argv_strings = {DSMOE_CLI};
   argv_strings.insert(argv_strings.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -374,8 +374,14 @@ int64_t peak_rss_of_cli(const std::vector<std::string>& args) {
   int status = 0;
   rusage usage{};
   EXPECT_EQ(wait4(pid, &status, 0, &usage), pid);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "dsmoe " << args[0];
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  if (peak_rss != nullptr) *peak_rss = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int64_t peak_rss_of_cli(const std::vector<std::string>& args) {
+  int64_t peak = 0;
+  EXPECT_EQ(run_cli(args, &peak), 0) << "dsmoe " << args[0];
+  return peak;
 }
 
 // VmHWM of `dsmoe generate` (one token) on the tiny fixture (the engine's own footprint), on a
@@ -406,6 +412,21 @@ TEST(Fp8Memory, LoadingAnFp8CheckpointHoldsAboutOneBytePerWeight) {
   EXPECT_LT(fp8_per_weight, 1.5);
   // (the engine's own peak is not all in the loaded runs' peaks: compare the two loads)
   EXPECT_GT(static_cast<double>(f32 - fp8) / n, 2.5);
+}
+
+// GGUF has no FP8 type: --type fp8 is refused; an FP8 checkpoint exports by conversion.
+TEST(Fp8Export, GgufRefusesFp8AndConvertsAnFp8Checkpoint) {
+  TempDir dir;
+  write_fp8_checkpoint(kTinyV3, dir.str());
+  const std::string gguf = dir / "out.gguf";
+  auto export_args = [&](const std::string& type) {
+    return std::vector<std::string>{"export", "--format", "gguf",   "--model", dir.str(),
+                                    "--out",  gguf,       "--type", type};
+  };
+  EXPECT_NE(run_cli(export_args("fp8")), 0);
+  EXPECT_FALSE(std::filesystem::exists(gguf));
+  EXPECT_EQ(run_cli(export_args("q8_0")), 0);
+  EXPECT_GT(std::filesystem::file_size(gguf), 0u);
 }
 
 }  // namespace
