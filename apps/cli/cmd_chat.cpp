@@ -23,7 +23,7 @@ namespace dsmoe::cli {
 namespace {
 
 struct ChatArgs {
-  std::string model_dir, system_prompt, weights = "f32";
+  std::string model_dir, system_prompt, weights = kWeightsAuto;
   int64_t max_new_tokens = 512;
   int64_t ctx_size = 4096;
   SamplingParams sampling;
@@ -143,7 +143,10 @@ Command add_chat(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   add_sampling_options(app, args->sampling);
   app.add_option("--threads", args->threads, "threads (default: all cores)");
-  app.add_option("--weights", args->weights, "f32 (default), bf16, q8_0, q4_0");
+  app.add_option(
+      "--weights", args->weights,
+      "weight format for inference: auto (default: fp8 for an FP8 checkpoint, else f32), f32, "
+      "bf16, q8_0, q4_0, fp8");
   return [args] { return run_chat(*args); };
 }
 

@@ -49,6 +49,8 @@ GgmlType ggml_type_of(WeightFormat format) {
       return GgmlType::kQ8_0;
     case WeightFormat::kQ4_0:
       return GgmlType::kQ4_0;
+    case WeightFormat::kFP8:  // refused by run_export (check_gguf_type)
+      break;
   }
   return GgmlType::kF32;
 }
@@ -63,8 +65,19 @@ uint32_t file_type_of(WeightFormat format) {
       return kFtypeQ8_0;
     case WeightFormat::kQ4_0:
       return kFtypeQ4_0;
+    case WeightFormat::kFP8:  // refused by run_export (check_gguf_type)
+      break;
   }
   return kFtypeAllF32;
+}
+
+// GGUF (llama.cpp) has no e4m3 type with 128 x 128 block scales: an FP8 model is exported by
+// converting, which reading an F8_E4M3 checkpoint does (its weights expanded with their scales).
+void check_gguf_type(WeightFormat format) {
+  DSMOE_CHECK(format != WeightFormat::kFP8,
+              "--type fp8: GGUF has no type for e4m3 weights with 128x128 block scales (llama.cpp "
+              "reads none); export with --type bf16 or q8_0, which convert an FP8 checkpoint's "
+              "weights (expanded with their weight_scale_inv)");
 }
 
 uint32_t u32(int64_t v) { return static_cast<uint32_t>(v); }
@@ -358,6 +371,7 @@ int run_export(const ExportArgs& args) {
   DSMOE_CHECK(args.format == "gguf", "--format: only 'gguf' is written, got '{}'", args.format);
   const std::optional<WeightFormat> format = parse_weight_format(args.type);
   DSMOE_CHECK(format.has_value(), "--type must be f32, bf16, q8_0 or q4_0, got '{}'", args.type);
+  check_gguf_type(*format);
   const ModelConfig config = load_model_config(args.model_dir);
   check_exportable(config, args.model_dir + "/config.json");
   const Checkpoint checkpoint(args.model_dir);

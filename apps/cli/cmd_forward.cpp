@@ -110,10 +110,10 @@ int run_forward(const ForwardArgs& args) {
     options.mtp = false;             // nor of the MTP losses
     model.forward_backward(ids.data(), B, T, grads, acts, options);
     log_info("forward + backward in {:.3f} s", timer.seconds());
-    for_each_tensor(c, grads, [&](const std::string& name, const Shape& shape, TensorRole role,
-                                  Tensor& grad) {
-      if (role != TensorRole::kRouterBias) out.add_f32("grad." + name, shape, grad.data);
-    });
+    for_each_tensor(
+        c, grads, [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& grad) {
+          if (role != TensorRole::kRouterBias) out.add_f32("grad." + name, shape, grad.data);
+        });
   }
   out.write(args.output);
   log_info("wrote {}", args.output);
@@ -130,8 +130,10 @@ Command add_forward(CLI::App& app) {
       ->required();
   app.add_option("--output", args->output, "safetensors file to write")->required();
   app.add_option("--threads", args->threads, "threads (default: all cores)");
-  app.add_option("--weights", args->weights,
-                 "weight format for inference: f32 (default), bf16, q8_0, q4_0");
+  app.add_option(
+      "--weights", args->weights,
+      "weight format for inference: f32 (default; --grad needs it), bf16, q8_0, q4_0, fp8, "
+      "auto (fp8 for an FP8 checkpoint, else f32)");
   app.add_flag("--grad", args->grad,
                "also write grad.<tensor> = d loss / d tensor for every checkpoint tensor");
   return [args] { return run_on_ranks([args] { return run_forward(*args); }); };

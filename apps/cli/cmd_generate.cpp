@@ -29,7 +29,7 @@ struct GenerateArgs {
   bool no_cache = false;
   bool stop_at_eos = false;
   int threads = 0;
-  std::string weights = "f32";
+  std::string weights = kWeightsAuto;
   std::string speculative;   // "" or "mtp"
   int64_t draft_tokens = 1;  // drafts per main forward with --speculative mtp
 };
@@ -142,8 +142,10 @@ Command add_generate(CLI::App& app) {
   app.add_flag("--no-cache", args->no_cache, "recompute the whole sequence for every token");
   app.add_flag("--stop-at-eos", args->stop_at_eos, "stop after the config's eos_token_id");
   app.add_option("--threads", args->threads, "threads (default: all cores)");
-  app.add_option("--weights", args->weights,
-                 "weight format for inference: f32 (default), bf16, q8_0, q4_0");
+  app.add_option(
+      "--weights", args->weights,
+      "weight format for inference: auto (default: fp8 for an FP8 checkpoint, else f32), f32, "
+      "bf16, q8_0, q4_0, fp8");
   app.add_option("--speculative", args->speculative,
                  "mtp: draft with the model's own MTP module and verify with one forward")
       ->check(CLI::IsMember({"mtp"}));

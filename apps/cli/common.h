@@ -8,8 +8,14 @@
 
 namespace dsmoe::cli {
 
-// Loads a checkpoint directory and re-stores its linear weights as `weights` (f32, bf16, q8_0,
-// q4_0: the --weights flag), logging what it did and how long it took.
+// The --weights default: fp8 for a checkpoint whose linear weights are FP8 as DeepSeek-V3 ships
+// them (F8_E4M3 + weight_scale_inv, kept as stored), else f32.
+inline constexpr const char* kWeightsAuto = "auto";
+// The format --weights names (auto, f32, bf16, q8_0, q4_0, fp8) for the checkpoint in `dir`.
+WeightFormat resolve_weight_format(const std::string& dir, const std::string& weights);
+
+// Loads a checkpoint directory and re-stores its linear weights as `weights` (the --weights
+// flag, resolve_weight_format), logging what it did and how long it took.
 // With a `shard`, only those routed experts are read (expert parallelism under mpirun).
 Model load_inference_model(const std::string& dir, const std::string& weights,
                            ExpertShard shard = {});

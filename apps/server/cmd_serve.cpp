@@ -16,7 +16,7 @@ namespace dsmoe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model_dir, weights = "f32", model_name;
+  std::string model_dir, weights = kWeightsAuto, model_name;
   server::ServerOptions server;
   int threads = 0;
 };
@@ -117,8 +117,10 @@ Command add_serve(CLI::App& app) {
                  "connections served at once; more get a fast 503 (default: max-concurrent + "
                  "max-queue + 8, within 16..1024)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  app.add_option("--weights", args->weights,
-                 "weight format for inference: f32 (default), bf16, q8_0, q4_0");
+  app.add_option(
+      "--weights", args->weights,
+      "weight format for inference: auto (default: fp8 for an FP8 checkpoint, else f32), f32, "
+      "bf16, q8_0, q4_0, fp8");
   app.add_option("--threads", args->threads, "threads of the model (default: all cores)");
   return [args] { return run_serve(*args); };
 }

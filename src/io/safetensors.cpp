@@ -395,6 +395,15 @@ Tensor Checkpoint::load_f32(const std::string& name, const Shape& expected_shape
     return out;
   }
 
+  const std::vector<float> scale_values = f8_block_scales(name);
+  dequantize_f8(info.data, scale_values, info.shape[0], info.shape[1], out.data);
+  return out;
+}
+
+std::vector<float> Checkpoint::f8_block_scales(const std::string& name) const {
+  const TensorInfo& info = get(name);
+  DSMOE_CHECK(info.dtype == DType::kF8_E4M3, "{}: tensor '{}' has dtype {}, not F8_E4M3", info.file,
+              name, dtype_name(info.dtype));
   DSMOE_CHECK(info.shape.size() == 2, "{}: tensor '{}': F8_E4M3 weights must be 2-D, found {}",
               info.file, name, shape_str(info.shape));
   const std::string suffix = ".weight";
@@ -417,8 +426,7 @@ Tensor Checkpoint::load_f32(const std::string& name, const Shape& expected_shape
               dtype_name(scale->dtype));
   std::vector<float> scale_values(static_cast<size_t>(shape_numel(scale_shape)));
   convert_to_f32(scale->data, scale->dtype, scale_values.size(), scale_values.data());
-  dequantize_f8(info.data, scale_values, rows, cols, out.data);
-  return out;
+  return scale_values;
 }
 
 // ---- read_i64 ----

@@ -65,6 +65,11 @@ class Checkpoint {
   // ceil(cols/128)] (F32 or BF16), as the DeepSeek-V3 release stores weights.
   Tensor load_f32(const std::string& name, const Shape& expected_shape) const;
 
+  // The block scales of the F8_E4M3 weight `name` as float32 [ceil(rows/128), ceil(cols/128)]
+  // (its `weight_scale_inv`, checked as load_f32 checks it), for keeping the e4m3 bytes
+  // (`--weights fp8`) instead of expanding them.
+  std::vector<float> f8_block_scales(const std::string& name) const;
+
   // Tells the kernel that the mapped pages of `name` will not be read again (madvise
   // MADV_DONTNEED on the page-aligned inside of its bytes), so that a model converted or
   // quantized tensor by tensor does not keep the whole file resident. Only for tensors whose

@@ -178,13 +178,15 @@ const char* weight_format_name(WeightFormat format) {
       return "q8_0";
     case WeightFormat::kQ4_0:
       return "q4_0";
+    case WeightFormat::kFP8:
+      return "fp8";
   }
   return "invalid";
 }
 
 std::optional<WeightFormat> parse_weight_format(std::string_view name) {
-  for (WeightFormat f :
-       {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0})
+  for (WeightFormat f : {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kQ8_0,
+                         WeightFormat::kQ4_0, WeightFormat::kFP8})
     if (name == weight_format_name(f)) return f;
   return std::nullopt;
 }
@@ -203,6 +205,8 @@ size_t weight_row_bytes(WeightFormat format, int64_t cols) {
     case WeightFormat::kQ4_0:
       check_blocked("q4_0 weight", cols);
       return n / kQuantBlock * sizeof(BlockQ4_0);
+    case WeightFormat::kFP8:
+      return n;
   }
   fail(fmt::format("invalid WeightFormat value {}", static_cast<int>(format)));
 }
@@ -226,6 +230,8 @@ void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols
       join_blocks(format, row, cols / kQuantBlock, blocks.data());
       return dequantize_row_q4_0(blocks.data(), y, cols);
     }
+    case WeightFormat::kFP8:
+      fail("dequantize_row: an fp8 row needs its block scales (dequantize_matrix_row)");
   }
   fail(fmt::format("invalid WeightFormat value {}", static_cast<int>(format)));
 }
@@ -282,6 +288,8 @@ QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, b
   m.cols = cols;
   m.row_bytes = weight_row_bytes(format, cols);  // checks cols % 32 for the block formats
   m.panels = panels;
+  if (format == WeightFormat::kFP8)
+    m.block_scales.resize(static_cast<size_t>(fp8_blocks(rows) * fp8_blocks(cols)));
   const int64_t groups = (rows + kPanelGroupRows - 1) / kPanelGroupRows;
   m.data.resize(panels ? static_cast<size_t>(groups * (cols + 1) / 2 * kPanelGroupRows) * 4
                        : static_cast<size_t>(rows) * m.row_bytes);
@@ -320,7 +328,64 @@ void convert_rows_to_panels(const float* w, int64_t row_begin, int64_t n_rows, Q
   }
 }
 
+// amax / 448 of the block [r0, r1) x [c0, c1) of w (rows from w's first), or nullopt when an
+// element is not finite.
+std::optional<float> fp8_block_scale(const float* w, int64_t cols, int64_t r0, int64_t r1,
+                                     int64_t c0, int64_t c1) {
+  uint32_t amax = 0;
+  for (int64_t r = r0; r < r1; r++)
+    for (int64_t c = c0; c < c1; c++) amax = std::max(amax, abs_bits(w[r * cols + c]));
+  if (amax >= kExponentMask) return std::nullopt;
+  return std::bit_cast<float>(amax) / kFp8Max;
+}
+
+// quantize_rows for kFP8 (DeepSeek's scheme, quant.h), one block of rows per iteration.
+void quantize_rows_fp8(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m) {
+  const int64_t cols = m.cols, col_blocks = fp8_blocks(cols);
+  DSMOE_CHECK(
+      row_begin % kFp8Block == 0 && (n_rows % kFp8Block == 0 || row_begin + n_rows == m.rows),
+      "quantize_rows (fp8): rows {}..{} do not cover whole {}-row scale blocks", row_begin,
+      row_begin + n_rows, kFp8Block);
+  std::string error;
+#pragma omp parallel for schedule(static) if (n_rows * cols > (1 << 16))
+  for (int64_t r0 = 0; r0 < n_rows; r0 += kFp8Block) {
+    const int64_t r1 = std::min(r0 + kFp8Block, n_rows);
+    for (int64_t cb = 0; cb < col_blocks; cb++) {
+      const int64_t c0 = cb * kFp8Block, c1 = std::min(c0 + kFp8Block, cols);
+      const std::optional<float> scale = fp8_block_scale(w, cols, r0, r1, c0, c1);
+      if (!scale) {
+#pragma omp critical(dsmoe_quantize_matrix_error)
+        if (error.empty())
+          error = fmt::format("block of rows {}..{}, columns {}..{} has a non-finite element",
+                              row_begin + r0, row_begin + r1 - 1, c0, c1 - 1);
+        continue;
+      }
+      m.block_scales[static_cast<size_t>((row_begin + r0) / kFp8Block * col_blocks + cb)] = *scale;
+      const float divisor = *scale == 0.0f ? 1.0f : *scale;  // (an all-zero block)
+      for (int64_t r = r0; r < r1; r++) {
+        uint8_t* dst = m.data.data() + static_cast<size_t>(row_begin + r) * m.row_bytes;
+        for (int64_t c = c0; c < c1; c++) dst[c] = f32_to_f8e4m3(w[r * cols + c] / divisor);
+      }
+    }
+  }
+  if (!error.empty()) fail(fmt::format("quantize_matrix (fp8): {}", error));
+}
+
 }  // namespace
+
+int64_t fp8_first_nan(const uint8_t* bytes, int64_t n) {
+  // (vectorized: an OR-reduction of the test per chunk, then the position within the chunk)
+  constexpr int64_t kChunk = 4096;
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t end = std::min(n, begin + kChunk);
+    bool any = false;
+    for (int64_t i = begin; i < end; i++) any |= (bytes[i] & 0x7F) == 0x7F;
+    if (!any) continue;
+    for (int64_t i = begin; i < end; i++)
+      if ((bytes[i] & 0x7F) == 0x7F) return i;
+  }
+  return -1;
+}
 
 void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m) {
   DSMOE_CHECK(row_begin >= 0 && n_rows >= 0 && row_begin + n_rows <= m.rows,
@@ -329,6 +394,7 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
   const int64_t cols = m.cols;
   const WeightFormat format = m.format;
   if (m.panels) return convert_rows_to_panels(w, row_begin, n_rows, m);
+  if (format == WeightFormat::kFP8) return quantize_rows_fp8(w, row_begin, n_rows, m);
   // Rows are independent; an Error (a non-finite element, an f16 scale overflow) is caught inside
   // the parallel region, since an exception must not leave an OpenMP structured block.
   std::string error;
@@ -350,6 +416,8 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
         case WeightFormat::kQ4_0:
           quantize_split_row(quantize_row_q4_0, src, cols, dst);
           break;
+        case WeightFormat::kFP8:  // (quantize_rows_fp8 above)
+          break;
       }
     } catch (const Error& e) {
 #pragma omp critical(dsmoe_quantize_matrix_error)
@@ -369,6 +437,14 @@ QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFo
 
 void dequantize_matrix_row(const QuantMatrix& m, int64_t r, float* y) {
   DSMOE_ASSERT(r >= 0 && r < m.rows);
+  if (m.format == WeightFormat::kFP8) {
+    // The expanded checkpoint's arithmetic (io/safetensors.cpp): e4m3 as float32, times its
+    // block's scale (one rounding).
+    convert_to_f32(m.row(r), DType::kF8_E4M3, static_cast<size_t>(m.cols), y);
+    const float* scales = m.row_block_scales(r);
+    for (int64_t c = 0; c < m.cols; c++) y[c] *= scales[c / kFp8Block];
+    return;
+  }
   if (!m.panels) return dequantize_row(m.format, m.row(r), y, m.cols);
   const auto* bits = reinterpret_cast<const uint16_t*>(m.data.data());
   const size_t first = bf16_panel_index(m.rows, m.cols, r, 0);

@@ -1,6 +1,7 @@
-// quant.h: weight storage formats for the matrix kernels (float32, bf16, and the 32-element block
-// formats Q8_0 / Q4_0 of llama.cpp's ggml-common.h), their row conversions, and QuantMatrix, a
-// [rows, cols] weight matrix held in one of them. Portable code only: the SIMD products live in
+// quant.h: weight storage formats for the matrix kernels (float32, bf16, the 32-element block
+// formats Q8_0 / Q4_0 of llama.cpp's ggml-common.h, and DeepSeek-V3's FP8: e4m3 with 128 x 128
+// block scales), their row conversions, and QuantMatrix, a [rows, cols] weight matrix held in
+// one of them. Portable code only: the SIMD products live in
 // kernels/cpu/quant_ops.h.
 #pragma once
 #include <cstddef>
@@ -52,16 +53,31 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n);
 void convert_row_f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 void convert_row_bf16_to_f32(const uint16_t* x, float* y, int64_t n);
 
-enum class WeightFormat { kF32, kBF16, kQ8_0, kQ4_0 };
+enum class WeightFormat { kF32, kBF16, kQ8_0, kQ4_0, kFP8 };
 
-// "f32", "bf16", "q8_0", "q4_0".
+// "f32", "bf16", "q8_0", "q4_0", "fp8".
 const char* weight_format_name(WeightFormat format);
 // Parses the names above; nullopt when unknown.
 std::optional<WeightFormat> parse_weight_format(std::string_view name);
 // Bytes of one row of `cols` elements; an Error when a block format gets cols % 32 != 0.
 size_t weight_row_bytes(WeightFormat format, int64_t cols);
-// Dequantizes one QuantMatrix row of `cols` elements stored in `format` to float32.
+// Dequantizes one QuantMatrix row of `cols` elements stored in `format` to float32. kFP8 rows
+// need their block scales: an Error here (dequantize_matrix_row applies them).
 void dequantize_row(WeightFormat format, const void* row, float* y, int64_t cols);
+
+// FP8 as DeepSeek-V3 ships it (its inference/kernel.py, the `weight_scale_inv` tensors): each
+// weight one e4m3fn byte (sign, 4 exponent bits with bias 7, 3 mantissa bits; no inf, 0x7F and
+// 0xFF are NaN, max 448), and one float32 scale per block of kFp8Block x kFp8Block weights (the
+// last blocks of a row or column may be shorter): w[r][c] = e4m3(q[r][c]) * s[r / 128][c / 128].
+// Quantizing (DeepSeek's scheme): s = max |w| of the block / 448, q = e4m3(w / s) rounded to
+// nearest even; an all-zero block gets s = 0.
+constexpr int64_t kFp8Block = 128;
+constexpr float kFp8Max = 448.0f;
+// Scale blocks of a dimension of n elements: ceil(n / kFp8Block).
+constexpr int64_t fp8_blocks(int64_t n) { return (n + kFp8Block - 1) / kFp8Block; }
+// The first NaN code (0x7F / 0xFF) among n e4m3 bytes, or -1: the kernels compute with the bits
+// of finite values only, so FP8 weights are checked once when they are loaded.
+int64_t fp8_first_nan(const uint8_t* bytes, int64_t n);
 
 // bf16 weights may instead be held in the panel layout of the bf16 GEMM (kernels/cpu/gemm_bf16.h),
 // which prefill reads as it is stored (no packing per call) and decode streams once: rows in
@@ -124,17 +140,24 @@ struct CacheAlignedAllocator {
 
 // A weight matrix [rows, cols] (a Hugging Face Linear weight: rows = out features, cols = in
 // features) stored row after row in `format`; rows are weight_row_bytes(format, cols) apart
-// (block formats: scales first, see row_scales). bf16 matrices with `panels` set are in the
-// panel layout above instead, and row() does not apply to them.
+// (block formats: scales first, see row_scales; kFP8: the e4m3 bytes, its block scales in
+// `block_scales`). bf16 matrices with `panels` set are in the panel layout above instead, and
+// row() does not apply to them.
 struct QuantMatrix {
   WeightFormat format = WeightFormat::kF32;
   int64_t rows = 0, cols = 0;
   size_t row_bytes = 0;  // bytes a row holds (in the panel layout too)
   bool panels = false;
   std::vector<uint8_t, CacheAlignedAllocator<uint8_t>> data;  // rows * row_bytes, or the panels
+  // kFP8 only: [fp8_blocks(rows), fp8_blocks(cols)] scales (the checkpoint's weight_scale_inv).
+  std::vector<float> block_scales;
 
   const void* row(int64_t r) const { return data.data() + static_cast<size_t>(r) * row_bytes; }
-  size_t size_bytes() const { return data.size(); }
+  // kFP8: the scales of row r's column blocks.
+  const float* row_block_scales(int64_t r) const {
+    return block_scales.data() + static_cast<size_t>(r / kFp8Block * fp8_blocks(cols));
+  }
+  size_t size_bytes() const { return data.size() + block_scales.size() * sizeof(float); }
 };
 
 // Converts a float32 matrix w[rows, cols] to `format` (rows in parallel); `panels` (bf16 only)
@@ -143,6 +166,8 @@ QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFo
                             bool panels = false);
 // A [rows, cols] matrix in `format` (zeros), and rows [row_begin, row_begin + n_rows) of it
 // converted from float32 w[n_rows, cols] (for converting a large tensor a slice at a time).
+// kFP8 scales whole blocks of rows: row_begin must be a multiple of kFp8Block, and n_rows too
+// unless the slice ends the matrix (an Error otherwise).
 QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, bool panels = false);
 void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m);
 // Row r of m (either layout) as float32 y[m.cols].

@@ -53,6 +53,11 @@ void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
                              WeightFormat model_format) {
   // Q4_0 models keep these at Q8_0: a few percent of the bytes, where 4 bits would put ~5x the
   // rounding of Q8_0 on every attention score of a decoded token (tests/test_absorbed_compact).
+  // fp8: none. Its 128 x 128 blocks of scales do not follow kv_b_proj's per-head halves in
+  // general (V3's do: 128-row heads), and re-quantizing them would change the weights; absorbed
+  // decode reads the float32 kv_b_proj, which holds the checkpoint's e4m3 values times their
+  // scales exactly as the expanded model does.
+  if (model_format == WeightFormat::kFP8) return;
   const WeightFormat format =
       model_format == WeightFormat::kQ4_0 ? WeightFormat::kQ8_0 : model_format;
   const int64_t nope = c.qk_nope_head_dim, dv = c.v_head_dim, rank = c.kv_lora_rank;

@@ -1,4 +1,4 @@
-// quantize.h: inference weights in compact formats (bf16, Q8_0, Q4_0), converted at load, and
+// quantize.h: inference weights in compact formats (bf16, Q8_0, Q4_0, fp8), converted at load, and
 // the bytes a decoded token reads (for the roofline of `dsmoe bench`).
 #pragma once
 #include <cstdint>
@@ -20,8 +20,9 @@ void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFo
 
 // Absorbed MLA decode with compact weights: stores each MLA layer's kv_b_proj halves per head in
 // `format` (Q8_0 for a Q4_0 model; AttentionWeights::absorbed_uk_t / absorbed_uv), so that a
-// decoded token reads them compact instead of kv_b_proj in float32. Nothing for kF32, for V1, or
-// for a block format whose row widths (qk_nope_head_dim, kv_lora_rank) are not multiples of 32.
+// decoded token reads them compact instead of kv_b_proj in float32. Nothing for kF32, for kFP8
+// (see quantize.cpp), for V1, or for a block format whose row widths (qk_nope_head_dim,
+// kv_lora_rank) are not multiples of 32.
 void derive_absorbed_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format);
 
 // Whether quantize_weights re-stores this tensor (see above).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -118,22 +119,49 @@ int64_t mtp_modules_in(const ModelConfig& c, const Checkpoint& checkpoint) {
 
 namespace {
 
+// An F8_E4M3 checkpoint weight kept as it is stored (kFP8): its e4m3 bytes and block scales,
+// copied out of the mapping (whose pages the caller then releases).
+QuantMatrix load_fp8_as_stored(const Checkpoint& checkpoint, const TensorInfo& info) {
+  const int64_t rows = info.shape[0], cols = info.shape[1];
+  QuantMatrix matrix = make_quant_matrix(rows, cols, WeightFormat::kFP8);
+  matrix.block_scales = checkpoint.f8_block_scales(info.name);
+  const int64_t nan_at = fp8_first_nan(info.data, rows * cols);
+  DSMOE_CHECK(nan_at < 0,
+              "{}: tensor '{}': element [{}, {}] is an e4m3 NaN (0x{:02X}); FP8 weights must be "
+              "finite",
+              info.file, info.name, nan_at / std::max<int64_t>(cols, 1),
+              nan_at % std::max<int64_t>(cols, 1), info.data[std::max<int64_t>(nan_at, 0)]);
+  std::memcpy(matrix.data.data(), info.data, info.nbytes);
+  return matrix;
+}
+
 // Reads a 2-D weight straight into `format`, a slice of rows at a time, so that no float32 copy
-// of the whole tensor exists at once (V2-Lite's lm_head is 800 MB in float32). F8 weights (with
-// their block scales) and anything load_f32 would reject go through load_f32. `panels`: the bf16
-// panel layout (QuantMatrix::panels).
+// of the whole tensor exists at once (V2-Lite's lm_head is 800 MB in float32). F8 weights are
+// kept as stored for kFP8 and expanded with their block scales (load_f32) for the other formats,
+// as is anything load_f32 would reject. `panels`: the bf16 panel layout (QuantMatrix::panels).
 Tensor load_quantized(const Checkpoint& checkpoint, const std::string& name, const Shape& shape,
                       WeightFormat format, bool panels) {
   const TensorInfo& info = checkpoint.get(name);
-  if (info.shape != shape || info.dtype == DType::kF8_E4M3 || !dtype_is_float(info.dtype)) {
+  const bool fp8_as_stored = format == WeightFormat::kFP8 && info.dtype == DType::kF8_E4M3;
+  if (info.shape != shape || (info.dtype == DType::kF8_E4M3 && !fp8_as_stored) ||
+      !dtype_is_float(info.dtype)) {
     Tensor tensor = checkpoint.load_f32(name, shape);  // (throws on a bad shape or dtype)
     quantize_tensor(tensor, format, panels);
+    return tensor;
+  }
+  if (fp8_as_stored) {
+    Tensor tensor;
+    tensor.shape = shape;
+    tensor.quant = std::make_shared<const QuantMatrix>(load_fp8_as_stored(checkpoint, info));
     return tensor;
   }
   const int64_t rows = shape[0], cols = shape[1];
   const size_t element = dtype_size(info.dtype);
   QuantMatrix matrix = make_quant_matrix(rows, cols, format, panels);
-  const int64_t slice = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(cols, 1));
+  // (fp8 scales whole 128-row blocks: slices of whole blocks)
+  const int64_t row_unit = format == WeightFormat::kFP8 ? kFp8Block : 1;
+  const int64_t slice =
+      std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(cols, 1) / row_unit) * row_unit;
   std::vector<float> rows_f32(static_cast<size_t>(std::min(slice, rows) * cols));  // (slice, cols)
   for (int64_t begin = 0; begin < rows; begin += slice) {
     const int64_t n = std::min(slice, rows - begin);
@@ -153,6 +181,18 @@ Tensor load_quantized(const Checkpoint& checkpoint, const std::string& name, con
 
 }  // namespace
 
+bool holds_fp8_weights(const ModelConfig& config, const Checkpoint& checkpoint) {
+  ModelWeights shapes;  // names only
+  bool fp8 = false;
+  for_each_tensor(config, shapes,
+                  [&](const std::string& name, const Shape&, TensorRole role, Tensor&) {
+                    const TensorInfo* info = checkpoint.find(name);
+                    fp8 |= role == TensorRole::kMatrix && info != nullptr &&
+                           info->dtype == DType::kF8_E4M3 && checkpoint.has(name + "_scale_inv");
+                  });
+  return fp8;
+}
+
 int64_t routed_expert_of(const std::string& name) {
   static const std::string kExperts = ".mlp.experts.";
   const size_t at = name.find(kExperts);
@@ -164,6 +204,7 @@ ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoin
                           WeightFormat format, ExpertShard shard) {
   ModelWeights weights;
   weights.mtp.resize(mtp_modules_in(config, checkpoint));
+  const bool fp8_checkpoint = format == WeightFormat::kFP8 && holds_fp8_weights(config, checkpoint);
   for_each_tensor(
       config, weights,
       [&](const std::string& name, const Shape& shape, TensorRole role, Tensor& tensor) {
@@ -174,7 +215,16 @@ ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoin
         const bool bf16_embedding =
             format != WeightFormat::kF32 && role == TensorRole::kEmbedding &&
             checkpoint.get(name).dtype == DType::kBF16 && !config.tie_word_embeddings;
-        if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
+        // An FP8 checkpoint's other linear weights (V3's lm_head) stay as they are stored:
+        // bf16 held as bf16 (exact), float32 as float32.
+        const DType dtype = checkpoint.get(name).dtype;
+        const bool kept_as_stored = fp8_checkpoint && dtype != DType::kF8_E4M3;
+        if (kept_as_stored && dtype == DType::kBF16 && is_quantizable(config, name, shape, role))
+          tensor = load_quantized(checkpoint, name, shape, WeightFormat::kBF16,
+                                  product_panels(WeightFormat::kBF16));
+        else if (kept_as_stored)
+          tensor = checkpoint.load_f32(name, shape);
+        else if (format != WeightFormat::kF32 && is_quantizable(config, name, shape, role))
           tensor = load_quantized(checkpoint, name, shape, format, product_panels(format));
         else if (bf16_embedding)
           tensor = load_quantized(checkpoint, name, shape, WeightFormat::kBF16, false);

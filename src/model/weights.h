@@ -112,15 +112,22 @@ void for_each_tensor(const ModelConfig& config, ModelWeights& weights, const Ten
 // present, else 0.
 int64_t mtp_modules_in(const ModelConfig& config, const Checkpoint& checkpoint);
 
+// Whether the checkpoint's linear weights are FP8 as DeepSeek-V3 ships them (F8_E4M3 with a
+// `weight_scale_inv`): then `--weights` defaults to fp8, which keeps them so.
+bool holds_fp8_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+
+// The routed expert a checkpoint tensor belongs to (model.layers.L.mlp.experts.E.*), else -1.
+int64_t routed_expert_of(const std::string& name);
+
 // Loads every tensor as float32 (converting BF16/F16/F8 with its scale); a missing or mis-shaped
 // tensor is an error naming the file and tensor. Extra tensors (MTP layers
 // model.layers.{num_hidden_layers}.*, FP8 scales) are left alone.
 // With a `format` other than kF32, each linear weight is quantized as soon as it is read
 // (model/quantize.h); the file's pages of every tensor that was copied are released, so peak
-// memory stays near the size of the model as it is kept.
-// The routed expert a checkpoint tensor belongs to (model.layers.L.mlp.experts.E.*), else -1.
-int64_t routed_expert_of(const std::string& name);
-
+// memory stays near the size of the model as it is kept. kFP8 keeps F8_E4M3 weights as stored
+// (e4m3 bytes and block scales, never expanded; an e4m3 NaN is an error) and the other linear
+// weights of such a checkpoint too (bf16 as bf16, float32 as float32: V3's lm_head); on a
+// checkpoint without FP8 weights it quantizes the linear weights to fp8.
 // With a `shard`, only the routed experts it holds are read (the others stay empty tensors).
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
                           WeightFormat format = WeightFormat::kF32, ExpertShard shard = {});

@@ -27,6 +27,7 @@ struct alignas(64) VnniGroup {
 // Activations rounded for one weight format (pointers into a buffer of the caller).
 struct PreparedActs {
   int64_t M = 0;
+  const float* f32 = nullptr;         // fp8: the activations (M, K) as given
   const uint16_t* bf16 = nullptr;     // bf16: (2, M, K) hi and lo parts
   const BlockQ8_0* q8 = nullptr;      // Q8_0 / Q4_0: (M, nb) blocks
   const float* q8_scale = nullptr;    // (M, nb) their scales as float
@@ -47,9 +48,9 @@ struct ActsBuffer {
 // and bf16(lo) carries the next 8 significant bits: 16 bits of x in two bf16 parts.
 void split_bf16_hi_lo(const float* x, int64_t n, float* hi, float* lo);
 
-// Rounds inp[M, K] once for `format` into buf (f32 needs nothing). A Q8_0 block that cannot be
-// quantized (inf/NaN, or beyond f16) gets a NaN scale, so its outputs are NaN as in float
-// arithmetic, instead of an exception inside a kernel.
+// Rounds inp[M, K] once for `format` into buf (f32 needs nothing; fp8 reads inp itself). A Q8_0
+// block that cannot be quantized (inf/NaN, or beyond f16) gets a NaN scale, so its outputs are NaN
+// as in float arithmetic, instead of an exception inside a kernel.
 PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
                           ActsBuffer& buf);
 

@@ -31,6 +31,7 @@
 
 #include "kernels/cpu/bf16_panels.h"
 #include "kernels/cpu/gemm_bf16.h"
+#include "kernels/cpu/gemm_fp8.h"
 #include "kernels/cpu/gemm_quant.h"
 #include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/ops.h"
@@ -403,6 +404,9 @@ void Rows(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTRICT ou
     case WeightFormat::kQ4_0:
       RowsBlocks(acts, w, out, n_begin, n_end);
       return;
+    case WeightFormat::kFP8:  // (kernels/cpu/gemm_fp8.cpp, dispatched there)
+      fp8_rows(acts.f32, acts.M, w, out, n_begin, n_end);
+      return;
     case WeightFormat::kF32:  // not prepared: BLAS (quant_linear_forward) handles float32
       return;
   }
@@ -435,6 +439,12 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 
 }  // namespace
 
+// Formats whose prepared activations are the same (Q8_0 and Q4_0 share their Q8_0 blocks).
+static int acts_family(WeightFormat format) {
+  return format == WeightFormat::kQ4_0 ? static_cast<int>(WeightFormat::kQ8_0)
+                                       : static_cast<int>(format);
+}
+
 static bool use_gemm(const QuantMatrix& w, int64_t M) {
   switch (w.format) {
     case WeightFormat::kBF16:
@@ -442,6 +452,8 @@ static bool use_gemm(const QuantMatrix& w, int64_t M) {
     case WeightFormat::kQ8_0:
     case WeightFormat::kQ4_0:
       return M >= kGemmMinRowsQuant;
+    case WeightFormat::kFP8:
+      return M >= kGemmMinRowsFP8;
     case WeightFormat::kF32:
       return false;
   }
@@ -473,6 +485,8 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
     split_bf16_hi_lo(inp, M * K, hi_lo.data(), hi_lo.data() + M * K);
     gemm(partial.data(), hi_lo.data(), 2 * M);
     for (int64_t i = 0; i < M * N; i++) out[i] = partial[i] + partial[M * N + i];
+  } else if (w.format == WeightFormat::kFP8) {
+    gemm_fp8(out, inp, M, w);
   } else {
     gemm_quant(out, inp, M, w);
   }
@@ -527,7 +541,7 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     for (int64_t i = 0; i < j && same < 0; i++)
       if (row_cost[i] > 0 && jobs[i].inp == job.inp && jobs[i].M == job.M &&
           jobs[i].w->cols == job.w->cols &&
-          (jobs[i].w->format == WeightFormat::kBF16) == (job.w->format == WeightFormat::kBF16))
+          acts_family(jobs[i].w->format) == acts_family(job.w->format))
         same = i;
     if (same >= 0) {
       acts[j] = acts[same];

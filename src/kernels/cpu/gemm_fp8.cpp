@@ -1,0 +1,260 @@
+// gemm_fp8.cpp (cpu): FP8 (e4m3 + 128 x 128 block scales) weights times float32 activations; see
+// gemm_fp8.h. Compiled for every x86 target through hwy/foreach_target.h like quant_ops.cpp.
+//
+// e4m3fn -> float32 in registers: sign-extend the byte to 16 bits, shift left by 7 and clear bit
+// 14: the sign lands in bit 15, the 4 exponent bits in the f16 exponent's low 4 bits and the 3
+// mantissa bits at the top of the f16 mantissa. With f16's bias 15 against e4m3's 7 that f16 is
+// the e4m3 value times 2^-8, exactly, for subnormals too (f16 subnormal 2^-14 * m / 8 = e4m3
+// subnormal 2^-6 * m / 8 times 2^-8); F16C's vcvtph2ps (Highway's PromoteTo) widens it. The
+// scale of the block takes the 2^8 back (a power of two: exact).
+
+// clang-format off
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/gemm_fp8.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/cache_control.h"
+// clang-format on
+
+#include "kernels/cpu/gemm_fp8.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/gemm_bf16.h"
+#include "kernels/cpu/isa_dispatch.h"
+#include "kernels/cpu/quant_acts.h"
+#include "kernels/quant.h"
+#include "tensor/dtype.h"
+
+#ifndef DSMOE_KERNELS_CPU_GEMM_FP8_SHARED_
+#define DSMOE_KERNELS_CPU_GEMM_FP8_SHARED_
+namespace dsmoe::cpu::gemm_fp8_detail {
+
+// The kernels' weight values are e4m3 * 2^-8 (the f16 bits above); block scales times this.
+constexpr float kScaleBack = 256.0f;
+
+// The scalar twin of the vector conversion (tails of rows that are not a whole vector).
+inline float e4m3_scaled(uint8_t b) {
+  return f16_to_f32(static_cast<uint16_t>(((b & 0x80) << 8) | ((b & 0x7F) << 7)));
+}
+
+// Activation rows one pass over a weight row serves (their sums stay in registers).
+constexpr int kMaxRowsPerPass = 4;
+
+// Bytes ahead that the row kernels prefetch (as quant_ops.cpp's matrix-vector kernels do).
+constexpr int64_t kPrefetchBytes = 4096;
+
+}  // namespace dsmoe::cpu::gemm_fp8_detail
+#endif  // DSMOE_KERNELS_CPU_GEMM_FP8_SHARED_
+
+HWY_BEFORE_NAMESPACE();
+namespace dsmoe::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+namespace detail = gemm_fp8_detail;
+
+// Lanes(df) e4m3 bytes at p -> float32 e4m3 * 2^-8.
+template <class DF>
+HWY_INLINE hn::Vec<DF> E4m3ToF32(DF df, const uint8_t* HWY_RESTRICT p) {
+  const hn::Rebind<int8_t, DF> d8;
+  const hn::Rebind<int16_t, DF> d16;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const auto wide = hn::PromoteTo(d16, hn::LoadU(d8, reinterpret_cast<const int8_t*>(p)));
+  const auto bits = hn::And(hn::ShiftLeft<7>(wide), hn::Set(d16, static_cast<int16_t>(0xBF80)));
+  return hn::PromoteTo(df, hn::BitCast(dh, bits));
+}
+
+// out[r * out_stride] = x[r] . w for kRows activation rows x[r] (row stride K) and one weight row
+// (e4m3 bytes w[K], block scales scales[]).
+template <int kRows>
+HWY_INLINE void DotRow(const float* HWY_RESTRICT x, int64_t K, const uint8_t* HWY_RESTRICT w,
+                       const float* HWY_RESTRICT scales, float* HWY_RESTRICT out,
+                       int64_t out_stride) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  V total[kRows];
+  float tail_total[kRows];
+  for (int r = 0; r < kRows; r++) total[r] = hn::Zero(df), tail_total[r] = 0.0f;
+  for (int64_t k0 = 0; k0 < K; k0 += kFp8Block) {
+    const int64_t k1 = std::min(k0 + kFp8Block, K);
+    hwy::Prefetch(w + k0 + detail::kPrefetchBytes);
+    hwy::Prefetch(w + k0 + detail::kPrefetchBytes + 64);
+    V acc0[kRows], acc1[kRows];
+    for (int r = 0; r < kRows; r++) acc0[r] = hn::Zero(df), acc1[r] = hn::Zero(df);
+    int64_t k = k0;
+    for (; k + 2 * L <= k1; k += 2 * L) {
+      const V w0 = E4m3ToF32(df, w + k), w1 = E4m3ToF32(df, w + k + L);
+      for (int r = 0; r < kRows; r++) {
+        acc0[r] = hn::MulAdd(w0, hn::LoadU(df, x + r * K + k), acc0[r]);
+        acc1[r] = hn::MulAdd(w1, hn::LoadU(df, x + r * K + k + L), acc1[r]);
+      }
+    }
+    for (; k + L <= k1; k += L) {
+      const V w0 = E4m3ToF32(df, w + k);
+      for (int r = 0; r < kRows; r++)
+        acc0[r] = hn::MulAdd(w0, hn::LoadU(df, x + r * K + k), acc0[r]);
+    }
+    float tail[kRows] = {};
+    for (; k < k1; k++) {
+      const float wk = detail::e4m3_scaled(w[k]);
+      for (int r = 0; r < kRows; r++) tail[r] += x[r * K + k] * wk;
+    }
+    const float scale = scales[k0 / kFp8Block] * detail::kScaleBack;
+    for (int r = 0; r < kRows; r++) {
+      total[r] = hn::MulAdd(hn::Add(acc0[r], acc1[r]), hn::Set(df, scale), total[r]);
+      tail_total[r] += tail[r] * scale;
+    }
+  }
+  for (int r = 0; r < kRows; r++)
+    out[r * out_stride] = hn::GetLane(hn::SumOfLanes(df, total[r])) + tail_total[r];
+}
+
+void RowsFp8(const float* HWY_RESTRICT x, int64_t M, const QuantMatrix& w, float* HWY_RESTRICT out,
+             int64_t n_begin, int64_t n_end) {
+  const int64_t N = w.rows, K = w.cols;
+  for (int64_t n = n_begin; n < n_end; n++) {
+    const auto* row = static_cast<const uint8_t*>(w.row(n));
+    const float* scales = w.row_block_scales(n);
+    for (int64_t m0 = 0; m0 < M; m0 += detail::kMaxRowsPerPass) {
+      const float* xm = x + m0 * K;
+      float* o = out + m0 * N + n;
+      switch (std::min<int64_t>(detail::kMaxRowsPerPass, M - m0)) {
+        case 1:
+          DotRow<1>(xm, K, row, scales, o, N);
+          break;
+        case 2:
+          DotRow<2>(xm, K, row, scales, o, N);
+          break;
+        case 3:
+          DotRow<3>(xm, K, row, scales, o, N);
+          break;
+        default:
+          DotRow<4>(xm, K, row, scales, o, N);
+          break;
+      }
+    }
+  }
+  static_assert(detail::kMaxRowsPerPass == 4);
+}
+
+// rows x cols e4m3 bytes (row stride `stride`) -> bf16 bits of e4m3 * 2^-8 [rows, cols], exact
+// (4 significant bits; the smallest, 2^-17, is a normal bf16, which vdpbf16ps does not flush).
+void E4m3BlockToBf16(const uint8_t* HWY_RESTRICT w, int64_t stride, int64_t rows, int64_t cols,
+                     uint16_t* HWY_RESTRICT dst) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di32;
+  const hn::Rebind<uint16_t, decltype(df)> du16;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t r = 0; r < rows; r++) {
+    const uint8_t* src = w + r * stride;
+    uint16_t* d = dst + r * cols;
+    int64_t k = 0;
+    for (; k + L <= cols; k += L) {  // the top half of the float32 (nothing below is set)
+      const auto high = hn::ShiftRight<16>(hn::BitCast(di32, E4m3ToF32(df, src + k)));
+      hn::StoreU(hn::DemoteTo(du16, hn::And(high, hn::Set(di32, 0xFFFF))), du16, d + k);
+    }
+    for (; k < cols; k++) d[k] = f32_to_bf16(detail::e4m3_scaled(src[k]));
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace dsmoe::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace dsmoe::cpu {
+
+HWY_EXPORT(RowsFp8);
+HWY_EXPORT(E4m3BlockToBf16);
+namespace {
+// DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
+[[maybe_unused]] const int64_t kIsaCapApplied = apply_isa_cap();
+
+// Enough multiply-adds to be worth waking the OpenMP team.
+constexpr int64_t kMinParallelWork = int64_t{1} << 16;
+
+// The row kernels over all rows of w, split evenly between the threads.
+void rows_parallel(float* out, const float* x, int64_t M, const QuantMatrix& w) {
+  const int64_t N = w.rows;
+#pragma omp parallel if (M * N * w.cols >= kMinParallelWork)
+  {
+    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = N * t / n_threads, end = N * (t + 1) / n_threads;
+    if (begin < end) fp8_rows(x, M, w, out, begin, end);
+  }
+}
+
+// x[M, K] as its column blocks, block kb at dst + 2M * kb * kFp8Block, each [2M, kc] row-major:
+// the bf16 hi parts of the rows, then their lo parts.
+void split_column_blocks(const float* x, int64_t M, int64_t K, float* dst) {
+  for (int64_t k0 = 0; k0 < K; k0 += kFp8Block) {
+    const int64_t kc = std::min(kFp8Block, K - k0);
+    float* block = dst + 2 * M * k0;
+    for (int64_t m = 0; m < M; m++)
+      split_bf16_hi_lo(x + m * K + k0, kc, block + m * kc, block + (M + m) * kc);
+  }
+}
+
+// Rows [r0, r0 + nr) of out (one block of scale rows): per column block, the bf16 GEMM of the
+// activations (hi and lo parts as 2M rows) with the block's e4m3 values, scaled into out.
+void gemm_rows_block(float* out, const float* x_blocks, int64_t M, const QuantMatrix& w, int64_t r0,
+                     int64_t nr) {
+  const int64_t N = w.rows, K = w.cols, rows_a = 2 * M;
+  thread_local std::vector<uint16_t> w_bf16;  // [nr, kc]
+  thread_local std::vector<float> part;       // [rows_a, nr]
+  w_bf16.resize(static_cast<size_t>(kFp8Block * kFp8Block));
+  part.resize(static_cast<size_t>(rows_a * nr));
+  const float* scales = w.row_block_scales(r0);
+  const auto* bytes = static_cast<const uint8_t*>(w.row(r0));
+  for (int64_t k0 = 0; k0 < K; k0 += kFp8Block) {
+    const int64_t kc = std::min(kFp8Block, K - k0);
+    HWY_DYNAMIC_DISPATCH(E4m3BlockToBf16)(bytes + k0, K, nr, kc, w_bf16.data());
+    gemm_bf16_weights(part.data(), x_blocks + rows_a * k0, rows_a, w_bf16.data(), nr, kc, kc);
+    const float scale = scales[k0 / kFp8Block] * gemm_fp8_detail::kScaleBack;
+    for (int64_t m = 0; m < M; m++) {
+      float* o = out + m * N + r0;
+      const float* p = part.data() + m * nr;
+      const float* p_lo = part.data() + (M + m) * nr;
+      for (int64_t j = 0; j < nr; j++) {
+        const float sum = p[j] + p_lo[j];
+        o[j] = k0 == 0 ? scale * sum : o[j] + scale * sum;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void fp8_rows(const float* x, int64_t M, const QuantMatrix& w, float* out, int64_t n_begin,
+              int64_t n_end) {
+  HWY_DYNAMIC_DISPATCH(RowsFp8)(x, M, w, out, n_begin, n_end);
+}
+
+void gemm_fp8(float* out, const float* x, int64_t M, const QuantMatrix& w) {
+  const int64_t N = w.rows, K = w.cols;
+  if (M <= 0 || N <= 0) return;
+  if (!gemm_bf16_native()) return rows_parallel(out, x, M, w);
+  thread_local std::vector<float> x_blocks_kept;  // (read in the region through the pointer)
+  x_blocks_kept.resize(static_cast<size_t>(2 * M * K));
+  const float* x_blocks = x_blocks_kept.data();
+  split_column_blocks(x, M, K, x_blocks_kept.data());
+  const int64_t n_row_blocks = fp8_blocks(N);
+  // Threads take whole blocks of rows; the GEMM inside runs on the calling thread (a nested
+  // parallel region is a team of one).
+#pragma omp parallel for schedule(static) if (M * N * K >= kMinParallelWork)
+  for (int64_t rb = 0; rb < n_row_blocks; rb++) {
+    const int64_t r0 = rb * kFp8Block;
+    gemm_rows_block(out, x_blocks, M, w, r0, std::min(kFp8Block, N - r0));
+  }
+}
+
+}  // namespace dsmoe::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,35 @@
+// gemm_fp8.h (cpu): products of float32 activations with FP8 weights as DeepSeek-V3 ships them
+// (kernels/quant.h, WeightFormat::kFP8: e4m3 bytes, one float32 scale per 128 x 128 block),
+// computed on the bytes as stored: the row kernels (decode) convert e4m3 to float32 in registers,
+// the GEMM (prefill) converts one block at a time to bf16 for cpu::gemm_bf16_weights. Highway,
+// dispatched at run time (AVX-512 and AVX2 copies among others). Tests in tests/test_fp8.cpp.
+// No SIMD types here.
+#pragma once
+#include <cstdint>
+
+#include "kernels/quant.h"
+
+namespace dsmoe::cpu {
+
+// Rows [n_begin, n_end) of out[M, w.rows] (row stride w.rows) = x[M, w.cols] . dequant(w)^T,
+// w in kFP8 (the caller guarantees it). Each e4m3 byte becomes the float32 e4m3 * 2^-8 exactly
+// (f16 bits ((b & 0x80) << 8) | ((b & 0x7F) << 7), subnormals included; the NaN codes are read as
+// 480, so loading rejects them: fp8_first_nan), the products with x are summed in float32 per
+// 128-column block, and each block's sum is multiplied by its scale * 2^8 and added in float32.
+// Against float32 on the expanded weights (e4m3 * scale rounded once) only the order of the sums
+// and that one rounding differ. One thread: callers split the rows.
+void fp8_rows(const float* x, int64_t M, const QuantMatrix& w, float* out, int64_t n_begin,
+              int64_t n_end);
+
+// out[M, w.rows] = x[M, w.cols] . dequant(w)^T for many activation rows (prefill): per block of
+// 128 weight rows and 128 columns, the e4m3 values (exact in bf16) times the activations on the
+// bf16 GEMM (cpu::gemm_bf16_weights: products exact, sums float32), the block's result times its
+// scale added in float32. The activations go in as bf16 hi + lo parts (16 significant bits, as
+// the bf16 format's row kernels take them), for every M: rounded to bf16 once instead (as the
+// bf16 format does from 32 rows), a 40-token prompt of the FP8 v3-tiny model moved its logits by
+// 27% of their range against the expanded float32 model (routing decisions flip), with hi + lo
+// by 7e-6 (tests/test_fp8.cpp). Parallel over the blocks of rows (the result does not depend on
+// the thread count). Where the CPU lacks the fast bf16 GEMM, the row kernels above, in parallel.
+void gemm_fp8(float* out, const float* x, int64_t M, const QuantMatrix& w);
+
+}  // namespace dsmoe::cpu
