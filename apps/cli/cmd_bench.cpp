@@ -38,7 +38,7 @@ struct BenchArgs {
   bool train = false;
   int64_t batch = 8, seq = 256;
   int threads = 0;
-  std::string weights = "f32";
+  std::string weights = kWeightsAuto;
   int reps = 3;
   int train_warmup = 3;
   bool json = false;
@@ -232,8 +232,8 @@ void check_parallel_args(BenchArgs& a, int n_ranks) {
 }
 
 int run_bench(BenchArgs a) {
-  const std::optional<WeightFormat> format = parse_weight_format(a.weights);
-  DSMOE_CHECK(format.has_value(), "--weights must be f32, bf16, q8_0 or q4_0, got '{}'", a.weights);
+  const std::optional<WeightFormat> format = resolve_weight_format(a.model_dir, a.weights);
+  a.weights = weight_format_name(*format);  // "auto" resolved, for the JSON and the table
   DSMOE_CHECK(!a.train || *format == WeightFormat::kF32,
               "--train needs --weights f32 (quantized models cannot be trained), got {}",
               a.weights);
@@ -374,12 +374,10 @@ int run_bench(BenchArgs a) {
     out["int8_dot_peak_ops_per_s"] = cpu::int8_dot_peak(loop_iterations);
     out["decode_roofline_tokens_per_s"] = bandwidth / static_cast<double>(active_bytes);
     // The peak of the units the prefill of this weight format runs on.
-    const double peak = *format == WeightFormat::kF32    ? fp32
-                        : *format == WeightFormat::kBF16 ? bf16
-                                                         : int8;
-    out["prefill_peak_kind"] = *format == WeightFormat::kF32    ? "fp32"
-                               : *format == WeightFormat::kBF16 ? "bf16"
-                                                                : "int8";
+    // FP8 prefills through bf16 panels (or float32 rows): its peak is bf16's.
+    const bool bf16_peak = *format == WeightFormat::kBF16 || *format == WeightFormat::kFP8;
+    const double peak = *format == WeightFormat::kF32 ? fp32 : bf16_peak ? bf16 : int8;
+    out["prefill_peak_kind"] = *format == WeightFormat::kF32 ? "fp32" : bf16_peak ? "bf16" : "int8";
     out["prefill_fraction_of_peak"] = prefill_tps * prefill_flops / peak;
     if (a.train)
       out["train_fraction_of_peak"] =
@@ -490,7 +488,9 @@ Command add_bench(CLI::App& app) {
   app.add_option("--seq", args->seq, "training sequence length T (default 256)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
   app.add_option("--threads", args->threads, "threads (default: all cores)");
-  app.add_option("--weights", args->weights, "weight format: f32 (default), bf16, q8_0, q4_0");
+  app.add_option("--weights", args->weights,
+                 "weight format: auto (default: fp8 for an FP8 checkpoint, else f32), f32, bf16, "
+                 "q8_0, q4_0, fp8");
   app.add_option("--reps", args->reps, "repetitions; median and best reported (default 3)")
       ->check(CLI::PositiveNumber);
   app.add_option("--train-warmup", args->train_warmup,
