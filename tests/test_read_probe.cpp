@@ -45,7 +45,7 @@ TEST(ReadProbe, EveryPatternReadsEveryWordOnce) {
 TEST(ReadProbe, TheProbeReportsEveryWay) {
   BandwidthProbe probe(int64_t{8} << 20);
   const double fastest = probe.measure(1);
-  ASSERT_EQ(probe.ways().size(), 1 + cpu::default_read_patterns().size());
+  ASSERT_EQ(probe.ways().size(), 3 + cpu::default_read_patterns().size());
   double best = 0;
   for (const BandwidthProbe::Way& way : probe.ways()) {
     EXPECT_GT(way.best_bytes_per_s, 0) << way.name;

@@ -237,7 +237,9 @@ BandwidthProbe::BandwidthProbe(int64_t bytes, bool hugepages) {
     madvise(reinterpret_cast<void*>(begin), end - begin,
             hugepages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   w.data.resize(total, 0x3c);  // every bf16 element 0x3c3c ~ 0.0115: finite, nonzero pages
-  ways_.push_back({"decode kernel: bf16 matrix x vector (quant_linear_forward, M = 1)"});
+  for (WeightFormat format : kProbeKernelFormats)
+    ways_.push_back({fmt::format("decode kernel: {} matrix x vector (quant_linear_forward, M = 1)",
+                                 weight_format_name(format))});
   for (const cpu::ReadPattern& pattern : cpu::default_read_patterns())
     ways_.push_back({"streaming read: " + cpu::describe(pattern)});
 }
@@ -262,13 +264,30 @@ std::vector<double> BandwidthProbe::measure_patterns(const std::vector<cpu::Read
   return bytes_per_s;
 }
 
-double BandwidthProbe::measure(int reps) {
-  std::vector<float> x(matrix_.cols, 0.5f);                   // (K)
-  std::vector<float> y(matrix_.rows);                         // (N)
-  cpu::quant_linear_forward(y.data(), x.data(), matrix_, 1);  // warm-up
+double BandwidthProbe::kernel_bytes_per_s(WeightFormat format, int reps) {
+  // The buffer read as a `format` matrix of 4096 columns (its bytes are finite weights and
+  // scales in every format: 0x3c3c is bf16 0.0115 and f16 1.06), then restored.
+  QuantMatrix& w = matrix_;
+  const size_t total = w.data.size();
+  const WeightFormat stored_format = w.format;
+  const int64_t stored_rows = w.rows;
+  const size_t stored_row_bytes = w.row_bytes;
+  w.format = format;
+  w.row_bytes = weight_row_bytes(format, w.cols);
+  w.rows = static_cast<int64_t>(total / w.row_bytes);
+  std::vector<float> x(w.cols, 0.5f), y(w.rows);        // (K), (N)
+  cpu::quant_linear_forward(y.data(), x.data(), w, 1);  // warm-up
   const RepTimes times =
-      time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), matrix_, 1); }, reps);
-  std::vector<double> measured{static_cast<double>(bytes()) / times.best()};
+      time_reps([&] { cpu::quant_linear_forward(y.data(), x.data(), w, 1); }, reps);
+  const double bytes_per_s = static_cast<double>(w.rows * w.row_bytes) / times.best();
+  w.format = stored_format, w.rows = stored_rows, w.row_bytes = stored_row_bytes;
+  return bytes_per_s;
+}
+
+double BandwidthProbe::measure(int reps) {
+  std::vector<double> measured;
+  for (WeightFormat format : kProbeKernelFormats)
+    measured.push_back(kernel_bytes_per_s(format, reps));
   for (double pattern : measure_patterns(cpu::default_read_patterns(), reps))
     measured.push_back(pattern);
   double fastest = 0;

@@ -92,10 +92,10 @@ SpeculativeTimes measure_speculative(const Model& model, int64_t n_prompt, int64
 // Read bandwidth in bytes/s: the fastest of several ways to stream a buffer of ~`bytes` bytes
 // (hugepages requested) on all threads, so that no engine's decode reads above it (issue 16
 // part 2): the streaming-read patterns of cpu::default_read_patterns() (streams per thread,
-// software prefetch) and the decode kernel itself (a bf16 matrix of 4096 columns times one
-// vector, cpu::quant_linear_forward at M = 1). Each way's best of `reps` passes; measure()
-// returns the fastest way's and keeps every way's best over all calls (ways()).
-// The buffer is made once and measured as often as asked.
+// software prefetch) and the decode kernels themselves (the buffer as a bf16, Q8_0 and Q4_0
+// matrix of 4096 columns times one vector, cpu::quant_linear_forward at M = 1). Each way's best of
+// `reps` passes; measure() returns the fastest way's and keeps every way's best over all calls
+// (ways()). The buffer is made once and measured as often as asked.
 class BandwidthProbe {
  public:
   struct Way {
@@ -109,8 +109,12 @@ class BandwidthProbe {
                                        int reps) const;
   int64_t bytes() const { return static_cast<int64_t>(matrix_.data.size()); }
   const std::vector<Way>& ways() const { return ways_; }
+  // The decode kernels the probe times (the buffer read as a matrix of each format).
+  static constexpr WeightFormat kProbeKernelFormats[] = {WeightFormat::kBF16, WeightFormat::kQ8_0,
+                                                         WeightFormat::kQ4_0};
 
  private:
+  double kernel_bytes_per_s(WeightFormat format, int reps);  // best of reps
   QuantMatrix matrix_;  // the bf16 matrix, also the buffer the patterns read
   std::vector<Way> ways_;
 };
