@@ -1,5 +1,5 @@
 // quantize_stub.cpp: the quantizing functions that src/model/weights.cpp links against, for the
-// fuzz build only. Loading quantized weights (load_weights with --weights bf16|q8_0|q4_0) is
+// fuzz build only. Loading quantized weights (load_weights with --weights bf16|q8_0|q4_0|fp8) is
 // never reached by fuzz_trainer_state, and the real ones stand on the Highway kernels, which
 // clang 14 does not compile (gemm_bf16.cpp's AVX-512 intrinsics need GCC's target handling).
 #include "kernels/quant.h"
@@ -26,5 +26,6 @@ QuantMatrix make_quant_matrix(int64_t, int64_t, WeightFormat, bool) {
 void quantize_rows(const float*, int64_t, int64_t, QuantMatrix&) {
   not_in_the_fuzz_build("quantize_rows");
 }
+int64_t fp8_first_nan(const uint8_t*, int64_t) { not_in_the_fuzz_build("fp8_first_nan"); }
 
 }  // namespace dsmoe
