@@ -2,7 +2,12 @@
 // (Highway foreach_target) like peak_probe.cpp. One loop per stream count (a template), so
 // that each stream's pointer and the four accumulators live in registers.
 
+// Every kernel file asks for AVX3_DL (Highway 1.0.3 leaves it out unless asked): the dispatch
+// picks one target for all files, and a file without it would have no entry for that target.
 // clang-format off
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/read_probe.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
