@@ -158,6 +158,28 @@ TEST(BenchCli, JsonQ8_0WithoutTraining) {
             f32["active_bytes_per_token"].get<int64_t>());
 }
 
+// --profile: decode's time per kind of work, on during the decode repetitions only (the
+// bandwidth probes run outside it); the top-level kinds and the rest (outside_layers) add up to
+// the decode time; v3-tiny has 3 layers, the first one dense.
+TEST(BenchCli, DecodeProfile) {
+  const nlohmann::json j = run_json("--weights q8_0 --profile");
+  ASSERT_TRUE(j.contains("decode_profile")) << j.dump();
+  const nlohmann::json& kinds = j["decode_profile"]["kinds"];
+  EXPECT_EQ(kinds["attention"]["calls_per_token"].get<double>(), 3.0);
+  EXPECT_EQ(kinds["dense_mlp"]["calls_per_token"].get<double>(), 1.0);
+  EXPECT_EQ(kinds["router"]["calls_per_token"].get<double>(), 2.0);
+  EXPECT_GT(kinds["experts"]["ms_per_token"].get<double>(), 0.0);
+  EXPECT_GT(kinds["act_quant"]["calls_per_token"].get<double>(), 0.0);
+  double share = 0;
+  for (const char* top : {"attention", "router", "experts", "moe_combine", "dense_mlp",
+                          "norm_residual", "outside_layers"})
+    share += kinds[top]["share"].get<double>();
+  EXPECT_NEAR(share, 1.0, 1e-9);
+  EXPECT_GE(kinds["outside_layers"]["share"].get<double>(), 0.0);
+  expect_positive(j["decode_profile"], "empty_parallel_region_us");
+  EXPECT_FALSE(run_json("--weights q8_0 --no-roofline").contains("decode_profile"));
+}
+
 TEST(BenchCli, HumanTable) {
   const RunResult r = run("bench --model " + kModel + kSmall + " --no-roofline", true);
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -27,6 +27,7 @@
 #include "train/optimizer.h"
 #include "util/check.h"
 #include "util/log.h"
+#include "util/profile.h"
 #include "util/threads.h"
 
 namespace dsmoe::cli {
@@ -51,12 +52,51 @@ struct BenchArgs {
   std::string concurrent_kernels = "exact";  // Model::set_exact_batches
   std::string speculative;                   // "" or "mtp"
   int64_t draft_tokens = 1;                  // with --speculative
+  bool profile = false;                      // time decode's kinds of work (util/profile.h)
 };
 
 nlohmann::json rep_json(const RepTimes& t, double tokens) {
   return {{"seconds", t.seconds},
           {"median_tokens_per_s", tokens / t.median()},
           {"best_tokens_per_s", tokens / t.best()}};
+}
+
+// --profile: where a decoded token's time goes, per kind of work (util/profile.h), over all the
+// decode repetitions; "outside_layers" is the rest of the token (embedding, final norm, lm_head,
+// argmax). The nested kinds (act_quant, parallel_wait) are parts of the others.
+nlohmann::json profile_json(const ProfileTotals& totals, const RepTimes& decode, int64_t tokens) {
+  double decode_seconds = 0;
+  for (double s : decode.seconds) decode_seconds += s;
+  const double n_tokens = static_cast<double>(tokens) * static_cast<double>(decode.seconds.size());
+  nlohmann::json kinds = nlohmann::json::object();
+  double layers_seconds = 0;
+  auto add = [&](const std::string& name, double seconds, double calls) {
+    kinds[name] = {{"ms_per_token", 1e3 * seconds / n_tokens},
+                   {"share", seconds / decode_seconds},
+                   {"calls_per_token", calls / n_tokens}};
+  };
+  for (int i = 0; i < kProfileOps; i++) {
+    const double seconds = static_cast<double>(totals.ns[i]) * 1e-9;
+    if (i < kProfileTopLevelOps) layers_seconds += seconds;
+    add(kProfileOpNames[i], seconds, static_cast<double>(totals.calls[i]));
+  }
+  add("outside_layers", decode_seconds - layers_seconds, n_tokens);
+  constexpr int kEmptyRegions = 2000;
+  return {{"ms_per_token", 1e3 * decode_seconds / n_tokens},
+          {"kinds", kinds},
+          {"empty_parallel_region_us", 1e6 * empty_parallel_region_seconds(kEmptyRegions)}};
+}
+
+void print_profile(const nlohmann::json& p) {
+  fmt::print("\ndecode profile: {:.2f} ms per token; an empty parallel region {:.1f} us\n",
+             p.at("ms_per_token").get<double>(), p.at("empty_parallel_region_us").get<double>());
+  fmt::print("{:<16} {:>12} {:>8} {:>14}\n", "kind", "ms/token", "share", "calls/token");
+  for (const auto& kind : p.at("kinds").items()) {
+    const nlohmann::json& k = kind.value();
+    fmt::print("{:<16} {:>12.3f} {:>7.1f}% {:>14.1f}\n", kind.key(),
+               k.at("ms_per_token").get<double>(), 100 * k.at("share").get<double>(),
+               k.at("calls_per_token").get<double>());
+  }
 }
 
 // Bytes of one routed expert (its three matrices) in the model's weight format.
@@ -284,6 +324,16 @@ int run_bench(BenchArgs a) {
     }
     InferenceTraffic inference_traffic;
     if (ranks.active()) add_traffic_hooks(ranks, a.prompt, a.decode, hooks, inference_traffic);
+    if (a.profile && a.decode > 0) {  // on for the decodes only, the probes outside
+      bool in_decode = false;
+      hooks.beside_decode = [inner = hooks.beside_decode, in_decode]() mutable {
+        if (in_decode) profile_enable(false);
+        if (inner) inner();
+        if (!in_decode) profile_enable(true);
+        in_decode = !in_decode;
+      };
+      profile_reset();
+    }
     constexpr uint64_t kPromptSeed = 1234;  // each rank's own prompt under mpirun
     const InferenceTimes inf =
         measure_inference(model, a.prompt, a.decode, a.reps, hooks, kPromptSeed + ranks.rank());
@@ -305,6 +355,7 @@ int run_bench(BenchArgs a) {
       decode_tps = a.decode / inf.decode.median();
       out["decode_tokens_per_s"] = decode_tps;
       out["decode_tokens_per_s_best"] = a.decode / inf.decode.best();
+      if (a.profile) out["decode_profile"] = profile_json(profile_totals(), inf.decode, a.decode);
     }
     if (!probed.empty()) add_decode_roofline(inf.decode, a.decode, active_bytes, probed, out);
     if (!a.speculative.empty()) {
@@ -469,6 +520,7 @@ int run_bench(BenchArgs a) {
         "bytes\n",
         out["prefill_peak_kind"].get<std::string>(), prefill_flops / 1e9);
   }
+  if (out.contains("decode_profile")) print_profile(out["decode_profile"]);
   if (out.contains("parallel")) print_parallel_summary(out["parallel"]);
   return 0;
 }
@@ -508,6 +560,8 @@ Command add_bench(CLI::App& app) {
   app.add_option("--peak-size", args->peak_size,
                  "peak probes: full (sgemm 2048^3, M=256 N=K=2048) or small (256, M=32)");
   app.add_flag("--no-roofline", args->no_roofline, "skip the bandwidth and peak probes");
+  app.add_flag("--profile", args->profile,
+               "time decode per kind of work (attention, router, experts, ...)");
   app.add_flag("--bandwidth-search", args->bandwidth_search,
                "also read the probe's buffer in every access pattern (streams per thread, "
                "prefetch distance and kind, hugepages or 4 KiB pages): a table on stderr");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/ops.h"
+#include "util/profile.h"
 
 namespace dsmoe {
 
@@ -14,15 +15,28 @@ void layer_forward(const ModelConfig& c, const LayerWeights& w, bool is_moe, flo
   if (keep) a.x_in.assign(x, x + N * H);
   a.normed1.resize(N * H);
   a.normed2.resize(N * H);
-  cpu::rmsnorm_forward(a.normed1.data(), x, w.input_layernorm.data, N, H, c.rms_norm_eps);
-  attention_forward(c, w.attn, a.normed1.data(), branch.data(), ctx, &a.attn);
-  for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
-  if (keep) a.x_mid.assign(x, x + N * H);
-  cpu::rmsnorm_forward(a.normed2.data(), x, w.post_attention_layernorm.data, N, H, c.rms_norm_eps);
-  if (is_moe)
+  {
+    ProfileScope timer(ProfileOp::kNormResidual);
+    cpu::rmsnorm_forward(a.normed1.data(), x, w.input_layernorm.data, N, H, c.rms_norm_eps);
+  }
+  {
+    ProfileScope timer(ProfileOp::kAttention);
+    attention_forward(c, w.attn, a.normed1.data(), branch.data(), ctx, &a.attn);
+  }
+  {
+    ProfileScope timer(ProfileOp::kNormResidual);
+    for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
+    if (keep) a.x_mid.assign(x, x + N * H);
+    cpu::rmsnorm_forward(a.normed2.data(), x, w.post_attention_layernorm.data, N, H,
+                         c.rms_norm_eps);
+  }
+  if (is_moe) {  // (timed inside, per kind)
     moe_forward(c, w.moe, a.normed2.data(), branch.data(), N, a.moe, moe_training);
-  else
+  } else {
+    ProfileScope timer(ProfileOp::kDenseMlp);
     mlp_forward(w.mlp, a.normed2.data(), branch.data(), N, H, c.intermediate_size, a.mlp);
+  }
+  ProfileScope timer(ProfileOp::kNormResidual);
   for (int64_t i = 0; i < N * H; i++) x[i] += branch[i];
 }
 

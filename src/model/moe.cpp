@@ -9,6 +9,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_ops.h"
 #include "model/expert_parallel.h"
+#include "util/profile.h"
 
 namespace dsmoe {
 namespace {
@@ -155,12 +156,16 @@ void run_routed_experts(const ModelConfig& c, const MoeWeights& moe, const float
                         const MlpJob* shared) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
-  gather_by_expert(c, x, n_rows, a);
+  {
+    ProfileScope timer(ProfileOp::kMoeCombine);
+    gather_by_expert(c, x, n_rows, a);
+  }
   const int64_t n_assigned = a.offsets[E];
   a.experts.resize(E);
   find_active_experts(a.offsets, a.active);
   const std::vector<int64_t>& active = a.active;
-  if (shared != nullptr || (!active.empty() && is_quantized(moe.experts[active[0]]))) {
+  if (ProfileScope experts_timer(ProfileOp::kExperts);
+      shared != nullptr || (!active.empty() && is_quantized(moe.experts[active[0]]))) {
     std::vector<MlpJob> grouped;
     if (shared != nullptr) grouped.push_back(*shared);
     for (int64_t e : active) {
@@ -184,6 +189,7 @@ void run_routed_experts(const ModelConfig& c, const MoeWeights& moe, const float
   }
   // partial[row] = sum of w * y in assignment (expert) order; double products of two floats
   // are exact, so the sums are too unless a row's terms span more than ~29 binades.
+  ProfileScope combine_timer(ProfileOp::kMoeCombine);
   std::fill(partial, partial + n_rows * H, 0.0);
 #pragma omp parallel if (n_assigned * H > (1 << 18))
   {
@@ -243,7 +249,10 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
                  int64_t n_tokens, MoeActs& a, const MoeTraining* training) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t I = c.moe_intermediate_size;
-  route_tokens(c, moe, x, n_tokens, a.routing, training != nullptr ? &training->router : nullptr);
+  {
+    ProfileScope timer(ProfileOp::kRouter);
+    route_tokens(c, moe, x, n_tokens, a.routing, training != nullptr ? &training->router : nullptr);
+  }
   a.aux = BalanceLosses{};
   a.aux_dscores.clear();
   if (training != nullptr && training->balance_losses) {
@@ -272,11 +281,14 @@ void moe_forward(const ModelConfig& c, const MoeWeights& moe, const float* x, fl
   MlpJob shared_job{&moe.shared, x, out, n_tokens, I * c.n_shared_experts, &a.shared};
   if (c.n_shared_experts == 0)
     std::fill(out, out + n_tokens * H, 0.0f);
-  else if (!group)
+  else if (!group) {
+    ProfileScope timer(ProfileOp::kExperts);
     mlp_forward(moe.shared, x, out, n_tokens, H, I * c.n_shared_experts, a.shared);
+  }
   std::vector<double> partial(n_tokens * H);  // (n, H)
   run_routed_experts(c, moe, x, n_tokens, a.routing.weight.data(), partial.data(), a,
                      group && c.n_shared_experts > 0 ? &shared_job : nullptr);
+  ProfileScope timer(ProfileOp::kMoeCombine);
   for (int64_t i = 0; i < n_tokens * H; i++)
     out[i] = static_cast<float>(static_cast<double>(out[i]) + partial[i]);
 }

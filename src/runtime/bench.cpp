@@ -2,6 +2,7 @@
 #include "runtime/bench.h"
 
 #include <hwy/targets.h>
+#include <omp.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -296,6 +297,18 @@ double BandwidthProbe::measure(int reps) {
     fastest = std::max(fastest, measured[i]);
   }
   return fastest;
+}
+
+double empty_parallel_region_seconds(int n) {
+  RepTimes times;
+  std::vector<int> sink(static_cast<size_t>(omp_get_max_threads()));
+  for (int i = 0; i < n; i++) {
+    Timer timer;
+#pragma omp parallel
+    sink[static_cast<size_t>(omp_get_thread_num())] = i;  // (a region the compiler keeps)
+    times.seconds.push_back(timer.seconds());
+  }
+  return times.median();
 }
 
 double probe_fp32_sgemm(int64_t n, int reps) {

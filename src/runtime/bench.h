@@ -119,6 +119,10 @@ class BandwidthProbe {
   std::vector<Way> ways_;
 };
 
+// Seconds of one empty OpenMP parallel region on all threads (the median of `n`, back to back):
+// the fork/join cost every parallel product of a decoded token pays.
+double empty_parallel_region_seconds(int n);
+
 // fp32 peak in FLOP/s: cpu::linear_forward (OpenBLAS sgemm) of n x n x n, 2 n^3 FLOPs, best of
 // `reps`.
 double probe_fp32_sgemm(int64_t n, int reps);

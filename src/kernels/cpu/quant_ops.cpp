@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -40,6 +41,7 @@
 #include "tensor/dtype.h"
 #include "util/check.h"
 #include "util/cpu_cap.h"
+#include "util/profile.h"
 
 // Per target: the row kernels. Conventions shared by all of them:
 //  * out is [M, N] with N = w.rows; rows of w are split between threads, and for M > 1 each
@@ -57,7 +59,11 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // Software prefetch distance of the matrix-vector kernels: weights stream from memory once, and
-// the hardware prefetchers alone leave part of the bandwidth unused (about 15% here).
+// the hardware prefetchers alone leave part of the bandwidth unused (about 15% here). The Q8_0 /
+// Q4_0 kernels prefetch into L2 (prefetcht1), not L1: on the 2-core Xeon the bandwidth probe's
+// Q4_0 / Q8_0 kernels read 15.9 / 14.2 GB/s against 12.6 / 11.6 with prefetcht0 (1 GiB,
+// loaded machine; prefetchnta: 7.1, none: 11.1 / 9.9); an L1 prefetch holds one of the core's
+// few line fill buffers for the whole trip from memory.
 [[maybe_unused]] constexpr int64_t kPrefetchBytes = 4096;
 
 // An f16 block scale as float; a one-lane PromoteTo, which is vcvtph2ps from AVX2 up.
@@ -310,7 +316,7 @@ float DotRowQ4VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* HWY_RESTRIC
     const int64_t n_valid = std::min<int64_t>(4, nb - 4 * g);
     // 16 bytes per block: low nibbles are elements 0..15, high nibbles 16..31.
     const uint8_t* q = quants + 64 * g;
-    _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes, _MM_HINT_T1);
     const __m512i packed = LoadBytes(q, 16 * n_valid);
     const __m512i low = _mm512_and_si512(packed, low_mask);
     const __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_mask);
@@ -336,8 +342,8 @@ float DotRowQ8VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* HWY_RESTRIC
   for (int64_t g = 0; 4 * g < nb; g++) {
     const int64_t n_valid = std::min<int64_t>(4, nb - 4 * g);
     const uint8_t* q = quants + 128 * g;
-    _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes + 64, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes, _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes + 64, _MM_HINT_T1);
     const __m512i w_lo = _mm512_xor_si512(LoadBytes(q, 32 * n_valid), to_unsigned);
     const __m512i w_hi =
         _mm512_xor_si512(LoadBytes(q + 64, 32 * std::max<int64_t>(n_valid - 2, 0)), to_unsigned);
@@ -437,6 +443,73 @@ namespace {
 // Enough multiply-adds to be worth waking the OpenMP team.
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;
 
+// A parallel product's weights (one range of rows, or of a group's cost) are cut into chunks that
+// the threads claim as they come, not into one fixed share per thread: a thread that wakes late
+// (idle threads sleep: OMP_WAIT_POLICY=passive) or runs slower takes less, instead of the others
+// waiting for it at the join. Chunks are guided (OpenMP's schedule(guided)): a 1 / (kGuidedShare
+// x threads) share of what remains, at least kMinChunkBytes of weights (a stream long enough for
+// the prefetchers), so that the last ones are short. Where the chunks begin depends only on the
+// range and the thread count, not on which thread claims them; each row's result is the same
+// whichever thread computes it.
+constexpr int64_t kMinChunkBytes = int64_t{64} << 10;
+constexpr int64_t kGuidedShare = 2;
+
+// Claims the next chunk [begin, end) of [0, total) (units of `min_chunk`'s size); false when none
+// is left.
+bool claim_chunk(std::atomic<int64_t>& next, int64_t total, int64_t min_chunk, int64_t n_threads,
+                 int64_t& begin, int64_t& end) {
+  int64_t at = next.load(std::memory_order_relaxed);
+  while (at < total) {
+    const int64_t size = std::max(min_chunk, (total - at) / (kGuidedShare * n_threads));
+    const int64_t stop = std::min(total, at + size);
+    if (next.compare_exchange_weak(at, stop, std::memory_order_relaxed)) {
+      begin = at, end = stop;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Runs work(begin, end) over the chunks of [0, total) this thread claims (inside a parallel
+// region; `next` shared, starting at 0).
+template <class Work>
+void for_claimed_chunks(std::atomic<int64_t>& next, int64_t total, int64_t min_chunk,
+                        int64_t n_threads, const Work& work) {
+  int64_t begin = 0, end = 0;
+  while (claim_chunk(next, total, min_chunk, n_threads, begin, end)) work(begin, end);
+}
+
+// prepare_acts, its time added to the profile's activation rounding when profiling.
+PreparedActs prepare_acts_timed(const float* inp, int64_t M, int64_t K, WeightFormat format,
+                                ActsBuffer& buf) {
+  ProfileScope timer(ProfileOp::kActQuant);
+  return prepare_acts(inp, M, K, format, buf);
+}
+
+// When profiling: the wall time of a parallel region (from construction to destruction, on the
+// calling thread) beyond the work of thread 0 (work_begins .. work_ends), i.e. the team's wake-up
+// and the wait at the join for the slowest thread.
+class RegionTimer {
+ public:
+  RegionTimer() : start_ns_(profiling() ? profile_now_ns() : -1) {}
+  ~RegionTimer() {
+    if (start_ns_ >= 0)
+      profile_add(ProfileOp::kParallelWait, profile_now_ns() - start_ns_ - work_ns_);
+  }
+  void work_begins(int64_t thread) {
+    if (start_ns_ >= 0 && thread == 0) work_ns_ = -profile_now_ns();
+  }
+  void work_ends(int64_t thread) {
+    if (start_ns_ >= 0 && thread == 0) work_ns_ += profile_now_ns();
+  }
+  RegionTimer(const RegionTimer&) = delete;
+  RegionTimer& operator=(const RegionTimer&) = delete;
+
+ private:
+  int64_t start_ns_;
+  int64_t work_ns_ = 0;
+};
+
 }  // namespace
 
 // Formats whose prepared activations are the same (Q8_0 and Q4_0 share their Q8_0 blocks).
@@ -500,14 +573,22 @@ void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& 
     return;
   }
   thread_local ActsBuffer buf;
-  const PreparedActs acts = prepare_acts(inp, M, K, w.format, buf);
-  // Each thread takes one contiguous range of weight rows (whole groups of panels).
+  const PreparedActs acts = prepare_acts_timed(inp, M, K, w.format, buf);
+  // Chunks of contiguous weight rows (whole groups of panels), claimed as the threads come; the
+  // same chunks whatever M.
+  const int64_t min_rows = std::max<int64_t>(1, kMinChunkBytes / static_cast<int64_t>(w.row_bytes));
+  const int64_t n_threads = omp_get_max_threads();
+  std::atomic<int64_t> next_row{0};
+  RegionTimer region;
 #pragma omp parallel if (M * N * K >= kMinParallelWork)
   {
-    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    int64_t begin = N * t / n_threads, end = N * (t + 1) / n_threads;
-    if (w.panels) begin = bf16_panel_boundary(begin, N), end = bf16_panel_boundary(end, N);
-    if (begin < end) HWY_DYNAMIC_DISPATCH(Rows)(acts, w, out, begin, end);
+    const int64_t t = omp_get_thread_num();
+    region.work_begins(t);
+    for_claimed_chunks(next_row, N, min_rows, n_threads, [&](int64_t begin, int64_t end) {
+      if (w.panels) begin = bf16_panel_boundary(begin, N), end = bf16_panel_boundary(end, N);
+      if (begin < end) HWY_DYNAMIC_DISPATCH(Rows)(acts, w, out, begin, end);
+    });
+    region.work_ends(t);
   }
 }
 
@@ -547,30 +628,38 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
       acts[j] = acts[same];
     } else {
       if (static_cast<int64_t>(bufs.size()) <= n_prepared) bufs.resize(n_prepared + 1);
-      acts[j] = prepare_acts(job.inp, job.M, job.w->cols, job.w->format, bufs[n_prepared++]);
+      acts[j] = prepare_acts_timed(job.inp, job.M, job.w->cols, job.w->format, bufs[n_prepared++]);
     }
     row_cost[j] = job.M * static_cast<int64_t>(job.w->row_bytes);
     total_cost += row_cost[j] * job.w->rows;
     work += job.M * job.w->rows * job.w->cols;
   }
-  // All jobs' rows as one range split evenly by cost (a row goes to the thread whose share
-  // holds its start): one parallel region for the whole group.
+  // All jobs' rows as one range of cost cut into chunks (a row goes to the chunk that holds its
+  // start), claimed as the threads come: one parallel region for the whole group.
+  const int64_t n_threads = omp_get_max_threads();
+  std::atomic<int64_t> next_cost{0};
+  RegionTimer region;
 #pragma omp parallel if (work >= kMinParallelWork)
   {
-    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t begin = total_cost * t / n_threads, end = total_cost * (t + 1) / n_threads;
-    for (int64_t j = 0; j < n_jobs; j++) {
-      if (row_cost[j] == 0) continue;
-      const int64_t rows = jobs[j].w->rows;
-      auto first_row_at = [&](int64_t cost) {  // first row starting at or after `cost`
-        const int64_t offset = cost - cost_begin[j];
-        const int64_t row = std::clamp<int64_t>((offset + row_cost[j] - 1) / row_cost[j], 0, rows);
-        return jobs[j].w->panels ? bf16_panel_boundary(row, rows) : row;  // (whole groups)
-      };
-      const int64_t lo = first_row_at(begin);  // (offsets below 0 clamp to row 0)
-      const int64_t hi = first_row_at(end);
-      if (lo < hi) HWY_DYNAMIC_DISPATCH(Rows)(acts[j], *jobs[j].w, jobs[j].out, lo, hi);
-    }
+    const int64_t t = omp_get_thread_num();
+    region.work_begins(t);
+    for_claimed_chunks(
+        next_cost, total_cost, kMinChunkBytes, n_threads, [&](int64_t begin, int64_t end) {
+          for (int64_t j = 0; j < n_jobs && cost_begin[j] < end; j++) {
+            if (row_cost[j] == 0) continue;
+            const int64_t rows = jobs[j].w->rows;
+            auto first_row_at = [&](int64_t cost) {  // first row starting at or after `cost`
+              const int64_t offset = cost - cost_begin[j];
+              const int64_t row =
+                  std::clamp<int64_t>((offset + row_cost[j] - 1) / row_cost[j], 0, rows);
+              return jobs[j].w->panels ? bf16_panel_boundary(row, rows) : row;  // (whole groups)
+            };
+            const int64_t lo = first_row_at(begin);  // (offsets below 0 clamp to row 0)
+            const int64_t hi = first_row_at(end);
+            if (lo < hi) HWY_DYNAMIC_DISPATCH(Rows)(acts[j], *jobs[j].w, jobs[j].out, lo, hi);
+          }
+        });
+    region.work_ends(t);
   }
 }
 
