@@ -50,7 +50,8 @@ struct QuantJob {
   int64_t M;
 };
 // Runs every job of the group with the results of quant_linear_forward, in one parallel region
-// (the rows of all jobs split evenly between the threads); jobs with the same input (pointer, M,
+// (the rows of all jobs cut into chunks by bytes read, which the threads claim as they come);
+// jobs with the same input (pointer, M,
 // K, format family) share its rounding. For decode, where each product is a matrix-vector
 // product too small to amortize waking the threads: the MoE experts' gate and up projections,
 // then their down projections.
