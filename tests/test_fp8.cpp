@@ -164,15 +164,6 @@ void check_fp8_products() {
     }
 }
 
-// Restricts Highway's dispatch to one target for the lifetime of the object.
-class ScopedTarget {
- public:
-  explicit ScopedTarget(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
-  ~ScopedTarget() { hwy::SetSupportedTargetsForTest(0); }
-  ScopedTarget(const ScopedTarget&) = delete;
-  ScopedTarget& operator=(const ScopedTarget&) = delete;
-};
-
 TEST(Fp8Kernels, MatchDequantizedReferenceOnEveryTarget) {
   const int64_t mask = cpu::supported_targets() & cpu::quant_compiled_targets();
   for (int bit = 0; bit < 63; bit++) {

@@ -41,6 +41,7 @@
 #include "kernels/quant.h"
 #include "kernels/ref/quant_ops.h"
 #include "tensor/dtype.h"
+#include "test_util.h"
 #include "util/check.h"
 
 namespace dsmoe {
@@ -352,15 +353,6 @@ void check_quant_linear(WeightFormat f) {
           }
       }
 }
-
-// Restricts Highway's dispatch to one target for the lifetime of the object.
-class ScopedTarget {
- public:
-  explicit ScopedTarget(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
-  ~ScopedTarget() { hwy::SetSupportedTargetsForTest(0); }
-  ScopedTarget(const ScopedTarget&) = delete;
-  ScopedTarget& operator=(const ScopedTarget&) = delete;
-};
 
 // Every target the kernels were compiled for that this CPU can run, best first.
 std::vector<int64_t> runnable_targets() {

@@ -1,20 +1,19 @@
 // test_util.h: helpers shared by test programs: a one-thread default, a scratch directory per
 // test, and small file helpers. Included once per test program.
 #pragma once
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <fmt/format.h>
-
-#include <nlohmann/json.hpp>
 #include <vector>
 
+#include "hwy/targets.h"
 #include "util/threads.h"
 
 namespace dsmoe {
@@ -34,8 +33,8 @@ class TempDir {
  public:
   explicit TempDir(const std::string& tag = "") {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = fmt::format("dsmoe_test_{}_{}_{}_{}", info->test_suite_name(),
-                                   info->name(), tag, ::getpid());
+    std::string name = fmt::format("dsmoe_test_{}_{}_{}_{}", info->test_suite_name(), info->name(),
+                                   tag, ::getpid());
     std::replace(name.begin(), name.end(), '/', '_');
     path_ = std::filesystem::temp_directory_path() / name;
     std::filesystem::remove_all(path_);
@@ -72,4 +71,13 @@ class TempDir {
 }
 
 }  // namespace
+// Restricts Highway's dispatch to one target for the lifetime of the object.
+class ScopedTarget {
+ public:
+  explicit ScopedTarget(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+  ~ScopedTarget() { hwy::SetSupportedTargetsForTest(0); }
+  ScopedTarget(const ScopedTarget&) = delete;
+  ScopedTarget& operator=(const ScopedTarget&) = delete;
+};
+
 }  // namespace dsmoe

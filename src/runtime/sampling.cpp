@@ -35,8 +35,10 @@ Nucleus nucleus(const float* logits, int64_t vocab_size, const SamplingParams& p
   const auto weight_of = [&](int64_t id) {
     return std::exp((logits[id] - max_logit) / params.temperature);
   };
+  // The candidates' weights in their present order: with top_p = 1 nothing reorders them.
+  n.weight.resize(keep);
   double sum = 0.0;
-  for (int64_t i = 0; i < keep; i++) sum += weight_of(n.order[i]);
+  for (int64_t i = 0; i < keep; i++) sum += n.weight[i] = weight_of(n.order[i]);
   n.size = keep;
   if (params.top_p < 1.0f) {
     double cumulative = 0.0;
@@ -55,10 +57,10 @@ Nucleus nucleus(const float* logits, int64_t vocab_size, const SamplingParams& p
     }
   }
   n.weight.resize(n.size);
-  for (int64_t i = 0; i < n.size; i++) {
-    n.weight[i] = weight_of(n.order[i]);
-    n.total += n.weight[i];
-  }
+  // Sorting reordered the candidates (top_p < 1): the nucleus' weights again, in its order.
+  if (params.top_p < 1.0f)
+    for (int64_t i = 0; i < n.size; i++) n.weight[i] = weight_of(n.order[i]);
+  for (int64_t i = 0; i < n.size; i++) n.total += n.weight[i];
   return n;
 }
 
