@@ -71,6 +71,32 @@ HWY_INLINE hn::Vec<DF> E4m3ToF32(DF df, const uint8_t* HWY_RESTRICT p) {
   return hn::PromoteTo(df, hn::BitCast(dh, bits));
 }
 
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+// 2 Lanes(df) e4m3 bytes at p -> float32 e4m3 * 2^-8 (lo: the first Lanes(df), hi: the next):
+// one widening, shift and mask for both halves (a full vector of f16), then two widenings to
+// float32: 5 instructions per 16 weights on AVX-512 instead of 6.
+template <class DF>
+HWY_INLINE void E4m3ToF32Pair(DF df, const uint8_t* HWY_RESTRICT p, hn::Vec<DF>& lo,
+                              hn::Vec<DF>& hi) {
+  const hn::Repartition<int16_t, DF> d16;  // 2 Lanes(df)
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const hn::Repartition<hwy::float16_t, DF> dh;
+  const hn::Half<decltype(dh)> dh_half;
+  const auto wide = hn::PromoteTo(d16, hn::LoadU(d8, reinterpret_cast<const int8_t*>(p)));
+  const auto bits = hn::And(hn::ShiftLeft<7>(wide), hn::Set(d16, static_cast<int16_t>(0xBF80)));
+  const auto f16 = hn::BitCast(dh, bits);
+  lo = hn::PromoteTo(df, hn::LowerHalf(dh_half, f16));
+  hi = hn::PromoteTo(df, hn::UpperHalf(dh_half, f16));
+}
+#else
+template <class DF>
+HWY_INLINE void E4m3ToF32Pair(DF df, const uint8_t* HWY_RESTRICT p, hn::Vec<DF>& lo,
+                              hn::Vec<DF>& hi) {
+  lo = E4m3ToF32(df, p);
+  hi = E4m3ToF32(df, p + hn::Lanes(df));
+}
+#endif
+
 // out[r * out_stride] = x[r] . w for kRows activation rows x[r] (row stride K) and one weight row
 // (e4m3 bytes w[K], block scales scales[]).
 template <int kRows>
@@ -91,7 +117,8 @@ HWY_INLINE void DotRow(const float* HWY_RESTRICT x, int64_t K, const uint8_t* HW
     for (int r = 0; r < kRows; r++) acc0[r] = hn::Zero(df), acc1[r] = hn::Zero(df);
     int64_t k = k0;
     for (; k + 2 * L <= k1; k += 2 * L) {
-      const V w0 = E4m3ToF32(df, w + k), w1 = E4m3ToF32(df, w + k + L);
+      V w0, w1;
+      E4m3ToF32Pair(df, w + k, w0, w1);
       for (int r = 0; r < kRows; r++) {
         acc0[r] = hn::MulAdd(w0, hn::LoadU(df, x + r * K + k), acc0[r]);
         acc1[r] = hn::MulAdd(w1, hn::LoadU(df, x + r * K + k + L), acc1[r]);
