@@ -8,7 +8,7 @@
 #   decode   the same: 64 tokens after it
 # and prints each slowdown (idle tokens/s / loaded tokens/s) against the fair share (P + C) / P:
 # "ok" when it is within 1.5x of it. SPIN=1 adds a loaded run with OMP_WAIT_POLICY=active (the
-# spinning that dsmoe now turns off by default) for comparison; it is 10-100x slower, so each of
+# spinning that dsmoe turns off when other tasks are runnable) for comparison; it is 10-100x slower, so each of
 # its commands stops after SPIN_LIMIT seconds (default 120): training then reports the steps it
 # made, and a bench that did not finish shows 0.
 # Environment: DSMOE (default build/release/dsmoe), LOAD (C), STEPS (training steps, default 40),

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <random>
@@ -25,6 +26,7 @@
 #include "tiny_models.h"
 #include "train/checkpoint.h"
 #include "util/check.h"
+#include "util/threads.h"
 
 extern char** environ;
 
@@ -462,9 +464,22 @@ TEST(Faults, MalformedFailpointIsAnErrorNamingTheVariable) {
 // ---------------------------------------------------------------------------------------------
 // A shared machine
 
-// With no OpenMP variable set, dsmoe runs with OMP_WAIT_POLICY=passive (it re-executes itself
-// with it: libgomp reads it before main); a user's setting is kept. `dsmoe bench --json` reports
-// the policy it ran with.
+// How idle threads wait (util/threads.h): a short spin when the cores are free, else sleep.
+TEST(Faults, WaitChoiceFollowsTheFreeCores) {
+  const WaitChoice idle = choose_wait(0, 2, 2);
+  EXPECT_STREQ(idle.variable, "GOMP_SPINCOUNT");
+  EXPECT_STREQ(idle.value, kGompSpinCount);
+  for (const WaitChoice busy : {choose_wait(1, 2, 2), choose_wait(3, 8, 10)}) {
+    EXPECT_STREQ(busy.variable, "OMP_WAIT_POLICY");
+    EXPECT_STREQ(busy.value, "passive");
+  }
+  EXPECT_STREQ(choose_wait(2, 8, 10).variable, "GOMP_SPINCOUNT");  // 2 cores left to the others
+}
+
+// With no OpenMP variable set, dsmoe picks how its threads wait (it re-executes itself with the
+// variable set: libgomp reads it before main); on a machine whose cores are all busy (here:
+// spinning threads of this test) it sleeps: OMP_WAIT_POLICY=passive. A user's setting is kept.
+// `dsmoe bench --json` reports what it ran with.
 TEST(Faults, IdleThreadsSleepUnlessTheUserSaysOtherwise) {
   TempDir dir;
   const std::vector<std::string> args = {"bench",
@@ -479,9 +494,22 @@ TEST(Faults, IdleThreadsSleepUnlessTheUserSaysOtherwise) {
                                          "--json",
                                          "--no-roofline"};
   const std::vector<std::string> variables = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"};
-  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{}, "passive"}, {{"OMP_WAIT_POLICY=active"}, "active"}, {{"GOMP_SPINCOUNT=1000"}, ""}};
-  for (const auto& [env, policy] : cases) {
+  struct Case {
+    std::vector<std::string> env;
+    std::string policy, spin_count;
+  };
+  const std::vector<Case> cases = {{{}, "passive", ""},
+                                   {{"OMP_WAIT_POLICY=active"}, "active", ""},
+                                   {{"GOMP_SPINCOUNT=1000"}, "", "1000"}};
+  // Every core busy while the child starts (and runs: it reads the load once, at its start).
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (int i = 0; i < static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)); i++)
+    busy.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  for (const auto& [env, policy, spin_count] : cases) {
     SCOPED_TRACE(env.empty() ? "no variable" : env[0]);
     Child::Options options;
     options.env = env;
@@ -490,7 +518,12 @@ TEST(Faults, IdleThreadsSleepUnlessTheUserSaysOtherwise) {
     ASSERT_EQ(child.wait().code, 0) << child.stderr_text();
     EXPECT_NE(child.stderr_text().find("\"omp_wait_policy\":\"" + policy + "\""), std::string::npos)
         << child.stderr_text();
+    EXPECT_NE(child.stderr_text().find("\"gomp_spincount\":\"" + spin_count + "\""),
+              std::string::npos)
+        << child.stderr_text();
   }
+  stop = true;
+  for (std::thread& t : busy) t.join();
 }
 
 // By default dsmoe runs as many threads as the cores it may use: here one (its affinity mask).

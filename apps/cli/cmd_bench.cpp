@@ -448,9 +448,11 @@ int run_bench(BenchArgs a) {
   out["machine"] = {
       {"cpu", machine.cpu}, {"cores", machine.cores}, {"hwy_target", machine.hwy_target}};
   out["date"] = machine.date;
-  const char* wait_policy =
-      std::getenv("OMP_WAIT_POLICY");  // spinning threads matter on busy cores
+  // How idle threads wait (util/threads.h): spinning threads matter on busy cores.
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  const char* spin_count = std::getenv("GOMP_SPINCOUNT");
   out["omp_wait_policy"] = wait_policy != nullptr ? wait_policy : "";
+  out["gomp_spincount"] = spin_count != nullptr ? spin_count : "";
   // OpenBLAS's kernels (the float32 products) follow the CPU unless this forces a core type.
   const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
   out["openblas_coretype"] = blas_core != nullptr ? blas_core : "";

@@ -1,5 +1,5 @@
-// main.cpp: the dsmoe command: forward, generate, chat, init, train, report, corpus, tokenize, bench,
-// serve, export.
+// main.cpp: the dsmoe command: forward, generate, chat, init, train, report, corpus, tokenize,
+// bench, serve, export.
 #include <malloc.h>
 
 #include <CLI/CLI.hpp>
@@ -12,8 +12,9 @@
 #include "util/threads.h"
 
 int main(int argc, char** argv) {
-  // Idle OpenMP threads sleep instead of spinning (may re-execute the program once: threads.h).
-  dsmoe::reexec_with_passive_wait_policy(argv);
+  // How idle OpenMP threads wait: a short spin on an idle machine, else sleep (may re-execute
+  // the program once: threads.h).
+  dsmoe::reexec_with_chosen_wait(argv);
   // Activation and gradient buffers are freed and reallocated every step; keep freed memory in
   // the heap instead of returning it to the kernel, which would zero fresh pages again each time
   // (15% of a training step on train-s).

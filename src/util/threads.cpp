@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "util/log.h"
 
@@ -56,11 +57,32 @@ void set_num_threads(int n) {
 
 int num_threads() { return omp_get_max_threads(); }
 
-void reexec_with_passive_wait_policy(char** argv) {
+int other_runnable_tasks() {
+  constexpr int kSamples = 5;
+  std::vector<int> running;
+  for (int i = 0; i < kSamples; i++) {
+    if (i > 0) usleep(2000);
+    std::ifstream in("/proc/loadavg");
+    std::string load1, load5, load15, tasks;  // "0.12 0.30 0.25 2/180 12345"
+    if (!(in >> load1 >> load5 >> load15 >> tasks)) return 0;
+    running.push_back(std::atoi(tasks.c_str()));
+  }
+  std::sort(running.begin(), running.end());
+  return std::max(0, running[kSamples / 2] - 1);  // (this process's reading thread is running)
+}
+
+WaitChoice choose_wait(int other_runnable, int threads, int online_cpus) {
+  if (other_runnable + threads <= online_cpus) return {"GOMP_SPINCOUNT", kGompSpinCount};
+  return {"OMP_WAIT_POLICY", "passive"};
+}
+
+void reexec_with_chosen_wait(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
-  if (setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+  const auto online = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  const WaitChoice choice = choose_wait(other_runnable_tasks(), usable_cores(), online);
+  if (setenv(choice.variable, choice.value, 0) != 0) return;
   execv("/proc/self/exe", argv);
-  unsetenv("OMP_WAIT_POLICY");  // exec failed: carry on as before, spinning
+  unsetenv(choice.variable);  // exec failed: carry on with libgomp's defaults
 }
 
 }  // namespace dsmoe

@@ -13,14 +13,35 @@ int num_threads();
 // (cpu.max, as containers set it) rounded up.
 int usable_cores();
 
-// libgomp spins up to ~3 ms (GOMP_SPINCOUNT 300000) at every barrier and between parallel
-// regions before it sleeps; on cores shared with other busy processes that spinning takes their
-// time slices and the stragglers' (a step can be 10x slower). libgomp reads OMP_WAIT_POLICY and
-// GOMP_SPINCOUNT once, when it is loaded, before main(): so when neither is set, this sets
-// OMP_WAIT_POLICY=passive and re-executes the program (/proc/self/exe, same argv) once; the
-// variable being set is what stops a second re-execution. Call it first thing in main(). Returns
-// (without re-executing) when the user set either variable (OMP_WAIT_POLICY=active: spin, for a
-// dedicated machine) or exec fails.
-void reexec_with_passive_wait_policy(char** argv);
+// How idle OpenMP threads wait, chosen once at start. libgomp's default (GOMP_SPINCOUNT 300000
+// pause loops: ~15 ms on a Xeon, whose pause takes ~140 cycles) spins at every barrier and
+// between parallel regions; on cores shared with other busy processes that spinning takes the
+// time slices that the straggler everyone waits for needs (decode 5-12x slower under `stress`,
+// even with a short spin: bench/shared_load.sh). Sleeping at once (OMP_WAIT_POLICY=passive) costs
+// a wake-up of ~90 us per parallel region instead, and a decoded token runs ~50 of them: on an
+// idle machine a short spin decodes 1.15-1.5x and prefills 1.25-1.45x faster (bench/README.md).
+// So when no other task is runnable beyond the cores this process leaves free, dsmoe spins
+// kGompSpinCount loops (~0.5 ms), then sleeps; otherwise it sleeps at once.
+inline constexpr const char* kGompSpinCount = "10000";
+
+// The tasks that are runnable now besides this one (the median of a few samples of
+// /proc/loadavg's running count, 2 ms apart); 0 when it cannot be read.
+int other_runnable_tasks();
+
+// The variable dsmoe sets when the user set neither: {"GOMP_SPINCOUNT", kGompSpinCount} when
+// other_runnable + threads <= online_cpus, else {"OMP_WAIT_POLICY", "passive"}.
+struct WaitChoice {
+  const char* variable;
+  const char* value;
+};
+WaitChoice choose_wait(int other_runnable, int threads, int online_cpus);
+
+// libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it is loaded, before main(): so
+// when neither is set, this sets the one choose_wait picks (for usable_cores() threads) and
+// re-executes the program (/proc/self/exe, same argv) once; the variable being set is what stops
+// a second re-execution. Call it first thing in main(). Returns (without re-executing) when the
+// user set either variable (OMP_WAIT_POLICY=passive: always sleep, =active: always spin) or exec
+// fails. A long-running process (serve, train) keeps the choice made at its start.
+void reexec_with_chosen_wait(char** argv);
 
 }  // namespace dsmoe
