@@ -42,7 +42,8 @@ TEST(AbsorbedCompact, DerivedForCompactFormatsOnly) {
   Model f32(c, random_weights(c, 3));
   f32.quantize(WeightFormat::kF32);
   EXPECT_TRUE(f32.weights().layers[0].attn.absorbed_uk_t.empty());
-  for (WeightFormat format : {WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0}) {
+  for (WeightFormat format :
+       {WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0, WeightFormat::kFP8}) {
     Model m(c, random_weights(c, 3));
     m.quantize(format);
     const AttentionWeights& a = m.weights().layers[0].attn;
@@ -60,11 +61,13 @@ TEST(AbsorbedCompact, DerivedForCompactFormatsOnly) {
 // halves, since with float32 halves the two agree to 1e-4 (test_golden.cpp). Measured here as
 // max |diff| / max |logit|: bf16 (2^-9 relative per weight) ~0.2%; Q8_0, which also rounds the
 // per-head activations q_nope and o_latent to 8 bits per 32-block, 1-2.3% (Q4_0 models use Q8_0
-// halves: with 4-bit halves it was 5-10%). Bounds: 0.5% and 4%.
+// halves: with 4-bit halves it was 5-10%); fp8 (e4m3: up to 2^-4 relative per weight, its own
+// 128 x 128 block scales per half) 3.0%. Bounds: 0.5% and 4%.
 TEST(AbsorbedCompact, CachedDecodeFollowsRecompute) {
   const ModelConfig c = wide_mla_config();
   const std::vector<int64_t> ids = random_ids(12, c.vocab_size, 5);
-  for (WeightFormat format : {WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0}) {
+  for (WeightFormat format :
+       {WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0, WeightFormat::kFP8}) {
     Model m(c, random_weights(c, 4));
     m.quantize(format);
     const Tensor full = m.forward(ids.data(), 1, static_cast<int64_t>(ids.size()));

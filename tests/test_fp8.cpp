@@ -288,6 +288,80 @@ TEST(Fp8Model, KeepsTheBytesAndFollowsTheExpandedModel) {
   EXPECT_EQ(generate(fp8, prompt, options), generate(f32, prompt, options));
 }
 
+// DeepSeek-V3's MLA widths (qk_nope_head_dim = v_head_dim = 128): every head's kv_b_proj halves
+// are whole 128-row blocks of the scales, so absorbed decode takes them as the checkpoint stores
+// them (derive_absorbed_weights_as_stored): e4m3 bytes and scales (the uk half transposed) whose
+// values are exactly the expanded kv_b_proj's, 1 byte per weight instead of 4. kv_lora_rank 192:
+// a whole block of columns and a partial one.
+TEST(Fp8Model, AbsorbedHalvesAreTheStoredBytesAtV3Widths) {
+  TempDir src("f32"), dir("fp8");
+  const nlohmann::json j = {{"model_type", "deepseek_v3"},
+                            {"vocab_size", 64},
+                            {"hidden_size", 64},
+                            {"intermediate_size", 128},
+                            {"moe_intermediate_size", 32},
+                            {"num_hidden_layers", 2},
+                            {"first_k_dense_replace", 1},
+                            {"num_attention_heads", 2},
+                            {"q_lora_rank", 0},
+                            {"kv_lora_rank", 192},
+                            {"qk_nope_head_dim", 128},
+                            {"qk_rope_head_dim", 32},
+                            {"v_head_dim", 128},
+                            {"n_routed_experts", 4},
+                            {"num_experts_per_tok", 2},
+                            {"n_shared_experts", 1},
+                            {"n_group", 1},
+                            {"topk_group", 1},
+                            {"max_position_embeddings", 64},
+                            {"num_nextn_predict_layers", 0}};
+  write_text(src / "config.json", j.dump());
+  const ModelConfig c = load_model_config(src / "config.json");
+  ModelWeights names;
+  SafetensorsWriter writer;
+  Rng rng(11);
+  for_each_tensor(c, names,
+                  [&](const std::string& name, const Shape& shape, TensorRole role, Tensor&) {
+                    std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
+                    init_random_tensor(shape, role, rng, values.data());
+                    writer.add_f32(name, shape, values.data());
+                  });
+  writer.write(src / "model.safetensors");
+  write_fp8_checkpoint(src.str(), dir.str());
+
+  const Model fp8 = Model::load(dir.str(), WeightFormat::kFP8);
+  const Model f32 = Model::load(dir.str(), WeightFormat::kF32);  // kv_b_proj expanded
+  const int64_t nope = c.qk_nope_head_dim, dv = c.v_head_dim, rank = c.kv_lora_rank;
+  std::vector<float> row(static_cast<size_t>(rank));
+  for (size_t L = 0; L < fp8.weights().layers.size(); L++) {
+    const AttentionWeights& a = fp8.weights().layers[L].attn;
+    const float* kv_b = f32.weights().layers[L].attn.kv_b_proj.data;
+    ASSERT_EQ(static_cast<int64_t>(a.absorbed_uk_t.size()), c.num_attention_heads);
+    for (int64_t h = 0; h < c.num_attention_heads; h++) {
+      const QuantMatrix& uk_t = *a.absorbed_uk_t[h];
+      const QuantMatrix& uv = *a.absorbed_uv[h];
+      ASSERT_EQ(uk_t.format, WeightFormat::kFP8);
+      ASSERT_EQ(uv.format, WeightFormat::kFP8);
+      EXPECT_EQ(uk_t.size_bytes(), static_cast<size_t>(rank * nope) + 2 * sizeof(float));
+      const float* k_half = kv_b + h * (nope + dv) * rank;  // [nope, rank]
+      for (int64_t r = 0; r < rank; r++) {
+        dequantize_matrix_row(uk_t, r, row.data());
+        for (int64_t i = 0; i < nope; i++)
+          ASSERT_EQ(row[i], k_half[i * rank + r]) << "layer " << L << " head " << h;
+      }
+      for (int64_t i = 0; i < dv; i++) {
+        dequantize_matrix_row(uv, i, row.data());
+        for (int64_t r = 0; r < rank; r++)
+          ASSERT_EQ(row[r], k_half[(nope + i) * rank + r]) << "layer " << L << " head " << h;
+      }
+    }
+  }
+  GenerateOptions options;
+  options.max_new_tokens = 16;
+  const std::vector<int64_t> prompt = {3, 14, 15, 9, 26};
+  EXPECT_EQ(generate(fp8, prompt, options), generate(f32, prompt, options));
+}
+
 TEST(Fp8Model, ANaNWeightIsAnErrorNamingIt) {
   TempDir dir;
   const std::string name = "model.layers.0.mlp.down_proj.weight";

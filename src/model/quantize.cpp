@@ -1,9 +1,14 @@
 #include "model/quantize.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "kernels/cpu/gemm_bf16.h"
+#include "model/weights.h"
 
 namespace dsmoe {
 namespace {
@@ -53,11 +58,6 @@ void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
                              WeightFormat model_format) {
   // Q4_0 models keep these at Q8_0: a few percent of the bytes, where 4 bits would put ~5x the
   // rounding of Q8_0 on every attention score of a decoded token (tests/test_absorbed_compact).
-  // fp8: none. Its 128 x 128 blocks of scales do not follow kv_b_proj's per-head halves in
-  // general (V3's do: 128-row heads), and re-quantizing them would change the weights; absorbed
-  // decode reads the float32 kv_b_proj, which holds the checkpoint's e4m3 values times their
-  // scales exactly as the expanded model does.
-  if (model_format == WeightFormat::kFP8) return;
   const WeightFormat format =
       model_format == WeightFormat::kQ4_0 ? WeightFormat::kQ8_0 : model_format;
   const int64_t nope = c.qk_nope_head_dim, dv = c.v_head_dim, rank = c.kv_lora_rank;
@@ -80,6 +80,40 @@ void derive_absorbed_weights(const ModelConfig& c, ModelWeights& weights,
           quantize_matrix(uk_t.data(), rank, nope, format, panels)));
       a.absorbed_uv.push_back(std::make_shared<const QuantMatrix>(
           quantize_matrix(w_uk + nope * rank, dv, rank, format, panels)));  // [dv, rank]
+    }
+  }
+}
+
+void derive_absorbed_weights_as_stored(const ModelConfig& c, const Checkpoint& checkpoint,
+                                       ModelWeights& weights) {
+  const int64_t nope = c.qk_nope_head_dim, dv = c.v_head_dim, rank = c.kv_lora_rank;
+  if (!c.use_mla() || nope % kFp8Block != 0 || dv % kFp8Block != 0) return;
+  const int64_t rank_blocks = fp8_blocks(rank), nope_blocks = nope / kFp8Block;
+  for (size_t L = 0; L < weights.layers.size(); L++) {
+    AttentionWeights& a = weights.layers[L].attn;
+    const std::string name = fmt::format("model.layers.{}.self_attn.kv_b_proj.weight", L);
+    const TensorInfo* info = checkpoint.find(name);
+    if (info == nullptr || info->dtype != DType::kF8_E4M3 || a.kv_b_proj.data == nullptr) continue;
+    const QuantMatrix kv_b = load_fp8_as_stored(checkpoint, *info);  // [heads (nope + dv), rank]
+    checkpoint.release(name);
+    a.absorbed_uk_t.clear();
+    a.absorbed_uv.clear();
+    for (int64_t h = 0; h < c.num_attention_heads; h++) {
+      const int64_t k_row = h * (nope + dv), v_row = k_row + nope;           // (multiples of 128)
+      QuantMatrix uk_t = make_quant_matrix(rank, nope, WeightFormat::kFP8);  // [rank, nope]
+      for (int64_t i = 0; i < nope; i++)
+        for (int64_t r = 0; r < rank; r++)
+          uk_t.data[r * nope + i] = kv_b.data[(k_row + i) * rank + r];
+      for (int64_t rb = 0; rb < rank_blocks; rb++)
+        for (int64_t ib = 0; ib < nope_blocks; ib++)
+          uk_t.block_scales[rb * nope_blocks + ib] =
+              kv_b.block_scales[(k_row / kFp8Block + ib) * rank_blocks + rb];
+      QuantMatrix uv = make_quant_matrix(dv, rank, WeightFormat::kFP8);  // [dv, rank]
+      std::copy_n(kv_b.data.begin() + v_row * rank, dv * rank, uv.data.begin());
+      std::copy_n(kv_b.block_scales.begin() + v_row / kFp8Block * rank_blocks,
+                  dv / kFp8Block * rank_blocks, uv.block_scales.begin());
+      a.absorbed_uk_t.push_back(std::make_shared<const QuantMatrix>(std::move(uk_t)));
+      a.absorbed_uv.push_back(std::make_shared<const QuantMatrix>(std::move(uv)));
     }
   }
 }

@@ -20,10 +20,19 @@ void quantize_weights(const ModelConfig& config, ModelWeights& weights, WeightFo
 
 // Absorbed MLA decode with compact weights: stores each MLA layer's kv_b_proj halves per head in
 // `format` (Q8_0 for a Q4_0 model; AttentionWeights::absorbed_uk_t / absorbed_uv), so that a
-// decoded token reads them compact instead of kv_b_proj in float32. Nothing for kF32, for kFP8
-// (see quantize.cpp), for V1, or for a block format whose row widths (qk_nope_head_dim,
-// kv_lora_rank) are not multiples of 32.
+// decoded token reads them compact instead of kv_b_proj in float32. Nothing for kF32, for V1, or
+// for a block format whose row widths (qk_nope_head_dim, kv_lora_rank) are not multiples of 32.
+// kFP8 rounds the halves to e4m3 with their own 128 x 128 blocks: for a model whose other
+// weights were rounded to fp8 too; an FP8 checkpoint takes derive_absorbed_weights_as_stored.
 void derive_absorbed_weights(const ModelConfig& config, ModelWeights& weights, WeightFormat format);
+
+// The same for an FP8 checkpoint loaded as kFP8: the halves are the checkpoint's own e4m3 bytes
+// and block scales (the uk half transposed), so they hold exactly the values of the expanded
+// kv_b_proj. Only where every head's halves begin and end on the 128-row blocks of the scales
+// (qk_nope_head_dim and v_head_dim multiples of 128, as in DeepSeek-V3); elsewhere nothing, and
+// decode reads the float32 kv_b_proj (re-rounding the halves would change the weights).
+void derive_absorbed_weights_as_stored(const ModelConfig& config, const Checkpoint& checkpoint,
+                                       ModelWeights& weights);
 
 // Whether quantize_weights re-stores this tensor (see above).
 bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,

@@ -20,7 +20,10 @@ Model Model::load(const std::string& dir, WeightFormat format, ExpertShard shard
   ModelConfig config = load_model_config(dir);
   Checkpoint checkpoint(dir);
   ModelWeights weights = load_weights(config, checkpoint, format, shard);
-  derive_absorbed_weights(config, weights, format);
+  if (format == WeightFormat::kFP8 && holds_fp8_weights(config, checkpoint))
+    derive_absorbed_weights_as_stored(config, checkpoint, weights);
+  else
+    derive_absorbed_weights(config, weights, format);
   Model model(std::move(config), std::move(weights));
   if (format != WeightFormat::kF32) model.weight_format_ = format;
   return model;

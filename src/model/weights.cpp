@@ -117,10 +117,6 @@ int64_t mtp_modules_in(const ModelConfig& c, const Checkpoint& checkpoint) {
              : 0;
 }
 
-namespace {
-
-// An F8_E4M3 checkpoint weight kept as it is stored (kFP8): its e4m3 bytes and block scales,
-// copied out of the mapping (whose pages the caller then releases).
 QuantMatrix load_fp8_as_stored(const Checkpoint& checkpoint, const TensorInfo& info) {
   const int64_t rows = info.shape[0], cols = info.shape[1];
   QuantMatrix matrix = make_quant_matrix(rows, cols, WeightFormat::kFP8);
@@ -134,6 +130,8 @@ QuantMatrix load_fp8_as_stored(const Checkpoint& checkpoint, const TensorInfo& i
   std::memcpy(matrix.data.data(), info.data, info.nbytes);
   return matrix;
 }
+
+namespace {
 
 // Reads a 2-D weight straight into `format`, a slice of rows at a time, so that no float32 copy
 // of the whole tensor exists at once (V2-Lite's lm_head is 800 MB in float32). F8 weights are

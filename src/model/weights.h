@@ -15,6 +15,7 @@
 namespace dsmoe {
 
 class Checkpoint;
+struct TensorInfo;
 
 struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
   Tensor gate_proj;  // [I, H]
@@ -115,6 +116,10 @@ int64_t mtp_modules_in(const ModelConfig& config, const Checkpoint& checkpoint);
 // Whether the checkpoint's linear weights are FP8 as DeepSeek-V3 ships them (F8_E4M3 with a
 // `weight_scale_inv`): then `--weights` defaults to fp8, which keeps them so.
 bool holds_fp8_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+
+// An F8_E4M3 checkpoint weight as it is stored (kFP8): its e4m3 bytes and block scales, copied
+// out of the mapping; an e4m3 NaN is an error naming the file, tensor and element.
+QuantMatrix load_fp8_as_stored(const Checkpoint& checkpoint, const TensorInfo& info);
 
 // The routed expert a checkpoint tensor belongs to (model.layers.L.mlp.experts.E.*), else -1.
 int64_t routed_expert_of(const std::string& name);
