@@ -25,7 +25,7 @@ prompt=${PROMPT:-32}
 decode=${DECODE:-128}
 reps=${REPS:-3}
 config=bench/configs/train-mtp-wide.json
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spinning barriers cost more on busy cores
+# (no OMP_WAIT_POLICY: dsmoe spins briefly on idle cores and sleeps on busy ones, util/threads.h)
 mkdir -p "$out"
 
 if [ "${SPEC_SKIP_BUILD:-0}" != 1 ]; then bash scripts/build.sh release; fi
