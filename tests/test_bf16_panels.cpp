@@ -98,7 +98,9 @@ TEST(Bf16Panels, GemmGivesTheBitsOfTheRowGemm) {
 }
 
 // quant_linear_forward (row kernels below 8 rows, the GEMMs from 8) on panels against the same
-// on rows: the products are the same exact bf16 products, summed in another order.
+// on rows: the GEMMs take the same exact bf16 products, summed in another order; the row kernels
+// on panels take the float32 activations whole, those on rows their bf16 hi + lo parts
+// (|x - hi - lo| <= 2^-18 |x|).
 TEST(Bf16Panels, ProductsFollowTheRowLayout) {
   std::mt19937 rng(3);
   for_each_case(rng, {1, 2, 5, 9, 33}, [](const Case& c, Dims d, int64_t M, bool portable) {
@@ -109,12 +111,13 @@ TEST(Bf16Panels, ProductsFollowTheRowLayout) {
     cpu::quant_linear_forward_rows(expected_rows.data(), c.x.data(), c.rows, M);
     cpu::quant_linear_forward_rows(got_rows.data(), c.x.data(), c.panels, M);
     for (int64_t i = 0; i < M * d.rows; i++) {
-      // sum |x w| bounds both float32 sums' rounding: K u |x| |w|, generously.
+      // sum |x w| bounds both float32 sums' rounding: K u |x| |w|, generously; plus the hi + lo
+      // split of the activations.
       double magnitude = 0;
       const int64_t m = i / d.rows, n = i % d.rows;
       for (int64_t k = 0; k < d.cols; k++)
         magnitude += std::fabs(c.x[m * d.cols + k] * c.w[n * d.cols + k]);
-      const double bound = 1e-6 * (d.cols + 2) * magnitude + 1e-30;
+      const double bound = (1e-6 * (d.cols + 2) + std::ldexp(1.0, -18)) * magnitude + 1e-30;
       ASSERT_NEAR(got[i], expected[i], bound)
           << i << " M " << M << " " << d.rows << " x " << d.cols << " portable " << portable;
       ASSERT_NEAR(got_rows[i], expected_rows[i], bound) << i;
@@ -123,8 +126,8 @@ TEST(Bf16Panels, ProductsFollowTheRowLayout) {
 }
 
 // The matrix-vector kernel on several rows at once (speculative verification and batched
-// decode: passes of up to 7 rows, fewer panels per pass from 4 rows on) gives each row the
-// bits of that row alone.
+// decode: passes of up to 7 rows, fewer panels per pass from 3 rows on) gives each row the
+// bits of that row alone, natively and on the scalar path.
 TEST(Bf16Panels, RowsTogetherGiveEachRowItsOwnBits) {
   std::mt19937 rng(4);
   for_each_case(rng, {3, 4, 15}, [](const Case& c, Dims d, int64_t M, bool) {
@@ -137,6 +140,22 @@ TEST(Bf16Panels, RowsTogetherGiveEachRowItsOwnBits) {
             << "row " << m << " of " << M << ", output " << n << ", " << d.rows << " x " << d.cols;
     }
   });
+}
+
+// The AVX-512 matrix-vector kernel and the scalar one take the same FMAs in the same order.
+TEST(Bf16Panels, RowsNativeAndScalarGiveTheSameBits) {
+  if (!cpu::gemm_bf16_native()) GTEST_SKIP() << "no AVX512-BF16: the scalar path only";
+  std::mt19937 rng(5);
+  for (const Dims d : kDims)
+    for (const int64_t M : {1, 2, 9}) {
+      const Case c = make_case(rng, d, M);
+      std::vector<float> native(M * d.rows), scalar(M * d.rows);
+      cpu::quant_linear_forward_rows(native.data(), c.x.data(), c.panels, M);
+      cpu::gemm_bf16_force_portable(true);
+      cpu::quant_linear_forward_rows(scalar.data(), c.x.data(), c.panels, M);
+      cpu::gemm_bf16_force_portable(false);
+      EXPECT_EQ(native, scalar) << M << " x " << d.rows << " x " << d.cols;
+    }
 }
 
 // The grouped products (decode) on panels: each job's result is that of its own product.

@@ -58,6 +58,7 @@ PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat f
   if (format == WeightFormat::kFP8) {
     acts.f32 = inp;  // the FP8 kernels take float32 activations as they are
   } else if (format == WeightFormat::kBF16) {
+    acts.f32 = inp;  // (the panel layout's kernels take float32)
     // The bf16 bits of hi and of lo = x - hi (hi is exact in bf16: converting it is exact).
     buf.bf16.resize(static_cast<size_t>(2 * M * K));
     buf.scratch.resize(static_cast<size_t>(2 * K));

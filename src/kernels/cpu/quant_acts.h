@@ -27,8 +27,8 @@ struct alignas(64) VnniGroup {
 // Activations rounded for one weight format (pointers into a buffer of the caller).
 struct PreparedActs {
   int64_t M = 0;
-  const float* f32 = nullptr;         // fp8: the activations (M, K) as given
-  const uint16_t* bf16 = nullptr;     // bf16: (2, M, K) hi and lo parts
+  const float* f32 = nullptr;         // fp8, bf16 (panels): the activations (M, K) as given
+  const uint16_t* bf16 = nullptr;     // bf16 (rows): (2, M, K) hi and lo parts
   const BlockQ8_0* q8 = nullptr;      // Q8_0 / Q4_0: (M, nb) blocks
   const float* q8_scale = nullptr;    // (M, nb) their scales as float
   const VnniGroup* groups = nullptr;  // (M, groups_per_row): the same, for the VNNI kernels

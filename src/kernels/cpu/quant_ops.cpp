@@ -187,11 +187,6 @@ void RowsBF16(const uint16_t* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
               float* HWY_RESTRICT out, int64_t n_begin, int64_t n_end) {
   const int64_t N = w.rows, K = w.cols;
   const uint16_t* x_lo = x + M * K;
-  if (w.panels) {
-    const auto* panels = reinterpret_cast<const uint16_t*>(w.data.data());
-    bf16_panel_rows(x, x_lo, M, panels, N, K, out, n_begin, n_end);
-    return;
-  }
 #if HWY_TARGET == HWY_AVX3_DL
   if (CpuHasAvx512Bf16()) {
     int64_t n = n_begin;
@@ -404,7 +399,11 @@ void Rows(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTRICT ou
           int64_t n_end) {
   switch (w.format) {
     case WeightFormat::kBF16:
-      RowsBF16(acts.bf16, acts.M, w, out, n_begin, n_end);
+      if (w.panels)  // (float32 activations: kernels/cpu/bf16_panels.h)
+        bf16_panel_rows(acts.f32, acts.M, reinterpret_cast<const uint16_t*>(w.data.data()), w.rows,
+                        w.cols, out, n_begin, n_end);
+      else
+        RowsBF16(acts.bf16, acts.M, w, out, n_begin, n_end);
       return;
     case WeightFormat::kQ8_0:
     case WeightFormat::kQ4_0:
