@@ -300,13 +300,20 @@ HWY_INLINE __m512i LoadBytes(const uint8_t* p, int64_t n) {
 // time keeps each thread's reads one sequential stream (the row's scales, its quants, then the
 // next row): with two rows at a time (four streams: two scale runs, two quant runs) the same
 // product read ~20% less bandwidth (35 vs 44 GB/s on the 2-core bench machine).
-float DotRowQ4VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* HWY_RESTRICT x) {
+//
+// kRows activation rows x[r] (batched decode, speculative verification) share each group's weight
+// loads, nibble unpacking and scales; every row takes the same instructions in the same order
+// as alone, so its bits do not depend on kRows.
+template <int kRows>
+void DotRowQ4VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* const* HWY_RESTRICT x,
+                  float* HWY_RESTRICT out, int64_t out_stride) {
   const int64_t nb = w.cols / kQuantBlock;
   const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m512i low_mask = _mm512_set1_epi8(0x0F);
   const uint16_t* scales = row_scales(w.row(n));
   const uint8_t* quants = row_quants(w.row(n), nb);
-  __m512 acc = _mm512_setzero_ps();
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; r++) acc[r] = _mm512_setzero_ps();
   for (int64_t g = 0; 4 * g < nb; g++) {
     const int64_t n_valid = std::min<int64_t>(4, nb - 4 * g);
     // 16 bytes per block: low nibbles are elements 0..15, high nibbles 16..31.
@@ -315,25 +322,31 @@ float DotRowQ4VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* HWY_RESTRIC
     const __m512i packed = LoadBytes(q, 16 * n_valid);
     const __m512i low = _mm512_and_si512(packed, low_mask);
     const __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_mask);
-    __m512i sums =
-        _mm512_dpbusd_epi32(_mm512_load_si512(x[g].correction), low, _mm512_load_si512(x[g].low));
-    sums = _mm512_dpbusd_epi32(sums, high, _mm512_load_si512(x[g].high));
-    const __m512 scale =
-        _mm512_mul_ps(GroupScales(scales + 4 * g, n_valid, expand), _mm512_load_ps(x[g].scale));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
+    const __m512 w_scale = GroupScales(scales + 4 * g, n_valid, expand);
+    for (int r = 0; r < kRows; r++) {
+      const VnniGroup& xg = x[r][g];
+      __m512i sums =
+          _mm512_dpbusd_epi32(_mm512_load_si512(xg.correction), low, _mm512_load_si512(xg.low));
+      sums = _mm512_dpbusd_epi32(sums, high, _mm512_load_si512(xg.high));
+      const __m512 scale = _mm512_mul_ps(w_scale, _mm512_load_ps(xg.scale));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[r]);
+    }
   }
-  return ReduceSum(acc);
+  for (int r = 0; r < kRows; r++) out[r * out_stride] = ReduceSum(acc[r]);
 }
 
 // DotRowQ4VNNI for Q8_0: 32 bytes a block, two blocks a vector.
-float DotRowQ8VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* HWY_RESTRICT x) {
+template <int kRows>
+void DotRowQ8VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* const* HWY_RESTRICT x,
+                  float* HWY_RESTRICT out, int64_t out_stride) {
   const int64_t nb = w.cols / kQuantBlock;
   const __m512i expand_lo = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   const __m512i expand_hi = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
   const __m512i to_unsigned = _mm512_set1_epi8(static_cast<char>(0x80));
   const uint16_t* scales = row_scales(w.row(n));
   const uint8_t* quants = row_quants(w.row(n), nb);
-  __m512 acc_lo = _mm512_setzero_ps(), acc_hi = _mm512_setzero_ps();
+  __m512 acc_lo[kRows], acc_hi[kRows];
+  for (int r = 0; r < kRows; r++) acc_lo[r] = acc_hi[r] = _mm512_setzero_ps();
   for (int64_t g = 0; 4 * g < nb; g++) {
     const int64_t n_valid = std::min<int64_t>(4, nb - 4 * g);
     const uint8_t* q = quants + 128 * g;
@@ -342,22 +355,39 @@ float DotRowQ8VNNI(const QuantMatrix& w, int64_t n, const VnniGroup* HWY_RESTRIC
     const __m512i w_lo = _mm512_xor_si512(LoadBytes(q, 32 * n_valid), to_unsigned);
     const __m512i w_hi =
         _mm512_xor_si512(LoadBytes(q + 64, 32 * std::max<int64_t>(n_valid - 2, 0)), to_unsigned);
-    const __m512i sums_lo =
-        _mm512_dpbusd_epi32(_mm512_load_si512(x[g].correction), w_lo, _mm512_load_si512(x[g].low));
-    const __m512i sums_hi = _mm512_dpbusd_epi32(_mm512_load_si512(x[g].correction_hi), w_hi,
-                                                _mm512_load_si512(x[g].high));
     const __m128i bits = n_valid >= 4
                              ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 4 * g))
                              : _mm_maskz_loadu_epi16((__mmask8{1} << n_valid) - 1, scales + 4 * g);
     const __m512 w_scales = _mm512_castps128_ps512(_mm_cvtph_ps(bits));
-    const __m512 scale_lo =
-        _mm512_mul_ps(_mm512_permutexvar_ps(expand_lo, w_scales), _mm512_load_ps(x[g].scale));
-    const __m512 scale_hi =
-        _mm512_mul_ps(_mm512_permutexvar_ps(expand_hi, w_scales), _mm512_load_ps(x[g].scale_hi));
-    acc_lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_lo), scale_lo, acc_lo);
-    acc_hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_hi), scale_hi, acc_hi);
+    const __m512 w_scale_lo = _mm512_permutexvar_ps(expand_lo, w_scales);
+    const __m512 w_scale_hi = _mm512_permutexvar_ps(expand_hi, w_scales);
+    for (int r = 0; r < kRows; r++) {
+      const VnniGroup& xg = x[r][g];
+      const __m512i sums_lo =
+          _mm512_dpbusd_epi32(_mm512_load_si512(xg.correction), w_lo, _mm512_load_si512(xg.low));
+      const __m512i sums_hi = _mm512_dpbusd_epi32(_mm512_load_si512(xg.correction_hi), w_hi,
+                                                  _mm512_load_si512(xg.high));
+      const __m512 scale_lo = _mm512_mul_ps(w_scale_lo, _mm512_load_ps(xg.scale));
+      const __m512 scale_hi = _mm512_mul_ps(w_scale_hi, _mm512_load_ps(xg.scale_hi));
+      acc_lo[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_lo), scale_lo, acc_lo[r]);
+      acc_hi[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums_hi), scale_hi, acc_hi[r]);
+    }
   }
-  return ReduceSum(_mm512_add_ps(acc_lo, acc_hi));
+  for (int r = 0; r < kRows; r++)
+    out[r * out_stride] = ReduceSum(_mm512_add_ps(acc_lo[r], acc_hi[r]));
+}
+
+// Rows of activations per pass over a weight row (their sums stay in registers).
+constexpr int64_t kVnniRowsPerPass = 4;
+
+// Weight row n against activation rows [m0, m0 + rows), rows <= kVnniRowsPerPass.
+template <int kRows>
+void DotRowVNNI(bool q8, const QuantMatrix& w, int64_t n, const VnniGroup* const* x, float* out,
+                int64_t out_stride) {
+  if (q8)
+    DotRowQ8VNNI<kRows>(w, n, x, out, out_stride);
+  else
+    DotRowQ4VNNI<kRows>(w, n, x, out, out_stride);
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
@@ -368,12 +398,29 @@ void RowsBlocks(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTR
   const bool q8 = w.format == WeightFormat::kQ8_0;
 #if HWY_TARGET == HWY_AVX3_DL
   // Each weight row against all M activation rows while it is in L1 (batched decode reads the
-  // weights once for all its rows).
+  // weights once for all its rows), up to kVnniRowsPerPass rows sharing its unpacking.
   for (int64_t n = n_begin; n < n_end; n++)
-    for (int64_t m = 0; m < M; m++) {
-      const VnniGroup* x = acts.groups + m * acts.groups_per_row;
-      out[m * N + n] = q8 ? DotRowQ8VNNI(w, n, x) : DotRowQ4VNNI(w, n, x);
+    for (int64_t m0 = 0; m0 < M; m0 += kVnniRowsPerPass) {
+      const VnniGroup* x[kVnniRowsPerPass];
+      const int64_t rows = std::min(kVnniRowsPerPass, M - m0);
+      for (int64_t r = 0; r < rows; r++) x[r] = acts.groups + (m0 + r) * acts.groups_per_row;
+      float* o = out + m0 * N + n;
+      switch (rows) {
+        case 1:
+          DotRowVNNI<1>(q8, w, n, x, o, N);
+          break;
+        case 2:
+          DotRowVNNI<2>(q8, w, n, x, o, N);
+          break;
+        case 3:
+          DotRowVNNI<3>(q8, w, n, x, o, N);
+          break;
+        default:
+          DotRowVNNI<4>(q8, w, n, x, o, N);
+          break;
+      }
     }
+  static_assert(kVnniRowsPerPass == 4);
 #else
   for (int64_t n = n_begin; n < n_end; n++) {
     const void* row = w.row(n);
