@@ -16,7 +16,7 @@
 #      PEERS_REFERENCE=1 (default except for infer-lite8 / v2-lite, whose float32 copies take
 #      ~18 GB), the model itself at f32, all strict (cosine >= $PEERS_MIN_COS); then each format F
 #      against the format's own rounding (dsmoe's F vs float32 logits: see peers_compare.py), or,
-#      without the reference, cosine >= $PEERS_MIN_COS (bf16) / $PEERS_MIN_COS_QUANT (Q8_0, Q4_0);
+#      without the reference, cosine >= $PEERS_MIN_COS_BF16 (bf16) / $PEERS_MIN_COS_QUANT (Q8_0, Q4_0);
 #   5. per format, $PEERS_PAIRS pairs run alternately (llama-bench, then dsmoe bench: A B A B ..),
 #      the read bandwidth probed before and after each pair (`dsmoe bench` on the tiny V3
 #      fixture, its probe only). Prefill: pp$PROMPT from an empty context in both. Decode: tg$DECODE
@@ -30,7 +30,7 @@
 # PEERS_DTYPE (checkpoint dtype: bf16 for infer-lite8 as bench/run.sh writes it, f32 otherwise),
 # PEERS_FORMATS ("bf16 q8_0 q4_0"), PEERS_PAIRS (3), PROMPT (512), DECODE (128), THREADS (all
 # cores), PEERS_JOBS (build jobs, 2), PEERS_CHECK_TOKENS (16), PEERS_MIN_COS (0.9999),
-# PEERS_MIN_COS_QUANT (0.998), PEERS_REFERENCE (see 4),
+# PEERS_MIN_COS_BF16 (0.999), PEERS_MIN_COS_QUANT (0.998), PEERS_REFERENCE (see 4),
 # PEERS_SKIP_SETUP=1 / PEERS_SKIP_BUILD=1 (use what is installed / build/release as it is),
 # PEERS_SKIP_BENCH=1 (stop after the same-model check), PEERS_KEEP=1 (keep the checkpoint and the
 # GGUF files). Numbers mean something only on an idle machine: the load average is printed.
@@ -46,6 +46,7 @@ threads=${THREADS:-$(nproc)}
 jobs=${PEERS_JOBS:-2}
 check_tokens=${PEERS_CHECK_TOKENS:-16}
 min_cos=${PEERS_MIN_COS:-0.9999}
+min_cos_bf16=${PEERS_MIN_COS_BF16:-0.999}  # llama.cpp rounds the activations to bf16 too
 min_cos_quant=${PEERS_MIN_COS_QUANT:-0.998}
 npm_package=node-llama-cpp@3.22.1
 llama_commit=de3ff815ea7d559ee917f063901b8986f038abc6
@@ -122,6 +123,7 @@ checks=$dir/checks.jsonl
 same_model() {  # same_model LABEL MODEL_DIR GGUF FORMAT [REFERENCE.safetensors]
   local label=$1 model_dir=$2 gguf=$3 format=$4 reference=${5:-} vocab ids status=0
   local criterion=(--min-cos "$min_cos")
+  if [ "$format" = bf16 ]; then criterion=(--min-cos "$min_cos_bf16"); fi
   [ "$format" = f32 ] || [ "$format" = bf16 ] || criterion=(--min-cos "$min_cos_quant")
   [ -z "$reference" ] || criterion=(--reference "$reference")
   vocab=$($py -c "import json,sys; print(json.load(open(sys.argv[1]+'/config.json'))['vocab_size'])" "$model_dir")

@@ -130,9 +130,12 @@ def table(args):
             out(f"- {f.read().strip()}")
     loads = sorted(float(r["load"][0]) for rs in runs_by_format.values() for r in rs)
     out(f"- CPU: {cpu_family()}; llama.cpp saw: {first['llama_test']['cpu_info']}")
+    # The engines' own threads (one per core, pair after pair) keep the 1-minute average near
+    # the core count: only beyond it did other work run.
+    busy = (os.cpu_count() or 1) + 0.5
     out(f"- load average (1 min) at the pairs: {loads[0]:.2f}-{loads[-1]:.2f}"
         + ("  (LOADED MACHINE: other work was running; the figures are not speeds of the engines)"
-           if loads[-1] > 1.5 else ""))
+           if loads[-1] > busy else f" (at most the cores + 0.5: the runs' own threads)"))
     finished = max(os.path.getmtime(path)
                    for path in glob.glob(os.path.join(args.dir, "runs", "*", "pair*", "bw_after.json")))
     out(f"- date (last pair): "
