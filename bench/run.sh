@@ -60,14 +60,30 @@ echo "threads $threads, reps $reps, results in $out; load average now $load"
 if awk "BEGIN { exit !($load > 1.5) }"; then
   echo "WARNING: load average $load > 1.5: other work is running; the numbers will be low"
 fi
-# The baseline runs as a good PyTorch user runs it: threads = cores, OpenMP threads that sleep
-# (OMP_WAIT_POLICY=PASSIVE), and glibc malloc keeping freed memory rather than unmapping it (as
-# preloading jemalloc would: PyTorch's CPU allocator does not cache, so each step's gradients and
-# AdamW temporaries otherwise fault in fresh zeroed pages; 2-3x on the backward pass here).
-# dsmoe runs in the caller's environment (its JSON records the OpenMP policy).
+# The baseline runs as a good PyTorch user runs it: threads = cores, glibc malloc keeping freed
+# memory rather than unmapping it (as preloading jemalloc would: PyTorch's CPU allocator does not
+# cache, so each step's gradients and AdamW temporaries otherwise fault in fresh zeroed pages; 2-3x
+# on the backward pass here), and its OpenMP threads waiting as dsmoe's do (util/threads.h): a
+# short spin (GOMP_SPINCOUNT=10000) when no other task is runnable, else OMP_WAIT_POLICY=PASSIVE
+# (on an idle machine PASSIVE cost PyTorch's training 4-15% against the short spin, bench/README.md).
+# dsmoe runs in the caller's environment and chooses itself (its JSON records the choice).
 torch_tunables=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
+torch_wait() {  # dsmoe's choice: the median of 5 samples of the runnable count, 2 ms apart
+  local samples=() tasks running _
+  for _ in 1 2 3 4 5; do
+    read -r _ _ _ tasks _ </proc/loadavg  # (a builtin: only this shell runs while it reads)
+    samples+=("${tasks%/*}")
+    sleep 0.002
+  done
+  running=$(printf '%s\n' "${samples[@]}" | sort -n | sed -n 3p)
+  if [ $((running - 1 + threads)) -le "$(nproc --all)" ]; then
+    echo GOMP_SPINCOUNT=10000
+  else
+    echo OMP_WAIT_POLICY=PASSIVE
+  fi
+}
 torch_py() {
-  OMP_WAIT_POLICY=PASSIVE GLIBC_TUNABLES=$torch_tunables $py bench/torch_baseline.py "$@"
+  env "$(torch_wait)" GLIBC_TUNABLES=$torch_tunables $py bench/torch_baseline.py "$@"
 }
 
 if [ "${BENCH_CHECK:-1}" = 1 ]; then
@@ -108,7 +124,7 @@ if [ "${BENCH_FULL:-1}" = 1 ]; then
   [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$out/v2-lite"
 fi
 
-say "4. PyTorch baseline ($($py -c 'import torch; print(torch.__version__)'), OMP_WAIT_POLICY=PASSIVE, GLIBC_TUNABLES=$torch_tunables)"
+say "4. PyTorch baseline ($($py -c 'import torch; print(torch.__version__)'), $(torch_wait), GLIBC_TUNABLES=$torch_tunables)"
 echo "pytorch infer-lite8 bf16: pp512 / tg128 (decode at ~9 tokens/s: ~1 minute per repetition)"
 torch_py --model "$out/infer-lite8" --weights bf16 --prompt 512 --decode 128 \
   --threads "$threads" --reps "$reps" > "$out/torch-infer-lite8-bf16.json"

@@ -16,14 +16,16 @@ Choices (what makes it a fair, tuned baseline):
     the query, W_UV applied after the attention-weighted sum of latents), as dsmoe does;
   * --weights bf16: weights and activations in bfloat16 (oneDNN bf16 GEMMs), router in float32;
   * training (f32): autograd backward and torch.optim.AdamW (foreach), loss = next-token CE;
-  * OMP_WAIT_POLICY=PASSIVE (set here when the environment has none; spinning OpenMP threads
-    cost 2-100x on a busy 2-core machine) and torch.set_num_threads(cores);
+  * OMP_WAIT_POLICY=PASSIVE (set here when the environment sets neither it nor GOMP_SPINCOUNT;
+    spinning OpenMP threads cost 2-100x on a busy 2-core machine; bench/run.sh passes dsmoe's
+    choice, GOMP_SPINCOUNT=10000 on an idle machine) and torch.set_num_threads(cores);
   * bench/run.sh also sets GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=64G
     so that freed tensors are reused instead of unmapped (PyTorch's CPU allocator does not cache).
 DeepSeekMoE V1 (model_type "deepseek") and MTP modules are not implemented (MTP is ignored).
 """
 import argparse, json, math, mmap, os, resource, struct, sys, time
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp starts (set ACTIVE to compare)
+if "GOMP_SPINCOUNT" not in os.environ:  # (libgomp takes GOMP_SPINCOUNT over a passive policy)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp starts (ACTIVE to compare)
 import torch  # noqa: E402
 import torch.nn.functional as F
 
@@ -314,6 +316,7 @@ def main():
         return check(m, a.check)
     out = {"engine": "pytorch", "torch": torch.__version__, "weights": a.weights,
            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+           "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
            "load_seconds": load_s, "prompt": a.prompt, "decode_tokens": a.decode, "reps": a.reps}
     if not a.no_inference:
         pre, dec = bench_inference(m, a.prompt, a.decode, a.reps)
