@@ -474,6 +474,8 @@ TEST(Faults, WaitChoiceFollowsTheFreeCores) {
     EXPECT_STREQ(busy.value, "passive");
   }
   EXPECT_STREQ(choose_wait(2, 8, 10).variable, "GOMP_SPINCOUNT");  // 2 cores left to the others
+  // Two MPI ranks of 2 threads on 2 cores (what reexec_with_chosen_wait passes): sleep.
+  EXPECT_STREQ(choose_wait(0, 2 * 2, 2).variable, "OMP_WAIT_POLICY");
 }
 
 // With no OpenMP variable set, dsmoe picks how its threads wait (it re-executes itself with the

@@ -76,10 +76,20 @@ WaitChoice choose_wait(int other_runnable, int threads, int online_cpus) {
   return {"OMP_WAIT_POLICY", "passive"};
 }
 
+int local_mpi_ranks() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && std::atoi(value) > 0) return std::atoi(value);
+  }
+  return 1;
+}
+
 void reexec_with_chosen_wait(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
   const auto online = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
-  const WaitChoice choice = choose_wait(other_runnable_tasks(), usable_cores(), online);
+  // (under mpirun the ranks on this machine start together: count all their threads)
+  const WaitChoice choice =
+      choose_wait(other_runnable_tasks(), usable_cores() * local_mpi_ranks(), online);
   if (setenv(choice.variable, choice.value, 0) != 0) return;
   execv("/proc/self/exe", argv);
   unsetenv(choice.variable);  // exec failed: carry on with libgomp's defaults

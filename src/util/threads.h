@@ -36,8 +36,13 @@ struct WaitChoice {
 };
 WaitChoice choose_wait(int other_runnable, int threads, int online_cpus);
 
+// The ranks an MPI launcher started on this machine (OpenMPI's OMPI_COMM_WORLD_LOCAL_SIZE,
+// MPICH's MPI_LOCALNRANKS), 1 without one.
+int local_mpi_ranks();
+
 // libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it is loaded, before main(): so
-// when neither is set, this sets the one choose_wait picks (for usable_cores() threads) and
+// when neither is set, this sets the one choose_wait picks (for usable_cores() threads in each of
+// local_mpi_ranks() processes: ranks that share the cores sleep) and
 // re-executes the program (/proc/self/exe, same argv) once; the variable being set is what stops
 // a second re-execution. Call it first thing in main(). Returns (without re-executing) when the
 // user set either variable (OMP_WAIT_POLICY=passive: always sleep, =active: always spin) or exec
