@@ -199,6 +199,25 @@ TEST(Fp8Kernels, ThreadsAndGroupsGiveTheSameBits) {
 
 const std::string kTinyV3 = std::string(DSMOE_TEST_DATA) + "/v3-tiny/model";
 
+// A 2-layer V3 config (one dense layer, 4 routed experts top-2 + 1 shared, no q_lora, rope 32)
+// with `sizes` (vocab, widths, heads, MLA ranks) on top.
+nlohmann::json small_v3_json(const nlohmann::json& sizes) {
+  nlohmann::json j = {{"model_type", "deepseek_v3"},
+                      {"num_hidden_layers", 2},
+                      {"first_k_dense_replace", 1},
+                      {"q_lora_rank", 0},
+                      {"qk_rope_head_dim", 32},
+                      {"n_routed_experts", 4},
+                      {"num_experts_per_tok", 2},
+                      {"n_shared_experts", 1},
+                      {"n_group", 1},
+                      {"topk_group", 1},
+                      {"max_position_embeddings", 64},
+                      {"num_nextn_predict_layers", 0}};
+  j.update(sizes);
+  return j;
+}
+
 bool kept_fp8_in_release(const std::string& name, TensorRole role) {
   // DeepSeek-V3's release: every linear weight in FP8 but the router gate and lm_head.
   return role == TensorRole::kMatrix && !name.ends_with("mlp.gate.weight") &&
@@ -295,26 +314,14 @@ TEST(Fp8Model, KeepsTheBytesAndFollowsTheExpandedModel) {
 // a whole block of columns and a partial one.
 TEST(Fp8Model, AbsorbedHalvesAreTheStoredBytesAtV3Widths) {
   TempDir src("f32"), dir("fp8");
-  const nlohmann::json j = {{"model_type", "deepseek_v3"},
-                            {"vocab_size", 64},
-                            {"hidden_size", 64},
-                            {"intermediate_size", 128},
-                            {"moe_intermediate_size", 32},
-                            {"num_hidden_layers", 2},
-                            {"first_k_dense_replace", 1},
-                            {"num_attention_heads", 2},
-                            {"q_lora_rank", 0},
-                            {"kv_lora_rank", 192},
-                            {"qk_nope_head_dim", 128},
-                            {"qk_rope_head_dim", 32},
-                            {"v_head_dim", 128},
-                            {"n_routed_experts", 4},
-                            {"num_experts_per_tok", 2},
-                            {"n_shared_experts", 1},
-                            {"n_group", 1},
-                            {"topk_group", 1},
-                            {"max_position_embeddings", 64},
-                            {"num_nextn_predict_layers", 0}};
+  const nlohmann::json j = small_v3_json({{"vocab_size", 64},
+                                          {"hidden_size", 64},
+                                          {"intermediate_size", 128},
+                                          {"moe_intermediate_size", 32},
+                                          {"num_attention_heads", 2},
+                                          {"kv_lora_rank", 192},
+                                          {"qk_nope_head_dim", 128},
+                                          {"v_head_dim", 128}});
   write_text(src / "config.json", j.dump());
   const ModelConfig c = load_model_config(src / "config.json");
   ModelWeights names;
@@ -383,26 +390,14 @@ TEST(Fp8Model, ANaNWeightIsAnErrorNamingIt) {
 // A random V3-shaped checkpoint of ~26 M linear weights in F8_E4M3 (random codes, no NaN), the
 // rest float32; returns the number of FP8 weights.
 int64_t write_random_fp8_checkpoint(const std::string& dir) {
-  nlohmann::json j = {{"model_type", "deepseek_v3"},
-                      {"vocab_size", 256},
-                      {"hidden_size", 1024},
-                      {"intermediate_size", 2048},
-                      {"moe_intermediate_size", 1024},
-                      {"num_hidden_layers", 2},
-                      {"first_k_dense_replace", 1},
-                      {"num_attention_heads", 8},
-                      {"q_lora_rank", 0},
-                      {"kv_lora_rank", 256},
-                      {"qk_nope_head_dim", 64},
-                      {"qk_rope_head_dim", 32},
-                      {"v_head_dim", 64},
-                      {"n_routed_experts", 4},
-                      {"num_experts_per_tok", 2},
-                      {"n_shared_experts", 1},
-                      {"n_group", 1},
-                      {"topk_group", 1},
-                      {"max_position_embeddings", 64},
-                      {"num_nextn_predict_layers", 0}};
+  const nlohmann::json j = small_v3_json({{"vocab_size", 256},
+                                          {"hidden_size", 1024},
+                                          {"intermediate_size", 2048},
+                                          {"moe_intermediate_size", 1024},
+                                          {"num_attention_heads", 8},
+                                          {"kv_lora_rank", 256},
+                                          {"qk_nope_head_dim", 64},
+                                          {"v_head_dim", 64}});
   write_text(dir + "/config.json", j.dump());
   const ModelConfig config = load_model_config(dir + "/config.json");
   ModelWeights names;

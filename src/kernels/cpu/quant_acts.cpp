@@ -52,13 +52,14 @@ void split_bf16_hi_lo(const float* x, int64_t n, float* hi, float* lo) {
 }
 
 PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
-                          ActsBuffer& buf) {
+                          bool bf16_panels, ActsBuffer& buf) {
   PreparedActs acts;
   acts.M = M;
   if (format == WeightFormat::kFP8) {
     acts.f32 = inp;  // the FP8 kernels take float32 activations as they are
+  } else if (format == WeightFormat::kBF16 && bf16_panels) {
+    acts.f32 = inp;  // the panel layout's kernels take float32 as it is
   } else if (format == WeightFormat::kBF16) {
-    acts.f32 = inp;  // (the panel layout's kernels take float32)
     // The bf16 bits of hi and of lo = x - hi (hi is exact in bf16: converting it is exact).
     buf.bf16.resize(static_cast<size_t>(2 * M * K));
     buf.scratch.resize(static_cast<size_t>(2 * K));

@@ -51,7 +51,9 @@ void split_bf16_hi_lo(const float* x, int64_t n, float* hi, float* lo);
 // Rounds inp[M, K] once for `format` into buf (f32 needs nothing; fp8 reads inp itself). A Q8_0
 // block that cannot be quantized (inf/NaN, or beyond f16) gets a NaN scale, so its outputs are NaN
 // as in float arithmetic, instead of an exception inside a kernel.
+// `bf16_panels`: the bf16 weights are in the panel layout, whose kernels take float32 (no hi +
+// lo parts are made).
 PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat format,
-                          ActsBuffer& buf);
+                          bool bf16_panels, ActsBuffer& buf);
 
 }  // namespace dsmoe::cpu

@@ -414,10 +414,10 @@ void for_claimed_chunks(std::atomic<int64_t>& next, int64_t total, int64_t min_c
 }
 
 // prepare_acts, its time added to the profile's activation rounding when profiling.
-PreparedActs prepare_acts_timed(const float* inp, int64_t M, int64_t K, WeightFormat format,
+PreparedActs prepare_acts_timed(const float* inp, int64_t M, const QuantMatrix& w,
                                 ActsBuffer& buf) {
   ProfileScope timer(ProfileOp::kActQuant);
-  return prepare_acts(inp, M, K, format, buf);
+  return prepare_acts(inp, M, w.cols, w.format, w.panels, buf);
 }
 
 // When profiling: the wall time of a parallel region (from construction to destruction, on the
@@ -446,10 +446,12 @@ class RegionTimer {
 
 }  // namespace
 
-// Formats whose prepared activations are the same (Q8_0 and Q4_0 share their Q8_0 blocks).
-static int acts_family(WeightFormat format) {
-  return format == WeightFormat::kQ4_0 ? static_cast<int>(WeightFormat::kQ8_0)
-                                       : static_cast<int>(format);
+// Matrices whose prepared activations are the same (Q8_0 and Q4_0 share their Q8_0 blocks; bf16
+// panels take the float32 as given, bf16 rows its hi + lo parts).
+static int acts_family(const QuantMatrix& w) {
+  if (w.format == WeightFormat::kBF16 && w.panels) return -1;  // float32 as given
+  return w.format == WeightFormat::kQ4_0 ? static_cast<int>(WeightFormat::kQ8_0)
+                                         : static_cast<int>(w.format);
 }
 
 static bool use_gemm(const QuantMatrix& w, int64_t M) {
@@ -507,7 +509,7 @@ void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& 
     return;
   }
   thread_local ActsBuffer buf;
-  const PreparedActs acts = prepare_acts_timed(inp, M, K, w.format, buf);
+  const PreparedActs acts = prepare_acts_timed(inp, M, w, buf);
   // Chunks of contiguous weight rows (whole groups of panels), claimed as the threads come; the
   // same chunks whatever M.
   const int64_t min_rows = std::max<int64_t>(1, kMinChunkBytes / static_cast<int64_t>(w.row_bytes));
@@ -555,14 +557,13 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     int64_t same = -1;
     for (int64_t i = 0; i < j && same < 0; i++)
       if (row_cost[i] > 0 && jobs[i].inp == job.inp && jobs[i].M == job.M &&
-          jobs[i].w->cols == job.w->cols &&
-          acts_family(jobs[i].w->format) == acts_family(job.w->format))
+          jobs[i].w->cols == job.w->cols && acts_family(*jobs[i].w) == acts_family(*job.w))
         same = i;
     if (same >= 0) {
       acts[j] = acts[same];
     } else {
       if (static_cast<int64_t>(bufs.size()) <= n_prepared) bufs.resize(n_prepared + 1);
-      acts[j] = prepare_acts_timed(job.inp, job.M, job.w->cols, job.w->format, bufs[n_prepared++]);
+      acts[j] = prepare_acts_timed(job.inp, job.M, *job.w, bufs[n_prepared++]);
     }
     row_cost[j] = job.M * static_cast<int64_t>(job.w->row_bytes);
     total_cost += row_cost[j] * job.w->rows;
