@@ -117,12 +117,16 @@ TEST(Fp8Format, FindsNaNCodes) {
 // The kernels against ref::quant_linear_forward (dequantized weights, double sums)
 
 // Every e4m3 code but NaN, zeros, subnormals and +-448 included, with scales over 2^-12 .. 2^0.
-QuantMatrix random_fp8_matrix(int64_t rows, int64_t cols, uint32_t seed) {
+// Zeros and subnormals (exponent bits 0) are 1 in 16 bytes with every_code; without, 1 in 1000,
+// as in real weights (each 64-byte chunk of the GFNI row kernel without one takes its fast
+// route, one with one the exact f16 route: tests both and their mix in one row).
+QuantMatrix random_fp8_matrix(int64_t rows, int64_t cols, uint32_t seed, bool every_code = true) {
   std::mt19937 rng(seed);
   QuantMatrix m = make_quant_matrix(rows, cols, WeightFormat::kFP8);
   for (uint8_t& b : m.data) {
     b = static_cast<uint8_t>(rng() & 0xFF);
     if ((b & 0x7F) == 0x7F) b ^= 0x01;
+    if (!every_code && (b & 0x78) == 0 && rng() % 64 != 0) b |= 0x08;
   }
   for (size_t i = 0; i < m.block_scales.size(); i++)
     m.block_scales[i] = std::ldexp(1.0f + static_cast<float>(rng() % 1000) / 1000, -int(i % 13));
@@ -135,14 +139,16 @@ double allowed_error(int64_t M, int64_t K, double abs_xw) {
   return (activation + (K + 33) * kU) * abs_xw;
 }
 
-void check_fp8_products() {
+void check_fp8_products(bool every_code) {
   struct Shape2 {
     int64_t N, K;
   };
   for (const Shape2 s : {Shape2{200, 300}, Shape2{130, 257}, Shape2{64, 128}, Shape2{7, 20}})
     for (int64_t M : {1, 3, 5, 8, 20, 64, 70}) {
-      SCOPED_TRACE(testing::Message() << "M=" << M << " N=" << s.N << " K=" << s.K);
-      const QuantMatrix w = random_fp8_matrix(s.N, s.K, static_cast<uint32_t>(s.N + s.K));
+      SCOPED_TRACE(testing::Message()
+                   << "M=" << M << " N=" << s.N << " K=" << s.K << " every_code=" << every_code);
+      const QuantMatrix w =
+          random_fp8_matrix(s.N, s.K, static_cast<uint32_t>(s.N + s.K), every_code);
       std::mt19937 rng(static_cast<uint32_t>(M));
       std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
       std::vector<float> x(M * s.K);
@@ -171,13 +177,15 @@ TEST(Fp8Kernels, MatchDequantizedReferenceOnEveryTarget) {
     if ((mask & target) == 0) continue;
     SCOPED_TRACE(hwy::TargetName(target));
     ScopedTarget scoped(target);
-    check_fp8_products();
-    if (HasFatalFailure()) return;
+    for (bool every_code : {true, false}) {
+      check_fp8_products(every_code);
+      if (HasFatalFailure()) return;
+    }
   }
 }
 
 TEST(Fp8Kernels, ThreadsAndGroupsGiveTheSameBits) {
-  const QuantMatrix w = random_fp8_matrix(300, 256, 9);
+  const QuantMatrix w = random_fp8_matrix(300, 256, 9, /*every_code=*/false);
   for (int64_t M : {1, 12, 70}) {
     std::vector<float> x(M * 256);
     std::mt19937 rng(3);
@@ -191,6 +199,38 @@ TEST(Fp8Kernels, ThreadsAndGroupsGiveTheSameBits) {
     set_num_threads(1);
     EXPECT_EQ(one, two) << "M=" << M;
     EXPECT_EQ(one, group) << "M=" << M;
+  }
+}
+
+// Decode rows (M below the GEMM's threshold) give each activation row the bits it gets alone, as
+// speculative verification and batched decode need (tests/test_batched_decode.cpp). Row 2 holds
+// one activation of 3e5 (x * scale beyond the GFNI kernel's range: that row alone takes the f16
+// route there), and stays within the reference's bound.
+TEST(Fp8Kernels, EachDecodeRowHasTheBitsOfTheRowAlone) {
+  for (bool every_code : {true, false}) {
+    const QuantMatrix w = random_fp8_matrix(200, 300, 5, every_code);
+    const int64_t M = std::min<int64_t>(7, cpu::kGemmMinRowsFP8 - 1);
+    std::vector<float> x(M * 300), all(M * 200), alone(200), want(M * 200), w_row(300);
+    std::mt19937 rng(4);
+    for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+    x[2 * 300 + 17] = 3e5f;
+    cpu::quant_linear_forward(all.data(), x.data(), w, M);
+    for (int64_t m = 0; m < M; m++) {
+      cpu::quant_linear_forward(alone.data(), x.data() + m * 300, w, 1);
+      EXPECT_TRUE(std::equal(alone.begin(), alone.end(), all.begin() + m * 200))
+          << "row " << m << " every_code=" << every_code;
+    }
+    ref::quant_linear_forward(want.data(), x.data(), w, M);
+    for (int64_t n = 0; n < 200; n++) {
+      dequantize_matrix_row(w, n, w_row.data());
+      for (int64_t m = 0; m < M; m++) {
+        double abs_xw = 0;
+        for (int64_t k = 0; k < 300; k++) abs_xw += std::abs(double{x[m * 300 + k]} * w_row[k]);
+        ASSERT_LE(std::abs(double{all[m * 200 + n]} - want[m * 200 + n]),
+                  allowed_error(1, 300, abs_xw))
+            << "m=" << m << " n=" << n;
+      }
+    }
   }
 }
 

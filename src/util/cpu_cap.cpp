@@ -28,11 +28,15 @@ bool cpu_has_avx512() {
 }
 bool cpu_has_avx512_bf16() { return __builtin_cpu_supports("avx512bf16"); }
 bool cpu_has_avx512_vnni() { return __builtin_cpu_supports("avx512vnni"); }
+bool cpu_has_avx512_gfni() {
+  return __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx512vbmi");
+}
 #else
 bool cpu_has_avx2() { return false; }
 bool cpu_has_avx512() { return false; }
 bool cpu_has_avx512_bf16() { return false; }
 bool cpu_has_avx512_vnni() { return false; }
+bool cpu_has_avx512_gfni() { return false; }
 #endif
 
 }  // namespace
@@ -73,6 +77,11 @@ bool cpu_allows_avx512_bf16() {
 
 bool cpu_allows_avx512_vnni() {
   static const bool allowed = cpu_allows_avx512() && cpu_has_avx512_vnni();
+  return allowed;
+}
+
+bool cpu_allows_avx512_gfni() {
+  static const bool allowed = cpu_allows_avx512() && cpu_has_avx512_gfni();
   return allowed;
 }
 

@@ -19,5 +19,6 @@ bool cpu_allows_avx2();         // AVX2 + FMA (x86-64-v3)
 bool cpu_allows_avx512();       // AVX-512 F/BW/CD/DQ/VL (x86-64-v4)
 bool cpu_allows_avx512_bf16();  // and AVX512-BF16
 bool cpu_allows_avx512_vnni();  // and AVX512-VNNI
+bool cpu_allows_avx512_gfni();  // and GFNI + AVX512-VBMI (512-bit vgf2p8affineqb, vpermb)
 
 }  // namespace dsmoe

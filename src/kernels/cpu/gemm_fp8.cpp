@@ -32,6 +32,7 @@
 #include "kernels/cpu/quant_acts.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
+#include "util/cpu_cap.h"
 
 #ifndef DSMOE_KERNELS_CPU_GEMM_FP8_SHARED_
 #define DSMOE_KERNELS_CPU_GEMM_FP8_SHARED_
@@ -55,6 +56,11 @@ constexpr int64_t kPrefetchBytes = 4096;
 #endif  // DSMOE_KERNELS_CPU_GEMM_FP8_SHARED_
 
 HWY_BEFORE_NAMESPACE();
+#if HWY_TARGET == HWY_AVX3_DL
+// GFNI for gemm_fp8_gfni-inl.h (Highway 1.0.3's AVX3_DL target string lacks it; every CPU of
+// that target has it, and RowsFp8 checks at run time before it takes that kernel).
+HWY_PUSH_ATTRIBUTES("gfni")
+#endif
 namespace dsmoe::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
@@ -144,8 +150,9 @@ HWY_INLINE void DotRow(const float* HWY_RESTRICT x, int64_t K, const uint8_t* HW
     out[r * out_stride] = hn::GetLane(hn::SumOfLanes(df, total[r])) + tail_total[r];
 }
 
-void RowsFp8(const float* HWY_RESTRICT x, int64_t M, const QuantMatrix& w, float* HWY_RESTRICT out,
-             int64_t n_begin, int64_t n_end) {
+// Rows [n_begin, n_end) of out[M, w.rows] through DotRow.
+void RowsFp8F16(const float* HWY_RESTRICT x, int64_t M, const QuantMatrix& w,
+                float* HWY_RESTRICT out, int64_t n_begin, int64_t n_end) {
   const int64_t N = w.rows, K = w.cols;
   for (int64_t n = n_begin; n < n_end; n++) {
     const auto* row = static_cast<const uint8_t*>(w.row(n));
@@ -172,6 +179,29 @@ void RowsFp8(const float* HWY_RESTRICT x, int64_t M, const QuantMatrix& w, float
   static_assert(detail::kMaxRowsPerPass == 4);
 }
 
+#if HWY_TARGET == HWY_AVX3_DL
+// RowsFp8Gfni, in this target's namespace.
+#include "kernels/cpu/gemm_fp8_gfni-inl.h"
+#endif
+
+void RowsFp8(const float* HWY_RESTRICT x, int64_t M, const QuantMatrix& w, float* HWY_RESTRICT out,
+             int64_t n_begin, int64_t n_end) {
+#if HWY_TARGET == HWY_AVX3_DL
+  static const bool has_gfni = cpu_allows_avx512_gfni();
+  if (has_gfni) return RowsFp8Gfni(x, M, w, out, n_begin, n_end);
+#endif
+  RowsFp8F16(x, M, w, out, n_begin, n_end);
+}
+
+// Whether RowsFp8 takes RowsFp8Gfni on this CPU (in the target that dispatch chose).
+bool RowsAreGfni() {
+#if HWY_TARGET == HWY_AVX3_DL
+  return cpu_allows_avx512_gfni();
+#else
+  return false;
+#endif
+}
+
 // rows x cols e4m3 bytes (row stride `stride`) -> bf16 bits of e4m3 * 2^-8 [rows, cols], exact
 // (4 significant bits; the smallest, 2^-17, is a normal bf16, which vdpbf16ps does not flush).
 void E4m3BlockToBf16(const uint8_t* HWY_RESTRICT w, int64_t stride, int64_t rows, int64_t cols,
@@ -194,12 +224,16 @@ void E4m3BlockToBf16(const uint8_t* HWY_RESTRICT w, int64_t stride, int64_t rows
 
 }  // namespace HWY_NAMESPACE
 }  // namespace dsmoe::cpu
+#if HWY_TARGET == HWY_AVX3_DL
+HWY_POP_ATTRIBUTES
+#endif
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace dsmoe::cpu {
 
 HWY_EXPORT(RowsFp8);
+HWY_EXPORT(RowsAreGfni);
 HWY_EXPORT(E4m3BlockToBf16);
 namespace {
 // DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
@@ -264,6 +298,8 @@ void fp8_rows(const float* x, int64_t M, const QuantMatrix& w, float* out, int64
               int64_t n_end) {
   HWY_DYNAMIC_DISPATCH(RowsFp8)(x, M, w, out, n_begin, n_end);
 }
+
+bool fp8_rows_gfni() { return HWY_DYNAMIC_DISPATCH(RowsAreGfni)(); }
 
 void gemm_fp8(float* out, const float* x, int64_t M, const QuantMatrix& w) {
   const int64_t N = w.rows, K = w.cols;

@@ -12,14 +12,27 @@
 namespace dsmoe::cpu {
 
 // Rows [n_begin, n_end) of out[M, w.rows] (row stride w.rows) = x[M, w.cols] . dequant(w)^T,
-// w in kFP8 (the caller guarantees it). Each e4m3 byte becomes the float32 e4m3 * 2^-8 exactly
-// (f16 bits ((b & 0x80) << 8) | ((b & 0x7F) << 7), subnormals included; the NaN codes are read as
-// 480, so loading rejects them: fp8_first_nan), the products with x are summed in float32 per
-// 128-column block, and each block's sum is multiplied by its scale * 2^8 and added in float32.
-// Against float32 on the expanded weights (e4m3 * scale rounded once) only the order of the sums
-// and that one rounding differ. One thread: callers split the rows.
+// w in kFP8 (the caller guarantees it). Each e4m3 byte becomes a float32 exactly, subnormals
+// included (the NaN codes are read as 480, so loading rejects them: fp8_first_nan).
+//  * AVX-512 with GFNI and VBMI (fp8_rows_gfni(); kernels/cpu/gemm_fp8_gfni-inl.h): the byte's
+//    bits spread into a float32 e4m3 * 2^-120 by one vgf2p8affineqb and a vpermb per 16
+//    weights (a 64-byte chunk with a zero or a subnormal through the f16 route below); the
+//    activations times their column block's scale (and 2^96) once per 128 weight rows; the
+//    products summed in float32 over the whole row. Against the expanded weights: the order of
+//    the sums and one more rounding per product (x * scale).
+//  * Elsewhere: the f16 bits ((b & 0x80) << 8) | ((b & 0x7F) << 7) widened by vcvtph2ps (e4m3 *
+//    2^-8), the products with x summed in float32 per 128-column block, each block's sum times
+//    its scale * 2^8 added in float32: only the order of the sums and the one rounding of the
+//    expanded weight differ.
+// Each activation row's bits do not depend on M or on the rows' split. One thread: callers split
+// the rows.
 void fp8_rows(const float* x, int64_t M, const QuantMatrix& w, float* out, int64_t n_begin,
               int64_t n_end);
+
+// Whether fp8_rows takes the GFNI kernel here (the CPU and DSMOE_MAX_ISA allow it). It then
+// beats gemm_fp8 at every M (on [1408, 2048], 2 threads, Sapphire Rapids: 3.4 vs 5.2 ms at
+// M = 64, 26 vs 44 ms at 512), so that quant_linear_forward takes it for any M.
+bool fp8_rows_gfni();
 
 // out[M, w.rows] = x[M, w.cols] . dequant(w)^T for many activation rows (prefill): per block of
 // 128 weight rows and 128 columns, the e4m3 values (exact in bf16) times the activations on the
@@ -30,6 +43,7 @@ void fp8_rows(const float* x, int64_t M, const QuantMatrix& w, float* out, int64
 // 27% of their range against the expanded float32 model (routing decisions flip), with hi + lo
 // by 7e-6 (tests/test_fp8.cpp). Parallel over the blocks of rows (the result does not depend on
 // the thread count). Where the CPU lacks the fast bf16 GEMM, the row kernels above, in parallel.
+// (quant_linear_forward calls it from kGemmMinRowsFP8 rows unless fp8_rows_gfni().)
 void gemm_fp8(float* out, const float* x, int64_t M, const QuantMatrix& w);
 
 }  // namespace dsmoe::cpu
