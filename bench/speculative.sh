@@ -5,13 +5,14 @@
 #   2. makes the corpus: the C++ sources and the Markdown files of this repository, concatenated
 #      (byte-level tokens);
 #   3. trains bench/configs/train-mtp-wide.json (V3-style, 2 dense layers of hidden 768 and MLP
-#      8192 plus one MoE MTP module, 48 M parameters) with `dsmoe train --precision bf16`;
+#      8192 plus one MoE MTP module, 48 M parameters; CONFIG=bench/configs/train-mtp2-wide.json:
+#      two MTP modules, draft k by module k) with `dsmoe train --precision bf16`;
 #   4. runs `dsmoe bench --speculative mtp --weights bf16` for K = 1, 2, 3 drafts (greedy,
 #      plain and speculative decoding alternating in the same run) and prints the table
 #      (acceptance, tokens per main forward, tokens/s, speed-up, greedy identical, and where a
 #      verification step's time goes), also written to $SPEC_DIR/results.md.
 # About 10-15 minutes on 2 busy cores (training ~8-9 of them), a few on idle ones.
-# Environment: SPEC_DIR (default bench/out/speculative), STEPS (default 250), TRAIN_THREADS
+# Environment: SPEC_DIR (default bench/out/speculative), CONFIG, STEPS (default 250), TRAIN_THREADS
 # (default: all cores), THREADS (decode threads, default 1: one core's read bandwidth, the
 # least disturbed by other work), PROMPT (default 32), DECODE (default 128), REPS (default 3),
 # SPEC_SKIP_TRAIN=1 (bench the model already in $SPEC_DIR/model).
@@ -24,7 +25,7 @@ threads=${THREADS:-1}
 prompt=${PROMPT:-32}
 decode=${DECODE:-128}
 reps=${REPS:-3}
-config=bench/configs/train-mtp-wide.json
+config=${CONFIG:-bench/configs/train-mtp-wide.json}
 # (no OMP_WAIT_POLICY: dsmoe spins briefly on idle cores and sleeps on busy ones, util/threads.h)
 mkdir -p "$out"
 
@@ -47,9 +48,9 @@ for k in 1 2 3; do
     >"$out/bench_k$k.json"
 done
 
-python3 - "$out" "$steps" <<'EOF'
+python3 - "$out" "$steps" "$config" <<'EOF'
 import json, os, platform, subprocess, sys, time
-out, steps = sys.argv[1], sys.argv[2]
+out, steps, config = sys.argv[1], sys.argv[2], sys.argv[3]
 def cpu_model():
     for line in open('/proc/cpuinfo'):
         if line.startswith('model name'):
@@ -59,8 +60,8 @@ metrics = [json.loads(l) for l in open(os.path.join(out, 'model', 'metrics.jsonl
 seconds = open(os.path.join(out, 'train_seconds')).read().strip() \
     if os.path.exists(os.path.join(out, 'train_seconds')) else '?'
 lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, "
-         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; training: {steps} "
-         f"steps in {seconds} s, final loss {metrics[-1]['loss']:.3f}", '',
+         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {config}: {steps} "
+         f"training steps in {seconds} s, final loss {metrics[-1]['loss']:.3f}", '',
          '| K | acceptance | tokens per main forward | speculative tokens/s | plain tokens/s '
          '| speed-up | greedy identical | draft / verify / other ms per step | plain ms per token |',
          '|---|---|---|---|---|---|---|---|---|']

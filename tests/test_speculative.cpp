@@ -4,6 +4,7 @@
 // Q8_0 with 1-3 drafts, and speculative sampling against plain sampling by chi-square tests.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -11,10 +12,12 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/mtp.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "runtime/bench.h"
 #include "runtime/generate.h"
+#include "runtime/kv_cache.h"
 #include "runtime/speculative.h"
 #include "tensor/random.h"
 #include "test_util.h"
@@ -155,6 +158,39 @@ TEST(Speculative, StopsAtEosAndCountsForwards) {
   const auto plain = generate(with_eos, {cycle[0], cycle[1], cycle[2]}, options);
   EXPECT_EQ(generate_speculative(with_eos, {cycle[0], cycle[1], cycle[2]}, options, 3), plain);
   EXPECT_EQ(plain.size(), 7u);
+}
+
+// Draft k comes from MTP module k as in training: module k reads module k - 1's output and draft
+// k - 1. The drafts of the first step (greedy) against the argmax of each module's logits at the
+// same row in the training forward (model/mtp.h, uncached) over the prompt, the first new token
+// and the drafts.
+TEST(Speculative, DraftKIsModuleKsPrediction) {
+  for (int n_steps : {0, 5}) {
+    const Model model = trained_model(3, n_steps);
+    const ModelConfig& c = model.config();
+    const std::vector<int64_t> prompt = {3, 9, 1, 22, 7, 40};
+    for (int64_t K : {2, 3, 4}) {
+      SpeculativeStats stats;
+      const auto spec = generate_speculative(model, prompt, greedy(8), K, &stats);
+      ASSERT_EQ(static_cast<int64_t>(stats.first_step_drafts.size()), K);
+      const auto P = static_cast<int64_t>(prompt.size());
+      std::vector<int64_t> ids(spec.begin(), spec.begin() + P + 1);  // prompt, first new token
+      ids.insert(ids.end(), stats.first_step_drafts.begin(), stats.first_step_drafts.end() - 1);
+      const auto T = static_cast<int64_t>(ids.size());
+      KvCache cache(c, T);
+      ForwardRecord record;
+      record.keep_last_hidden = true;
+      model.forward_cached(ids.data(), T, cache.view(), &record);
+      std::vector<MtpActs> acts;
+      mtp_forward(c, model.weights(), ids.data(), 1, T, record.last_hidden.data, acts, nullptr);
+      for (int64_t k = 1; k <= std::min<int64_t>(K, 3); k++) {
+        const float* row = acts[k - 1].logits.data() + (P - 1) * c.vocab_size;
+        const auto argmax = std::max_element(row, row + c.vocab_size) - row;
+        EXPECT_EQ(stats.first_step_drafts[k - 1], argmax)
+            << "draft " << k << " of " << K << ", " << n_steps << " training steps";
+      }
+    }
+  }
 }
 
 // dsmoe bench --speculative mtp's measurement on the trained model (random prompt: the model

@@ -11,58 +11,86 @@
 namespace dsmoe {
 namespace {
 
-// The first MTP module's state. Its row i (RoPE position i, as in training) reads the main
-// stack's last hidden state at position i and token i + 1; rows below view.n_past are final,
-// `pending` holds the main hidden states of the rows from view.n_past on that the next catch-up
-// reads. Rows past the known tokens are drafts, overwritten by the next catch-up.
+// The MTP modules' state (DeepSeek-V3 sec. 2.2): module d (depth d = 1 .. D) at row i reads
+// h^{d-1}_i (the main stack's last hidden state for d = 1, module d - 1's output otherwise) and
+// token t_{i+d}, and predicts t_{i+d+1}. With tokens known through m (the newest, not yet in the
+// main cache), draft j <= D is module j's prediction at row m - 1; its row reads the drafts
+// before it as tokens. Module d's rows below its n_past are final (their tokens known: i + d <=
+// m); `inputs` holds h^{d-1} of the rows from n_past on that the next catch-up reads (module 1:
+// main hidden states, added as the main model verifies; module d >= 2: the one final row of
+// module d - 1 past its own final rows, then that module's new outputs). Drafts past D chain the
+// last module on its own output, one row further per draft; such rows are provisional.
 class Drafter {
  public:
-  Drafter(const Model& model, int64_t capacity)
-      : model_(model),
-        hidden_(model.config().hidden_size),
-        storage_(static_cast<size_t>(capacity * model.config().kv_cache_row()), 0.0f) {
-    view_.layers = {storage_.data()};
-    view_.capacity = capacity;
+  Drafter(const Model& model, int64_t capacity, int64_t depths)
+      : model_(model), hidden_(model.config().hidden_size), modules_(depths) {
+    for (Module& module : modules_) {
+      module.storage.assign(static_cast<size_t>(capacity * model.config().kv_cache_row()), 0.0f);
+      module.view.layers = {module.storage.data()};
+      module.view.capacity = capacity;
+    }
   }
+
+  int64_t depths() const { return static_cast<int64_t>(modules_.size()); }
 
   // New main hidden states [n, H] for the positions after those already pending.
   void add_hidden(const float* rows, int64_t n) {
-    pending_.insert(pending_.end(), rows, rows + n * hidden_);
+    std::vector<float>& inputs = modules_[0].inputs;
+    inputs.insert(inputs.end(), rows, rows + n * hidden_);
   }
 
-  // Runs the pending rows (positions n_past .. m - 1, tokens[n_past + 1 .. m]); returns the
-  // logits of row m - 1 (the draft of token m + 1) and keeps its output for further drafts.
-  Tensor catch_up(const std::vector<int64_t>& tokens, int64_t m) {
-    const int64_t n = m - view_.n_past;
-    DSMOE_ASSERT(n >= 1 && static_cast<int64_t>(pending_.size()) == n * hidden_);
+  // Runs module d (1-based) over its rows from n_past to m - 1, the token of row i being
+  // t_{i+d} (known_tokens through m, then the drafts of this step: known_tokens[m + j] is draft
+  // j); returns the logits of row m - 1 (draft d's distribution). Its outputs become module d +
+  // 1's inputs; afterwards rows up to m - d are final.
+  Tensor draft_at_depth(const std::vector<int64_t>& known_tokens, int64_t m, int64_t d) {
+    Module& module = modules_[d - 1];
+    const int64_t first = module.view.n_past, n = m - first;
+    DSMOE_ASSERT(n >= 1 && static_cast<int64_t>(module.inputs.size()) == n * hidden_);
+    std::vector<int64_t> ids(known_tokens.begin() + first + d, known_tokens.begin() + m + d);
     std::vector<float> h_out(n * hidden_);
-    Tensor logits = model_.mtp_forward_cached(0, pending_.data(), tokens.data() + view_.n_past + 1,
-                                              n, view_, h_out.data());
-    view_.n_past = m;
+    Tensor logits = model_.mtp_forward_cached(d - 1, module.inputs.data(), ids.data(), n,
+                                              module.view, h_out.data());
+    const int64_t final_end = std::max(first, m - d + 1);  // rows < final_end are final
+    if (d < depths()) {
+      std::vector<float>& next = modules_[d].inputs;  // rows from module d + 1's n_past on
+      next.insert(next.end(), h_out.begin(), h_out.end());
+    }
+    // Keep the inputs of the rows from final_end on that stay valid: module 1's (main hidden
+    // states) all; a deeper module's only where the module before it is final (one row).
+    const int64_t keep_end = d == 1 ? m : modules_[d - 2].view.n_past;
+    module.inputs.erase(module.inputs.begin(),
+                        module.inputs.begin() + (final_end - first) * hidden_);
+    module.inputs.resize(static_cast<size_t>((keep_end - final_end) * hidden_));
+    module.view.n_past = final_end;
     last_.assign(h_out.end() - hidden_, h_out.end());
-    pending_.clear();
     return logits;
   }
 
-  // Draft j >= 2: the module again at position m + j - 2 on its own last output and the draft
-  // before; the row is provisional (n_past stays at m).
-  Tensor draft_further(int64_t token, int64_t j) {
-    const int64_t m = view_.n_past;
-    view_.n_past = m + j - 2;
+  // Draft j > D: the last module again, on its own last output and the draft before, at row
+  // m + j - D - 1 (provisional: its n_past does not move).
+  Tensor draft_further(int64_t m, int64_t token, int64_t j) {
+    Module& module = modules_.back();
+    const int64_t final_end = module.view.n_past;
+    module.view.n_past = m + j - depths() - 1;
     std::vector<float> h_out(hidden_);
-    Tensor logits = model_.mtp_forward_cached(0, last_.data(), &token, 1, view_, h_out.data());
-    view_.n_past = m;
+    Tensor logits =
+        model_.mtp_forward_cached(depths() - 1, last_.data(), &token, 1, module.view, h_out.data());
+    module.view.n_past = final_end;
     last_ = std::move(h_out);
     return logits;
   }
 
  private:
+  struct Module {
+    std::vector<float> storage;  // (capacity, kv_cache_row) the module's one layer
+    KvCacheView view;
+    std::vector<float> inputs;  // (rows, H) h^{d-1} of rows n_past ..
+  };
   const Model& model_;
   int64_t hidden_;
-  std::vector<float> storage_;  // (capacity, kv_cache_row) the module's one layer
-  KvCacheView view_;
-  std::vector<float> pending_;  // (rows, H)
-  std::vector<float> last_;     // (H) the last row's output
+  std::vector<Module> modules_;
+  std::vector<float> last_;  // (H) the last module run's output at its last row
 };
 
 // Whether the verifier keeps draft d: greedy, when it is the verifier's own choice; sampling,
@@ -100,7 +128,8 @@ std::vector<int64_t> generate_speculative(const Model& model, const std::vector<
   const auto P = static_cast<int64_t>(prompt.size());
   const int64_t capacity = P + std::max<int64_t>(options.max_new_tokens, 1) + draft_tokens + 1;
   KvCache cache(c, capacity);
-  Drafter drafter(model, capacity);
+  const auto n_modules = static_cast<int64_t>(model.weights().mtp.size());
+  Drafter drafter(model, capacity, std::min(n_modules, draft_tokens));
   Rng rng(options.sampling.seed);
   SpeculativeStats local;
   local.generate.prompt_tokens = P;
@@ -132,15 +161,25 @@ std::vector<int64_t> generate_speculative(const Model& model, const std::vector<
     const int64_t K = std::min(draft_tokens, std::max<int64_t>(left - 1, 1));
     step_ids.assign(1, tokens[m]);
     Timer part;
-    Tensor draft_logits = drafter.catch_up(tokens, m);
-    for (int64_t j = 1; j <= K; j++) {
-      if (j > 1) draft_logits = drafter.draft_further(step_ids.back(), j);
+    // Every module runs each step (its rows stay caught up), even where fewer drafts are left
+    // than modules; drafts past the modules chain the last one.
+    std::vector<int64_t>& known = tokens;  // tokens through m, then this step's drafts
+    const int64_t n_drafts = std::max(K, drafter.depths());
+    for (int64_t j = 1; j <= n_drafts; j++) {
+      const Tensor draft_logits = j <= drafter.depths()
+                                      ? drafter.draft_at_depth(known, m, j)
+                                      : drafter.draft_further(m, step_ids.back(), j);
       sampling_distribution(draft_logits.data, V, options.sampling, q[j - 1]);
       const int64_t draft = options.sampling.temperature == 0.0f
                                 ? sample_token(draft_logits.data, V, options.sampling, rng)
                                 : sample_from(q[j - 1], rng);
       step_ids.push_back(draft);
+      known.push_back(draft);
     }
+    known.resize(static_cast<size_t>(m + 1));
+    if (local.main_forwards == 0)
+      local.first_step_drafts.assign(step_ids.begin() + 1, step_ids.end());
+    step_ids.resize(static_cast<size_t>(K + 1));
     local.draft_seconds += part.seconds();
     part.reset();
     // One main forward over the newest token and the drafts, every row's logits (each as
