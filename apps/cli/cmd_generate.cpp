@@ -147,7 +147,8 @@ Command add_generate(CLI::App& app) {
       "weight format for inference: auto (default: fp8 for an FP8 checkpoint, else f32), f32, "
       "bf16, q8_0, q4_0, fp8");
   app.add_option("--speculative", args->speculative,
-                 "mtp: draft with the model's own MTP module and verify with one forward")
+                 "mtp: draft with the model's own MTP modules (draft k by module k) and verify "
+                 "with one forward")
       ->check(CLI::IsMember({"mtp"}));
   app.add_option("--draft-tokens", args->draft_tokens,
                  "tokens drafted per main-model forward with --speculative (default 1)")
