@@ -494,6 +494,27 @@ TEST(Train, MetricsHaveOneLinePerStep) {
   }
 }
 
+// A model with MTP modules: each line has the losses of its depths (metrics.jsonl "mtp_loss").
+TEST(Train, MetricsHaveTheMtpLossPerDepth) {
+  TempDir dir;
+  TrainConfig tc = setup(dir, {{"num_nextn_predict_layers", 2}}, 3);
+  train(tc);
+  const std::vector<json> lines = read_metrics(tc.out_dir + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  for (const json& line : lines) {
+    SCOPED_TRACE(line.dump());
+    ASSERT_TRUE(line.contains("mtp_loss") && line["mtp_loss"].is_array());
+    const std::vector<double> mtp = line["mtp_loss"].get<std::vector<double>>();
+    ASSERT_EQ(mtp.size(), 2u);
+    for (double l : mtp) EXPECT_TRUE(std::isfinite(l) && l > 0.0) << l;
+  }
+  // Without MTP modules the key is absent.
+  TempDir plain_dir;
+  TrainConfig plain = setup(plain_dir, json::object(), 1);
+  train(plain);
+  EXPECT_FALSE(read_metrics(plain.out_dir + "/metrics.jsonl")[0].contains("mtp_loss"));
+}
+
 TEST(LearningRate, WarmupThenCosine) {
   LrSchedule s;
   s.max_lr = 1e-3f;

@@ -78,12 +78,16 @@ double TrainParallel::grad_norm(const ModelConfig& c, ModelWeights& grads) const
   return std::sqrt(replicated + experts);
 }
 
-void TrainParallel::reduce_stats(double& loss, double& aux_loss, int64_t& n_dropped,
+void TrainParallel::reduce_stats(double& loss, double& aux_loss, std::vector<double>& mtp_loss,
+                                 int64_t& n_dropped,
                                  std::map<int64_t, std::vector<int64_t>>& loads) const {
   if (!active()) return;
-  double losses[2] = {loss, aux_loss};
-  comm_.allreduce_sum(losses, 2);
-  loss = losses[0] / size(), aux_loss = losses[1] / size();
+  std::vector<double> losses = {loss, aux_loss};  // then the MTP depths (as many on every rank)
+  losses.insert(losses.end(), mtp_loss.begin(), mtp_loss.end());
+  comm_.allreduce_sum(losses.data(), static_cast<int64_t>(losses.size()));
+  for (double& l : losses) l /= size();
+  loss = losses[0], aux_loss = losses[1];
+  std::copy(losses.begin() + 2, losses.end(), mtp_loss.begin());
   comm_.allreduce_sum(&n_dropped, 1);
   for (auto& [layer, load] : loads)
     comm_.allreduce_sum(load.data(), static_cast<int64_t>(load.size()));

@@ -48,8 +48,8 @@ class TrainParallel {
   // ranks of each rank's experts.
   double grad_norm(const ModelConfig& config, ModelWeights& grads) const;
   // Means over the ranks of the step's losses; sums of the expert loads.
-  void reduce_stats(double& loss, double& aux_loss, int64_t& n_dropped,
-                    std::map<int64_t, std::vector<int64_t>>& loads) const;
+  void reduce_stats(double& loss, double& aux_loss, std::vector<double>& mtp_loss,
+                    int64_t& n_dropped, std::map<int64_t, std::vector<int64_t>>& loads) const;
   // Copies every rank's experts into rank 0's weights and moments (before it saves).
   void gather_experts(const ModelConfig& config, ModelWeights& weights, AdamWState& adam) const;
 

@@ -206,6 +206,9 @@ double train(const TrainConfig& tc) {
                                                  tc.seq_len, grads, acts, options);
       total.loss += s.loss / tc.grad_accum;
       total.aux_loss += s.aux_loss / tc.grad_accum;
+      total.mtp_loss.resize(s.mtp_loss.size(), 0.0);
+      for (size_t k = 0; k < s.mtp_loss.size(); k++)
+        total.mtp_loss[k] += s.mtp_loss[k] / tc.grad_accum;
       total.n_dropped += s.n_dropped;
       for (const auto& [layer, load] : s.expert_load) {
         auto& sum = loads[layer];
@@ -214,7 +217,7 @@ double train(const TrainConfig& tc) {
       }
     }
     parallel.reduce_gradients(config, grads);
-    parallel.reduce_stats(total.loss, total.aux_loss, total.n_dropped, loads);
+    parallel.reduce_stats(total.loss, total.aux_loss, total.mtp_loss, total.n_dropped, loads);
     if (tc.grad_accum > 1) scale_grads(config, grads, 1.0f / tc.grad_accum);
     if (failpoints.nan_loss.contains(state.step + 1)) total.loss = NAN;
     if (failpoints.nan_grad.contains(state.step + 1)) grads.embed_tokens.data[0] = NAN;
@@ -263,6 +266,7 @@ double train(const TrainConfig& tc) {
                            {"skipped_steps", state.skipped_steps},
                            {"expert_load", load_json}};
     if (!bias_json.empty()) line["expert_bias"] = bias_json;
+    if (!total.mtp_loss.empty()) line["mtp_loss"] = total.mtp_loss;  // L_k, k = 1..D
     if (tc.analytics_every > 0 && (state.step + 1) % tc.analytics_every == 0)
       line["expert_tokens"] = routing_analytics(config, acts, ids);  // (rank 0's share)
     std::string traffic;
