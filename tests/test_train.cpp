@@ -497,9 +497,8 @@ TEST(Train, MetricsHaveOneLinePerStep) {
 // A model with MTP modules: each line has the losses of its depths (metrics.jsonl "mtp_loss").
 TEST(Train, MetricsHaveTheMtpLossPerDepth) {
   TempDir dir;
-  TrainConfig tc = setup(dir, {{"num_nextn_predict_layers", 2}}, 3);
-  train(tc);
-  const std::vector<json> lines = read_metrics(tc.out_dir + "/metrics.jsonl");
+  train(setup(dir, {{"num_nextn_predict_layers", 2}}, 3));
+  const std::vector<json> lines = read_metrics(dir / "run/metrics.jsonl");
   ASSERT_EQ(lines.size(), 3u);
   for (const json& line : lines) {
     SCOPED_TRACE(line.dump());
@@ -510,9 +509,8 @@ TEST(Train, MetricsHaveTheMtpLossPerDepth) {
   }
   // Without MTP modules the key is absent.
   TempDir plain_dir;
-  TrainConfig plain = setup(plain_dir, json::object(), 1);
-  train(plain);
-  EXPECT_FALSE(read_metrics(plain.out_dir + "/metrics.jsonl")[0].contains("mtp_loss"));
+  train(setup(plain_dir, json::object(), 1));
+  EXPECT_FALSE(read_metrics(plain_dir / "run/metrics.jsonl")[0].contains("mtp_loss"));
 }
 
 TEST(LearningRate, WarmupThenCosine) {

@@ -89,12 +89,10 @@ HWY_INLINE void E4m3ToF32Gfni(const uint8_t* HWY_RESTRICT p, const gfni::Constan
   w1 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi8(gfni::kPlaced, c.place_hi, bytes));
 }
 
-// out[r * out_stride] = x[r] . w for kRows rows of scaled activations xs[r] (row stride K, see
-// above) and one weight row of e4m3 bytes w[K].
-// One activation row's sums (RowSums' members): four over the fast route's lanes, one over the
-// exact f16 route's (a chunk with a zero or a subnormal, the tail), one scalar. DotRowGfni holds
-// them in named variables and passes references to these always-inlined helpers: in a struct or
-// an array (over 136 bytes) GCC keeps them on the stack and the kernel runs 1.7x slower.
+// One activation row's sums: four over the fast route's lanes, one over the exact f16 route's (a
+// chunk with a zero or a subnormal, the tail). DotRowGfni holds them in named variables and
+// passes references to these always-inlined helpers: in a struct or an array (over 136 bytes)
+// GCC kept them on the stack, and the kernel ran 1.7x slower.
 
 // The exact f16 route for the 64 weights at w and one row of activations x.
 HWY_INLINE void ExactChunk(const float* HWY_RESTRICT x, const uint8_t* HWY_RESTRICT w,
@@ -116,9 +114,9 @@ HWY_INLINE void FastChunk(const float* HWY_RESTRICT x, __m512 w0, __m512 w1, __m
   fast3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + 48), fast3);
 }
 
-// A row's sums after the last whole chunk at k: x . w over [k, K) through the exact route,
-// without the scalar tail (ScalarTail: it calls f16_to_f32, and sums live across a call end up
-// on the stack for the whole kernel, 1.6x slower).
+// A row's sums after the last whole chunk at k: x . w over [k, K) through the exact route, but
+// the scalar tail (Total: it calls f16_to_f32, and vector sums live across a call end up on the
+// stack for the whole kernel, 1.6x slower).
 struct RowTotals {
   float fast, exact;
 };
@@ -154,8 +152,8 @@ HWY_NOINLINE void DotRowGfni(const float* HWY_RESTRICT xs, int64_t K, const uint
   __m512 b0 = zero, b1 = zero, b2 = zero, b3 = zero, b_exact = zero;  // row 1
   __m512 c0 = zero, c1 = zero, c2 = zero, c3 = zero, c_exact = zero;  // row 2
   const float* xa = xs;
-  const float* xb = xs + K;
-  const float* xc = xs + 2 * K;
+  const float* xb = kRows >= 2 ? xs + K : xs;
+  const float* xc = kRows >= 3 ? xs + 2 * K : xs;
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
     _mm_prefetch(reinterpret_cast<const char*>(w + k) + detail::kPrefetchBytes, _MM_HINT_T1);
