@@ -27,8 +27,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/isa_dispatch.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_acts.h"
 #include "kernels/quant.h"
 #include "tensor/dtype.h"
@@ -202,24 +202,24 @@ bool RowsAreGfni() {
 #endif
 }
 
-// rows x cols e4m3 bytes (row stride `stride`) -> bf16 bits of e4m3 * 2^-8 [rows, cols], exact
-// (4 significant bits; the smallest, 2^-17, is a normal bf16, which vdpbf16ps does not flush).
-void E4m3BlockToBf16(const uint8_t* HWY_RESTRICT w, int64_t stride, int64_t rows, int64_t cols,
-                     uint16_t* HWY_RESTRICT dst) {
+// rows x cols e4m3 bytes (row stride `stride`, the block row's scales[cols / kFp8Block]) ->
+// float32 e4m3 * scale [rows, cols]: the expanded weights (e4m3 * 2^-8 exact, times scale * 2^8,
+// rounded once).
+void E4m3BlockToF32(const uint8_t* HWY_RESTRICT w, int64_t stride, int64_t rows, int64_t cols,
+                    const float* HWY_RESTRICT scales, float* HWY_RESTRICT dst) {
   const hn::ScalableTag<float> df;
-  const hn::RebindToSigned<decltype(df)> di32;
-  const hn::Rebind<uint16_t, decltype(df)> du16;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  for (int64_t r = 0; r < rows; r++) {
-    const uint8_t* src = w + r * stride;
-    uint16_t* d = dst + r * cols;
-    int64_t k = 0;
-    for (; k + L <= cols; k += L) {  // the top half of the float32 (nothing below is set)
-      const auto high = hn::ShiftRight<16>(hn::BitCast(di32, E4m3ToF32(df, src + k)));
-      hn::StoreU(hn::DemoteTo(du16, hn::And(high, hn::Set(di32, 0xFFFF))), du16, d + k);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t k0 = 0; k0 < cols; k0 += kFp8Block) {
+      const int64_t k1 = std::min(k0 + kFp8Block, cols);
+      const float factor = scales[k0 / kFp8Block] * detail::kScaleBack;
+      const auto f = hn::Set(df, factor);
+      const uint8_t* src = w + r * stride;
+      float* d = dst + r * cols;
+      int64_t k = k0;
+      for (; k + L <= k1; k += L) hn::StoreU(hn::Mul(E4m3ToF32(df, src + k), f), df, d + k);
+      for (; k < k1; k++) d[k] = detail::e4m3_scaled(src[k]) * factor;
     }
-    for (; k < cols; k++) d[k] = f32_to_bf16(detail::e4m3_scaled(src[k]));
-  }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -234,63 +234,13 @@ namespace dsmoe::cpu {
 
 HWY_EXPORT(RowsFp8);
 HWY_EXPORT(RowsAreGfni);
-HWY_EXPORT(E4m3BlockToBf16);
+HWY_EXPORT(E4m3BlockToF32);
 namespace {
 // DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
 [[maybe_unused]] const int64_t kIsaCapApplied = apply_isa_cap();
 
 // Enough multiply-adds to be worth waking the OpenMP team.
 constexpr int64_t kMinParallelWork = int64_t{1} << 16;
-
-// The row kernels over all rows of w, split evenly between the threads.
-void rows_parallel(float* out, const float* x, int64_t M, const QuantMatrix& w) {
-  const int64_t N = w.rows;
-#pragma omp parallel if (M * N * w.cols >= kMinParallelWork)
-  {
-    const int64_t n_threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t begin = N * t / n_threads, end = N * (t + 1) / n_threads;
-    if (begin < end) fp8_rows(x, M, w, out, begin, end);
-  }
-}
-
-// x[M, K] as its column blocks, block kb at dst + 2M * kb * kFp8Block, each [2M, kc] row-major:
-// the bf16 hi parts of the rows, then their lo parts.
-void split_column_blocks(const float* x, int64_t M, int64_t K, float* dst) {
-  for (int64_t k0 = 0; k0 < K; k0 += kFp8Block) {
-    const int64_t kc = std::min(kFp8Block, K - k0);
-    float* block = dst + 2 * M * k0;
-    for (int64_t m = 0; m < M; m++)
-      split_bf16_hi_lo(x + m * K + k0, kc, block + m * kc, block + (M + m) * kc);
-  }
-}
-
-// Rows [r0, r0 + nr) of out (one block of scale rows): per column block, the bf16 GEMM of the
-// activations (hi and lo parts as 2M rows) with the block's e4m3 values, scaled into out.
-void gemm_rows_block(float* out, const float* x_blocks, int64_t M, const QuantMatrix& w, int64_t r0,
-                     int64_t nr) {
-  const int64_t N = w.rows, K = w.cols, rows_a = 2 * M;
-  thread_local std::vector<uint16_t> w_bf16;  // [nr, kc]
-  thread_local std::vector<float> part;       // [rows_a, nr]
-  w_bf16.resize(static_cast<size_t>(kFp8Block * kFp8Block));
-  part.resize(static_cast<size_t>(rows_a * nr));
-  const float* scales = w.row_block_scales(r0);
-  const auto* bytes = static_cast<const uint8_t*>(w.row(r0));
-  for (int64_t k0 = 0; k0 < K; k0 += kFp8Block) {
-    const int64_t kc = std::min(kFp8Block, K - k0);
-    HWY_DYNAMIC_DISPATCH(E4m3BlockToBf16)(bytes + k0, K, nr, kc, w_bf16.data());
-    gemm_bf16_weights(part.data(), x_blocks + rows_a * k0, rows_a, w_bf16.data(), nr, kc, kc);
-    const float scale = scales[k0 / kFp8Block] * gemm_fp8_detail::kScaleBack;
-    for (int64_t m = 0; m < M; m++) {
-      float* o = out + m * N + r0;
-      const float* p = part.data() + m * nr;
-      const float* p_lo = part.data() + (M + m) * nr;
-      for (int64_t j = 0; j < nr; j++) {
-        const float sum = p[j] + p_lo[j];
-        o[j] = k0 == 0 ? scale * sum : o[j] + scale * sum;
-      }
-    }
-  }
-}
 
 }  // namespace
 
@@ -304,18 +254,17 @@ bool fp8_rows_gfni() { return HWY_DYNAMIC_DISPATCH(RowsAreGfni)(); }
 void gemm_fp8(float* out, const float* x, int64_t M, const QuantMatrix& w) {
   const int64_t N = w.rows, K = w.cols;
   if (M <= 0 || N <= 0) return;
-  if (!gemm_bf16_native()) return rows_parallel(out, x, M, w);
-  thread_local std::vector<float> x_blocks_kept;  // (read in the region through the pointer)
-  x_blocks_kept.resize(static_cast<size_t>(2 * M * K));
-  const float* x_blocks = x_blocks_kept.data();
-  split_column_blocks(x, M, K, x_blocks_kept.data());
   const int64_t n_row_blocks = fp8_blocks(N);
-  // Threads take whole blocks of rows; the GEMM inside runs on the calling thread (a nested
-  // parallel region is a team of one).
+  // Threads take whole blocks of rows; BLAS inside runs on the calling thread (in a parallel
+  // region OpenBLAS does not start threads of its own).
 #pragma omp parallel for schedule(static) if (M * N * K >= kMinParallelWork)
   for (int64_t rb = 0; rb < n_row_blocks; rb++) {
-    const int64_t r0 = rb * kFp8Block;
-    gemm_rows_block(out, x_blocks, M, w, r0, std::min(kFp8Block, N - r0));
+    const int64_t r0 = rb * kFp8Block, nr = std::min(kFp8Block, N - r0);
+    thread_local std::vector<float> expanded;  // [nr, K]
+    expanded.resize(static_cast<size_t>(nr * K));
+    HWY_DYNAMIC_DISPATCH(E4m3BlockToF32)
+    (static_cast<const uint8_t*>(w.row(r0)), K, nr, K, w.row_block_scales(r0), expanded.data());
+    gemm(false, true, M, nr, K, 1.0f, x, K, expanded.data(), K, 0.0f, out + r0, N);
   }
 }
 

@@ -1,7 +1,7 @@
 // gemm_fp8.h (cpu): products of float32 activations with FP8 weights as DeepSeek-V3 ships them
 // (kernels/quant.h, WeightFormat::kFP8: e4m3 bytes, one float32 scale per 128 x 128 block),
 // computed on the bytes as stored: the row kernels (decode) convert e4m3 to float32 in registers,
-// the GEMM (prefill) converts one block at a time to bf16 for cpu::gemm_bf16_weights. Highway,
+// the GEMM (prefill) expands 128 rows at a time to float32 for BLAS. Highway,
 // dispatched at run time (AVX-512 and AVX2 copies among others). Tests in tests/test_fp8.cpp.
 // No SIMD types here.
 #pragma once
@@ -29,21 +29,16 @@ namespace dsmoe::cpu {
 void fp8_rows(const float* x, int64_t M, const QuantMatrix& w, float* out, int64_t n_begin,
               int64_t n_end);
 
-// Whether fp8_rows takes the GFNI kernel here (the CPU and DSMOE_MAX_ISA allow it). It then
-// beats gemm_fp8 at every M (on [1408, 2048], 2 threads, Sapphire Rapids: 3.4 vs 5.2 ms at
-// M = 64, 26 vs 44 ms at 512), so that quant_linear_forward takes it for any M.
+// Whether fp8_rows takes the GFNI kernel here (the CPU and DSMOE_MAX_ISA allow it): then
+// quant_linear_forward takes gemm_fp8 from more rows (quant_ops.h).
 bool fp8_rows_gfni();
 
 // out[M, w.rows] = x[M, w.cols] . dequant(w)^T for many activation rows (prefill): per block of
-// 128 weight rows and 128 columns, the e4m3 values (exact in bf16) times the activations on the
-// bf16 GEMM (cpu::gemm_bf16_weights: products exact, sums float32), the block's result times its
-// scale added in float32. The activations go in as bf16 hi + lo parts (16 significant bits, as
-// the bf16 format's row kernels take them), for every M: rounded to bf16 once instead (as the
-// bf16 format does from 32 rows), a 40-token prompt of the FP8 v3-tiny model moved its logits by
-// 27% of their range against the expanded float32 model (routing decisions flip), with hi + lo
-// by 7e-6 (tests/test_fp8.cpp). Parallel over the blocks of rows (the result does not depend on
-// the thread count). Where the CPU lacks the fast bf16 GEMM, the row kernels above, in parallel.
-// (quant_linear_forward calls it from kGemmMinRowsFP8 rows unless fp8_rows_gfni().)
+// 128 weight rows, the weights expanded to float32 (e4m3 * scale rounded once: the float32 model
+// of the checkpoint, exactly) and the float32 GEMM (cpu::gemm, BLAS) of the block, the threads
+// over the blocks (the result does not depend on the thread count). On [1408, 2048], 2 threads,
+// Sapphire Rapids: 1.83 ms at M = 48 against 2.42 for the GFNI row kernels, 13.5 against 25.3
+// at 512; the bf16 GEMM on hi + lo activations it replaced took 3.9 / 40.5.
 void gemm_fp8(float* out, const float* x, int64_t M, const QuantMatrix& w);
 
 }  // namespace dsmoe::cpu

@@ -462,7 +462,7 @@ static bool use_gemm(const QuantMatrix& w, int64_t M) {
     case WeightFormat::kQ4_0:
       return M >= kGemmMinRowsQuant;
     case WeightFormat::kFP8:
-      return M >= kGemmMinRowsFP8 && !fp8_rows_gfni();
+      return M >= (fp8_rows_gfni() ? kGemmMinRowsFP8Gfni : kGemmMinRowsFP8);
     case WeightFormat::kF32:
       return false;
   }

@@ -23,8 +23,9 @@ namespace dsmoe::cpu {
 //          summed exactly in int32, and scale_w * scale_x * sum is accumulated in float32 (the
 //          same in the VNNI GEMM, M >= 2, up to the order of the float32 sums).
 //  * fp8:  float32 activations times the e4m3 weights converted in registers, float32 sums
-//          (cpu::fp8_rows); from kGemmMinRowsFP8 rows the bf16 GEMM per block (cpu::gemm_fp8),
-//          except where fp8_rows has its GFNI kernel, faster at every M.
+//          (cpu::fp8_rows); from kGemmMinRowsFP8 rows (kGemmMinRowsFP8Gfni where fp8_rows has
+//          its GFNI kernel) the float32 GEMM on the weights expanded per 128 rows
+//          (cpu::gemm_fp8).
 void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, int64_t M);
 // Activation rows from which quant_linear_forward takes the GEMMs. bf16: from 8 rows the GEMM on
 // the activations' bf16 hi and lo parts as 2M rows (the row kernels' 16-bit activations, so
@@ -34,12 +35,13 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
 constexpr int64_t kGemmMinRowsBF16 = 8;
 constexpr int64_t kGemmSinglePassMinRowsBF16 = 32;
 constexpr int64_t kGemmMinRowsQuant = 2;
-// fp8 (cpu::gemm_fp8): the row kernels (without GFNI) convert each weight once per 4 activation
-// rows; the bf16 GEMM converts it once per call but runs on 2M rows (hi + lo) and packs per
-// 128 x 128 block. Measured on [1408, 2048] (2 threads, loaded machine): rows 1.7 / 4.9 / 29 ms
-// at M = 12 / 32 / 128, the GEMM 6.6 / 9.6 / 27 ms: the GEMM from 64 rows. (With GFNI the rows
-// always: cpu::fp8_rows_gfni.)
-constexpr int64_t kGemmMinRowsFP8 = 64;
+// fp8 (cpu::gemm_fp8): the GEMM expands each weight once per call (128 rows at a time) and runs
+// BLAS; the row kernels convert it once per 3-4 activation rows. Measured on [1408, 2048] (2
+// threads, idle Sapphire Rapids, ms): GFNI rows 1.59 / 2.42 / 3.10 at M = 32 / 48 / 64, the
+// GEMM 1.64 / 1.83 / 2.22; the f16-route rows (no GFNI) about 1.5x the GFNI ones, the GEMM at M
+// = 16 / 24 1.10 / 1.27.
+constexpr int64_t kGemmMinRowsFP8 = 16;
+constexpr int64_t kGemmMinRowsFP8Gfni = 40;
 // The row kernels above alone, for any M (the GEMMs' fallback, and their tests' baseline).
 void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& w, int64_t M);
 
