@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "hwy/targets.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
@@ -283,11 +284,14 @@ double product_bound(WeightFormat f, const float* x, const float* w, int64_t K) 
 
 // The activations [M, K] as the kernel rounds them: to bf16 hi + lo parts for bf16 weights (16
 // significant bits) in the row kernels and two-pass GEMMs, to bf16 in the single-pass GEMM
-// (M >= kGemmSinglePassMinRowsBF16), to Q8_0
+// (M >= kGemmSinglePassMinRowsBF16), not at all where the GEMMs run on float32
+// (cpu::bf16_products_prefer_f32), to Q8_0
 // blocks for the block formats (both conversions are tested above), unchanged for f32.
 std::vector<float> rounded_activations(WeightFormat f, const std::vector<float>& x, int64_t M) {
   const int64_t n = static_cast<int64_t>(x.size());
   std::vector<float> y(x);
+  if (f == WeightFormat::kBF16 && M >= cpu::kGemmMinRowsBF16 && cpu::bf16_products_prefer_f32())
+    return y;
   if (f == WeightFormat::kBF16 && M >= cpu::kGemmSinglePassMinRowsBF16) {
     std::vector<uint16_t> bits(n);
     convert_row_f32_to_bf16(x.data(), bits.data(), n);

@@ -40,4 +40,20 @@ void gemm_bf16_weights(float* out, const float* x, int64_t M, const uint16_t* w,
 void gemm_bf16_panels(float* out, const float* x, int64_t M, const uint16_t* panels, int64_t N,
                       int64_t K);
 
+// Whether bf16-weight products run faster on float32 FMAs than on vdpbf16ps: where the CPU lacks
+// AVX512-BF16, or where its vdpbf16ps does not reach 1.25x the multiply-adds of its FMAs
+// (measured once, ~2 ms: on Sapphire Rapids it reaches half). Zen 4 / Zen 5: false. Then
+// quant_linear_forward takes the panel row kernels (float32 FMAs, up to 7 rows per weight load)
+// for every M instead of the bf16 GEMM (on [1408, 2048], 2 threads, Sapphire Rapids: 0.23 vs
+// 0.56 ms at M = 8, 2.5 vs 3.7 at 128, 10.6 vs 14.7 at 512), and gemm_bf16_expanded where the
+// weights are not panels.
+bool bf16_products_prefer_f32();
+
+// out[M, N] = x[M, K] . w^T for bf16 weights w [N, K] stored row after row (row stride w_stride):
+// 64 rows at a time expanded to float32 (exact) and multiplied by BLAS sgemm with the float32
+// activations (no rounding to bf16), the threads over the blocks. On [1408, 2048], 2 threads:
+// 1.33x the bf16 GEMM at M = 128, 1.57x at 512 (Sapphire Rapids).
+void gemm_bf16_expanded(float* out, const float* x, int64_t M, const uint16_t* w, int64_t N,
+                        int64_t K, int64_t w_stride);
+
 }  // namespace dsmoe::cpu

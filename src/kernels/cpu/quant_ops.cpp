@@ -456,8 +456,8 @@ static int acts_family(const QuantMatrix& w) {
 
 static bool use_gemm(const QuantMatrix& w, int64_t M) {
   switch (w.format) {
-    case WeightFormat::kBF16:
-      return M >= kGemmMinRowsBF16;
+    case WeightFormat::kBF16:  // (panels on float32 FMAs: the row kernels beat the GEMMs)
+      return M >= kGemmMinRowsBF16 && !(w.panels && bf16_products_prefer_f32());
     case WeightFormat::kQ8_0:
     case WeightFormat::kQ4_0:
       return M >= kGemmMinRowsQuant;
@@ -476,6 +476,7 @@ void quant_linear_forward(float* out, const float* inp, const QuantMatrix& w, in
   } else if (w.format == WeightFormat::kBF16) {
     const auto* weights = reinterpret_cast<const uint16_t*>(w.data.data());
     const int64_t N = w.rows, K = w.cols, stride = w.row_bytes / sizeof(uint16_t);
+    if (bf16_products_prefer_f32()) return gemm_bf16_expanded(out, inp, M, weights, N, K, stride);
     auto gemm = [&](float* y, const float* x, int64_t rows) {
       if (w.panels)
         gemm_bf16_panels(y, x, rows, weights, N, K);
