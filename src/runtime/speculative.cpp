@@ -40,14 +40,17 @@ class Drafter {
   }
 
   // Runs module d (1-based) over its rows from n_past to m - 1, the token of row i being
-  // t_{i+d} (known_tokens through m, then the drafts of this step: known_tokens[m + j] is draft
-  // j); returns the logits of row m - 1 (draft d's distribution). Its outputs become module d +
-  // 1's inputs; afterwards rows up to m - d are final.
-  Tensor draft_at_depth(const std::vector<int64_t>& known_tokens, int64_t m, int64_t d) {
+  // t_{i+d}: tokens[i + d] through m, then this step's drafts (step_ids[j] is draft j, step_ids[0]
+  // = tokens[m]); returns the logits of row m - 1 (draft d's distribution). Its outputs become
+  // module d + 1's inputs; afterwards rows up to m - d are final.
+  Tensor draft_at_depth(const std::vector<int64_t>& tokens, const std::vector<int64_t>& step_ids,
+                        int64_t m, int64_t d) {
     Module& module = modules_[d - 1];
     const int64_t first = module.view.n_past, n = m - first;
     DSMOE_ASSERT(n >= 1 && static_cast<int64_t>(module.inputs.size()) == n * hidden_);
-    std::vector<int64_t> ids(known_tokens.begin() + first + d, known_tokens.begin() + m + d);
+    std::vector<int64_t> ids(n);
+    for (int64_t i = first; i < m; i++)
+      ids[i - first] = i + d <= m ? tokens[i + d] : step_ids[i + d - m];
     std::vector<float> h_out(n * hidden_);
     Tensor logits = model_.mtp_forward_cached(d - 1, module.inputs.data(), ids.data(), n,
                                               module.view, h_out.data());
@@ -163,23 +166,20 @@ std::vector<int64_t> generate_speculative(const Model& model, const std::vector<
     Timer part;
     // Every module runs each step (its rows stay caught up), even where fewer drafts are left
     // than modules; drafts past the modules chain the last one.
-    std::vector<int64_t>& known = tokens;  // tokens through m, then this step's drafts
     const int64_t n_drafts = std::max(K, drafter.depths());
     for (int64_t j = 1; j <= n_drafts; j++) {
       const Tensor draft_logits = j <= drafter.depths()
-                                      ? drafter.draft_at_depth(known, m, j)
+                                      ? drafter.draft_at_depth(tokens, step_ids, m, j)
                                       : drafter.draft_further(m, step_ids.back(), j);
       sampling_distribution(draft_logits.data, V, options.sampling, q[j - 1]);
       const int64_t draft = options.sampling.temperature == 0.0f
                                 ? sample_token(draft_logits.data, V, options.sampling, rng)
                                 : sample_from(q[j - 1], rng);
       step_ids.push_back(draft);
-      known.push_back(draft);
     }
-    known.resize(static_cast<size_t>(m + 1));
+    step_ids.resize(static_cast<size_t>(K + 1));
     if (local.main_forwards == 0)
       local.first_step_drafts.assign(step_ids.begin() + 1, step_ids.end());
-    step_ids.resize(static_cast<size_t>(K + 1));
     local.draft_seconds += part.seconds();
     part.reset();
     // One main forward over the newest token and the drafts, every row's logits (each as
