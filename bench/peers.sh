@@ -26,13 +26,18 @@
 #      per-pair ratios dsmoe / llama.cpp with their spread (min-max), the bandwidth probes, the CPU
 #      family, the load average and the date; also to $PEERS_DIR/table.md.
 # Raw results stay in $PEERS_DIR/runs/<format>/pair<i>/ (llama-bench and dsmoe JSON).
+# ik_llama.cpp, the issue's anchor, is built by hand (this repository holds no script that builds
+# it; bench/README.md, "Peers", says how): with PEERS_IK_BENCH=/path/to/its/llama-bench each pair
+# runs it too, after mainline (A B C A B C ..), with $PEERS_IK_ARGS ("-mla 3 -fmoe 1 -fa 1"),
+# decode as its -gp $PROMPT,$DECODE (tg$DECODE after a $PROMPT-token prompt), and the table gets
+# its columns and the ratios dsmoe / ik_llama.cpp.
 # Environment: PEERS_DIR (bench/out/peers), PEERS_CONFIG (bench/configs/infer-lite8.json),
 # PEERS_DTYPE (checkpoint dtype: bf16 for infer-lite8 as bench/run.sh writes it, f32 otherwise),
 # PEERS_FORMATS ("bf16 q8_0 q4_0"), PEERS_PAIRS (3), PROMPT (512), DECODE (128), THREADS (all
 # cores), PEERS_JOBS (build jobs, 2), PEERS_CHECK_TOKENS (16), PEERS_MIN_COS (0.9999),
 # PEERS_MIN_COS_BF16 (0.999), PEERS_MIN_COS_QUANT (0.998), PEERS_REFERENCE (see 4),
 # PEERS_SKIP_SETUP=1 / PEERS_SKIP_BUILD=1 (use what is installed / build/release as it is),
-# PEERS_SKIP_BENCH=1 (stop after the same-model check), PEERS_KEEP=1 (keep the checkpoint and the
+# PEERS_SKIP_BENCH=1 (stop after the same-model check), PEERS_IK_BENCH, PEERS_IK_ARGS, PEERS_KEEP=1 (keep the checkpoint and the
 # GGUF files). Numbers mean something only on an idle machine: the load average is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +55,8 @@ min_cos_bf16=${PEERS_MIN_COS_BF16:-0.999}  # llama.cpp rounds the activations to
 min_cos_quant=${PEERS_MIN_COS_QUANT:-0.998}
 npm_package=node-llama-cpp@3.22.1
 llama_commit=de3ff815ea7d559ee917f063901b8986f038abc6
+ik_bench=${PEERS_IK_BENCH:-}
+read -r -a ik_args <<<"${PEERS_IK_ARGS:--mla 3 -fmoe 1 -fa 1}"
 dsmoe=$PWD/build/release/dsmoe
 py=/usr/bin/python3
 unset OPENBLAS_CORETYPE  # both engines get the kernels a fresh machine picks (bench/run.sh)
@@ -155,7 +162,7 @@ fi
 for f in $formats; do same_model "$name $f" "$model" "$model-$f.gguf" "$f" "$reference"; done
 [ "${PEERS_SKIP_BENCH:-0}" = 1 ] && exit 0
 
-say "5. Alternating pairs: llama-bench, dsmoe bench ($pairs pairs per format, $threads threads)"
+say "5. Alternating pairs: llama-bench${ik_bench:+, ik_llama.cpp (llama-bench)}, dsmoe bench ($pairs pairs per format, $threads threads)"
 probe() {  # the read-bandwidth probe of dsmoe bench, alone (the tiny fixture's model work is ~0)
   "$dsmoe" bench --model tests/data/v3-tiny/model --prompt 1 --decode 0 --reps 1 \
     --peak-size small --threads "$threads" --json 2>/dev/null >"$1"
@@ -170,6 +177,12 @@ for f in $formats; do
       >"$run/llama_pp.json" 2>"$run/llama.log"
     "$llama_bench" -m "$model-$f.gguf" -t "$threads" -p 0 -n "$decode" -d "$prompt" -r 1 -o json \
       >"$run/llama_tg.json" 2>>"$run/llama.log"
+    if [ -n "$ik_bench" ]; then
+      "$ik_bench" -m "$model-$f.gguf" -t "$threads" -p "$prompt" -n 0 -r 1 "${ik_args[@]}" -o json \
+        >"$run/ik_pp.json" 2>"$run/ik.log"
+      "$ik_bench" -m "$model-$f.gguf" -t "$threads" -p 0 -n 0 -gp "$prompt,$decode" -r 1 \
+        "${ik_args[@]}" -o json >"$run/ik_tg.json" 2>>"$run/ik.log"
+    fi
     "$dsmoe" bench --model "$model" --weights "$f" --prompt "$prompt" --decode "$decode" \
       --reps 1 --threads "$threads" --no-roofline --json >"$run/dsmoe.json" 2>"$run/dsmoe.log"
     probe "$run/bw_after.json"

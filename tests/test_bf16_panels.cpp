@@ -81,7 +81,8 @@ TEST(Bf16Panels, LayoutHoldsTheRowsElements) {
                     sliced);
     EXPECT_EQ(sliced.data, panels.data) << d.rows << " x " << d.cols;
   }
-  EXPECT_THROW(make_quant_matrix(4, 32, WeightFormat::kQ8_0, true), Error);
+  EXPECT_THROW(make_quant_matrix(4, 32, WeightFormat::kFP8, true), Error);
+  EXPECT_THROW(make_quant_matrix(4, 32, WeightFormat::kF32, true), Error);
 }
 
 TEST(Bf16Panels, GemmGivesTheBitsOfTheRowGemm) {

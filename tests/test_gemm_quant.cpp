@@ -1,5 +1,7 @@
 // Tests for cpu::gemm_quant (kernels/cpu/gemm_quant.h), the VNNI Q8_0 / Q4_0 matrix product for
-// prefill, against a scalar model of its semantics and against cpu::quant_linear_forward.
+// prefill, against a scalar model of its semantics and against cpu::quant_linear_forward, on
+// weights in rows and in block panels (QuantMatrix::panels; tests/test_block_panels.cpp has the
+// layout's own tests).
 //
 // The scalar model quantizes the activations with quantize_block_q8_0 as the kernels do (NaN
 // scale for a block that fails), takes exact integer block sums and accumulates
@@ -53,11 +55,15 @@ std::vector<float> varied_matrix(std::mt19937& rng, int64_t rows, int64_t cols) 
 }
 
 // The weights of block b of row n as integers (q for Q8_0, nibble - 8 for Q4_0) and its scale
-// (QuantMatrix rows: the scales first, then the quants; see row_scales in kernels/quant.h).
+// (QuantMatrix rows: the scales first, then the quants; see row_scales in kernels/quant.h; block
+// panels are read through panel_row_to_split).
 float weight_block(const QuantMatrix& w, int64_t n, int64_t b, int32_t* values) {
   const int64_t nb = w.cols / kQuantBlock;
-  const float scale = f16_to_f32(row_scales(w.row(n))[b]);
-  const uint8_t* q = row_quants(w.row(n), nb) + b * quant_bytes_per_block(w.format);
+  std::vector<uint8_t> split(w.panels ? w.row_bytes : 0);
+  if (w.panels) panel_row_to_split(w, n, split.data());
+  const void* row = w.panels ? static_cast<const void*>(split.data()) : w.row(n);
+  const float scale = f16_to_f32(row_scales(row)[b]);
+  const uint8_t* q = row_quants(row, nb) + b * quant_bytes_per_block(w.format);
   if (w.format == WeightFormat::kQ8_0) {
     for (int64_t i = 0; i < kQuantBlock; i++) values[i] = static_cast<int8_t>(q[i]);
     return scale;
@@ -144,13 +150,24 @@ constexpr Shape kShapes[] = {{1, 1, 32},      {2, 15, 64}, {3, 16, 96},     {5, 
                              {130, 33, 1024}, {13, 1, 64}, {12, 16, 32},    {25, 100, 64},
                              {130, 17, 96}};
 
-class GemmQuantFormats : public testing::TestWithParam<WeightFormat> {};
+// A weight format in rows or in block panels (QuantMatrix::panels).
+struct Layout {
+  WeightFormat format;
+  bool panels;
+};
+
+class GemmQuantFormats : public testing::TestWithParam<Layout> {
+ protected:
+  WeightFormat format() const { return GetParam().format; }
+  QuantMatrix weights(const std::vector<float>& w, int64_t rows, int64_t cols) const {
+    return quantize_matrix(w.data(), rows, cols, GetParam().format, GetParam().panels);
+  }
+};
 
 TEST_P(GemmQuantFormats, MatchesTheScalarModelAndQuantLinear) {
   std::mt19937 rng(1);
   for (const Shape& s : kShapes) {
-    const QuantMatrix w =
-        quantize_matrix(varied_matrix(rng, s.N, s.K).data(), s.N, s.K, GetParam());
+    const QuantMatrix w = weights(varied_matrix(rng, s.N, s.K), s.N, s.K);
     const std::vector<float> x = varied_matrix(rng, s.M, s.K);
     check_product(x, s.M, w, fmt::format("M={} N={} K={}", s.M, s.N, s.K));
     if (HasFatalFailure()) return;
@@ -189,7 +206,7 @@ TEST_P(GemmQuantFormats, OneBlockIsExact) {
   add_row({8e6f, -1.0f});                                               // scale 62992, in range
   add_row({8.4e6f, 1.0f});                                              // scale past f16: NaN
   const int64_t M = static_cast<int64_t>(x.size()) / K;
-  const QuantMatrix w = quantize_matrix(varied_matrix(rng, N, K).data(), N, K, GetParam());
+  const QuantMatrix w = weights(varied_matrix(rng, N, K), N, K);
   const Reference ref = reference(x.data(), M, w);
   std::vector<float> got(M * N);
   cpu::gemm_quant(got.data(), x.data(), M, w);
@@ -205,28 +222,34 @@ TEST_P(GemmQuantFormats, OneBlockIsExact) {
 
 // Every quant byte set to `byte` (all -127 / 127 for Q8_0, all nibbles 0 / 15 for Q4_0) and
 // every block scale to `scale_f16`.
-QuantMatrix uniform_matrix(WeightFormat format, int64_t rows, int64_t cols, uint8_t byte,
-                           uint16_t scale_f16) {
-  QuantMatrix w;
-  w.format = format;
-  w.rows = rows;
-  w.cols = cols;
-  w.row_bytes = weight_row_bytes(format, cols);
-  w.data.assign(rows * w.row_bytes, byte);
+QuantMatrix uniform_matrix(WeightFormat format, bool panels, int64_t rows, int64_t cols,
+                           uint8_t byte, uint16_t scale_f16) {
+  QuantMatrix w = make_quant_matrix(rows, cols, format, panels);
+  std::fill(w.data.begin(), w.data.end(), byte);
+  const int64_t nb = cols / kQuantBlock;
+  if (panels) {  // every scale slot of every panel (rows past the end too: never stored)
+    for (int64_t p = 0; p * kBlockPanelRows < rows; p++)
+      for (int64_t b = 0; b < nb; b++)
+        for (int64_t lane = 0; lane < kBlockPanelRows; lane++)
+          std::memcpy(&w.data[p * block_panel_bytes(format, cols) +
+                              block_panel_scales_at(format, b) + 2 * lane],
+                      &scale_f16, sizeof(scale_f16));
+    return w;
+  }
   for (int64_t r = 0; r < rows; r++)  // the scales lead each row
-    for (int64_t b = 0; b < cols / kQuantBlock; b++)
+    for (int64_t b = 0; b < nb; b++)
       std::memcpy(&w.data[r * w.row_bytes + b * sizeof(uint16_t)], &scale_f16, sizeof(scale_f16));
   return w;
 }
 
 TEST_P(GemmQuantFormats, ExtremeValuesStayExact) {
   const int64_t M = 13, N = 33, K = 2080;
-  const bool q8 = GetParam() == WeightFormat::kQ8_0;
+  const bool q8 = format() == WeightFormat::kQ8_0;
   // Q8_0: 0x81 = -127 and 0x7F = 127; Q4_0: 0x00 = nibbles 0 (-8), 0xFF = nibbles 15 (7).
   // Scales -0.5 (f16 0xB800) and the largest f16, 65504 (0x7BFF).
   for (uint8_t byte : q8 ? std::vector<uint8_t>{0x81, 0x7F} : std::vector<uint8_t>{0x00, 0xFF})
     for (uint16_t scale : {uint16_t{0xB800}, uint16_t{0x7BFF}}) {
-      const QuantMatrix w = uniform_matrix(GetParam(), N, K, byte, scale);
+      const QuantMatrix w = uniform_matrix(format(), GetParam().panels, N, K, byte, scale);
       // Activations at +-1e6 (the largest Q8_0 block is ~8e6): every quantized value is +-127.
       std::vector<float> x(M * K);
       for (int64_t i = 0; i < M * K; i++) x[i] = (i / K) % 2 ? 1e6f : -1e6f;
@@ -238,7 +261,7 @@ TEST_P(GemmQuantFormats, ExtremeValuesStayExact) {
 TEST_P(GemmQuantFormats, NonFiniteActivationBlocksGiveNaN) {
   std::mt19937 rng(2);
   const int64_t M = 20, N = 40, K = 128;
-  const QuantMatrix w = quantize_matrix(varied_matrix(rng, N, K).data(), N, K, GetParam());
+  const QuantMatrix w = weights(varied_matrix(rng, N, K), N, K);
   std::vector<float> x = varied_matrix(rng, M, K);
   x[3 * K + 70] = std::numeric_limits<float>::quiet_NaN();
   x[14 * K + 1] = std::numeric_limits<float>::infinity();
@@ -256,8 +279,7 @@ TEST_P(GemmQuantFormats, OneAndTwoThreadsAgreeBitwise) {
   std::mt19937 rng(3);
   // Many panels (split between threads), one panel (the rows split), and a ragged mix.
   for (const Shape& s : {Shape{48, 100, 1024}, Shape{130, 16, 256}, Shape{37, 33, 2080}}) {
-    const QuantMatrix w =
-        quantize_matrix(varied_matrix(rng, s.N, s.K).data(), s.N, s.K, GetParam());
+    const QuantMatrix w = weights(varied_matrix(rng, s.N, s.K), s.N, s.K);
     const std::vector<float> x = varied_matrix(rng, s.M, s.K);
     std::vector<float> one(s.M * s.N), two(s.M * s.N);
     set_num_threads(1);
@@ -275,7 +297,7 @@ TEST_P(GemmQuantFormats, OneAndTwoThreadsAgreeBitwise) {
 TEST_P(GemmQuantFormats, FallsBackWithoutVNNI) {
   std::mt19937 rng(4);
   const int64_t M = 9, N = 20, K = 96;
-  const QuantMatrix w = quantize_matrix(varied_matrix(rng, N, K).data(), N, K, GetParam());
+  const QuantMatrix w = weights(varied_matrix(rng, N, K), N, K);
   const std::vector<float> x = varied_matrix(rng, M, K);
   for (int64_t target : {int64_t{HWY_AVX3}, int64_t{HWY_AVX2}}) {
     if (!(cpu::supported_targets() & target)) continue;
@@ -291,9 +313,13 @@ TEST_P(GemmQuantFormats, FallsBackWithoutVNNI) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, GemmQuantFormats,
-                         testing::Values(WeightFormat::kQ8_0, WeightFormat::kQ4_0),
-                         [](const testing::TestParamInfo<WeightFormat>& info) {
-                           return std::string(weight_format_name(info.param));
+                         testing::Values(Layout{WeightFormat::kQ8_0, false},
+                                         Layout{WeightFormat::kQ4_0, false},
+                                         Layout{WeightFormat::kQ8_0, true},
+                                         Layout{WeightFormat::kQ4_0, true}),
+                         [](const testing::TestParamInfo<Layout>& info) {
+                           return std::string(weight_format_name(info.param.format)) +
+                                  (info.param.panels ? "_panels" : "");
                          });
 
 // ---------------------------------------------------------------------------------------------

@@ -279,8 +279,9 @@ void join_blocks(WeightFormat format, const void* row, int64_t n_blocks, void* b
 
 QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, bool panels) {
   DSMOE_CHECK(rows >= 0, "quantize_matrix: negative row count {}", rows);
-  DSMOE_CHECK(!panels || format == WeightFormat::kBF16,
-              "quantize_matrix: the panel layout is for bf16 weights, not {}",
+  const bool block_format = format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0;
+  DSMOE_CHECK(!panels || format == WeightFormat::kBF16 || block_format,
+              "quantize_matrix: the panel layouts are for bf16, q8_0 and q4_0 weights, not {}",
               weight_format_name(format));
   QuantMatrix m;
   m.format = format;
@@ -291,8 +292,12 @@ QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, b
   if (format == WeightFormat::kFP8)
     m.block_scales.resize(static_cast<size_t>(fp8_blocks(rows) * fp8_blocks(cols)));
   const int64_t groups = (rows + kPanelGroupRows - 1) / kPanelGroupRows;
-  m.data.resize(panels ? static_cast<size_t>(groups * (cols + 1) / 2 * kPanelGroupRows) * 4
-                       : static_cast<size_t>(rows) * m.row_bytes);
+  const int64_t block_panels = (rows + kBlockPanelRows - 1) / kBlockPanelRows;
+  if (panels && block_format)
+    m.data.resize(static_cast<size_t>(block_panels * block_panel_bytes(format, cols)));
+  else
+    m.data.resize(panels ? static_cast<size_t>(groups * (cols + 1) / 2 * kPanelGroupRows) * 4
+                         : static_cast<size_t>(rows) * m.row_bytes);
   return m;
 }
 
@@ -306,6 +311,43 @@ void quantize_split_row(void (*quantize_row)(const float*, Block*, int64_t), con
   blocks.resize(static_cast<size_t>(cols / kQuantBlock));
   quantize_row(src, blocks.data(), cols);
   split_row(blocks.data(), cols / kQuantBlock, static_cast<uint8_t*>(dst));
+}
+
+// Row r of a block-panel matrix (quant.h) from / into its llama.cpp blocks.
+template <class Block>
+void put_panel_row(const Block* blocks, int64_t r, QuantMatrix& m) {
+  constexpr int64_t kQuants = sizeof(Block::q);
+  uint8_t* panel = m.data.data() + r / kBlockPanelRows * block_panel_bytes(m.format, m.cols);
+  const int64_t lane = r % kBlockPanelRows;
+  for (int64_t b = 0; b < m.cols / kQuantBlock; b++) {
+    std::memcpy(panel + block_panel_scales_at(m.format, b) + 2 * lane, &blocks[b].scale_f16, 2);
+    uint8_t* quants = panel + block_panel_quants_at(m.format, b);
+    for (int64_t j = 0; j < kQuants / 4; j++)
+      std::memcpy(quants + 4 * (kBlockPanelRows * j + lane), blocks[b].q + 4 * j, 4);
+  }
+}
+
+template <class Block>
+void get_panel_row(const QuantMatrix& m, int64_t r, Block* blocks) {
+  constexpr int64_t kQuants = sizeof(Block::q);
+  const uint8_t* panel = m.panel(r / kBlockPanelRows);
+  const int64_t lane = r % kBlockPanelRows;
+  for (int64_t b = 0; b < m.cols / kQuantBlock; b++) {
+    std::memcpy(&blocks[b].scale_f16, panel + block_panel_scales_at(m.format, b) + 2 * lane, 2);
+    const uint8_t* quants = panel + block_panel_quants_at(m.format, b);
+    for (int64_t j = 0; j < kQuants / 4; j++)
+      std::memcpy(blocks[b].q + 4 * j, quants + 4 * (kBlockPanelRows * j + lane), 4);
+  }
+}
+
+// One row quantized to llama.cpp blocks, stored in a block-panel matrix.
+template <class Block>
+void quantize_panel_row(void (*quantize_row)(const float*, Block*, int64_t), const float* src,
+                        int64_t r, QuantMatrix& m) {
+  thread_local std::vector<Block> blocks;
+  blocks.resize(static_cast<size_t>(m.cols / kQuantBlock));
+  quantize_row(src, blocks.data(), m.cols);
+  put_panel_row(blocks.data(), r, m);
 }
 
 // quantize_rows for a panel matrix: the 64-row groups the rows fall in, in parallel.
@@ -393,7 +435,8 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
               m.rows);
   const int64_t cols = m.cols;
   const WeightFormat format = m.format;
-  if (m.panels) return convert_rows_to_panels(w, row_begin, n_rows, m);
+  if (m.panels && format == WeightFormat::kBF16)
+    return convert_rows_to_panels(w, row_begin, n_rows, m);
   if (format == WeightFormat::kFP8) return quantize_rows_fp8(w, row_begin, n_rows, m);
   // Rows are independent; an Error (a non-finite element, an f16 scale overflow) is caught inside
   // the parallel region, since an exception must not leave an OpenMP structured block.
@@ -411,10 +454,16 @@ void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatri
           convert_row_f32_to_bf16(src, static_cast<uint16_t*>(dst), cols);
           break;
         case WeightFormat::kQ8_0:
-          quantize_split_row(quantize_row_q8_0, src, cols, dst);
+          if (m.panels)
+            quantize_panel_row(quantize_row_q8_0, src, row_begin + i, m);
+          else
+            quantize_split_row(quantize_row_q8_0, src, cols, dst);
           break;
         case WeightFormat::kQ4_0:
-          quantize_split_row(quantize_row_q4_0, src, cols, dst);
+          if (m.panels)
+            quantize_panel_row(quantize_row_q4_0, src, row_begin + i, m);
+          else
+            quantize_split_row(quantize_row_q4_0, src, cols, dst);
           break;
         case WeightFormat::kFP8:  // (quantize_rows_fp8 above)
           break;
@@ -446,11 +495,35 @@ void dequantize_matrix_row(const QuantMatrix& m, int64_t r, float* y) {
     return;
   }
   if (!m.panels) return dequantize_row(m.format, m.row(r), y, m.cols);
+  if (m.format == WeightFormat::kQ8_0) {
+    std::vector<BlockQ8_0> blocks(static_cast<size_t>(m.cols / kQuantBlock));
+    get_panel_row(m, r, blocks.data());
+    return dequantize_row_q8_0(blocks.data(), y, m.cols);
+  }
+  if (m.format == WeightFormat::kQ4_0) {
+    std::vector<BlockQ4_0> blocks(static_cast<size_t>(m.cols / kQuantBlock));
+    get_panel_row(m, r, blocks.data());
+    return dequantize_row_q4_0(blocks.data(), y, m.cols);
+  }
   const auto* bits = reinterpret_cast<const uint16_t*>(m.data.data());
   const size_t first = bf16_panel_index(m.rows, m.cols, r, 0);
   const size_t pair_stride = bf16_panel_pair_stride(m.rows, r);
   for (int64_t k = 0; k < m.cols; k++)
     y[k] = bf16_to_f32(bits[first + static_cast<size_t>(k / 2) * pair_stride + k % 2]);
+}
+
+void panel_row_to_split(const QuantMatrix& m, int64_t r, void* row) {
+  DSMOE_ASSERT(m.panels && r >= 0 && r < m.rows);
+  const int64_t nb = m.cols / kQuantBlock;
+  if (m.format == WeightFormat::kQ8_0) {
+    std::vector<BlockQ8_0> blocks(static_cast<size_t>(nb));
+    get_panel_row(m, r, blocks.data());
+    return split_blocks(m.format, blocks.data(), nb, row);
+  }
+  DSMOE_ASSERT(m.format == WeightFormat::kQ4_0);
+  std::vector<BlockQ4_0> blocks(static_cast<size_t>(nb));
+  get_panel_row(m, r, blocks.data());
+  split_blocks(m.format, blocks.data(), nb, row);
 }
 
 }  // namespace dsmoe

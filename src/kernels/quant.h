@@ -122,6 +122,41 @@ inline const uint8_t* row_quants(const void* row, int64_t n_blocks) {
 void split_blocks(WeightFormat format, const void* blocks, int64_t n_blocks, void* row);
 void join_blocks(WeightFormat format, const void* row, int64_t n_blocks, void* blocks);
 
+// Q8_0 / Q4_0 weights may instead be held in block panels (ik_llama.cpp's run-time repacking,
+// in the layout of our VNNI GEMM, kernels/cpu/gemm_quant.cpp), where the CPU has AVX-512 VNNI:
+// panels of kBlockPanelRows rows (rows past the end zero), each cut into groups of
+// kBlockPanelGroup blocks (the last group of a row holds the rest). A group holds its blocks' 16
+// f16 scales each (32 bytes a block, block i of the group at 32 i), then the blocks' quants:
+// block i at kBlockPanelGroup * 32 + i * 16 * quant_bytes_per_block(format), as 32-bit words
+// where word 16 j + r is row r's quant bytes 4j .. 4j + 3 (Q4_0: bytes as block_q4_0 stores them,
+// elements 4j .. 4j + 3 in the low nibbles and 16 + 4j .. 16 + 4j + 3 in the high ones). A
+// matrix-vector product then takes 16 rows per vpdpbusd with no per-row sums to reduce (decode),
+// and the GEMM unpacks a panel instead of gathering it from 16 rows (prefill). Same bytes as the
+// rows, up to the padding of the last panel and group.
+constexpr int64_t kBlockPanelRows = 16;
+constexpr int64_t kBlockPanelGroup = 4;
+constexpr int64_t kBlockPanelScaleBytes = kBlockPanelRows * 2;
+constexpr int64_t block_panel_quant_bytes(WeightFormat format) {  // of one block of a panel
+  return kBlockPanelRows * quant_bytes_per_block(format);
+}
+constexpr int64_t block_panel_group_bytes(WeightFormat format) {
+  return kBlockPanelGroup * (kBlockPanelScaleBytes + block_panel_quant_bytes(format));
+}
+// Bytes of one panel of `cols` columns, and the offsets of block b's scales and quants in it.
+constexpr int64_t block_panel_bytes(WeightFormat format, int64_t cols) {
+  return (cols / kQuantBlock + kBlockPanelGroup - 1) / kBlockPanelGroup *
+         block_panel_group_bytes(format);
+}
+constexpr int64_t block_panel_scales_at(WeightFormat format, int64_t b) {
+  return b / kBlockPanelGroup * block_panel_group_bytes(format) +
+         b % kBlockPanelGroup * kBlockPanelScaleBytes;
+}
+constexpr int64_t block_panel_quants_at(WeightFormat format, int64_t b) {
+  return b / kBlockPanelGroup * block_panel_group_bytes(format) +
+         kBlockPanelGroup * kBlockPanelScaleBytes +
+         b % kBlockPanelGroup * block_panel_quant_bytes(format);
+}
+
 // std::allocator with 64-byte (cache line, AVX-512 vector) alignment.
 template <typename T>
 struct CacheAlignedAllocator {
@@ -141,8 +176,9 @@ struct CacheAlignedAllocator {
 // A weight matrix [rows, cols] (a Hugging Face Linear weight: rows = out features, cols = in
 // features) stored row after row in `format`; rows are weight_row_bytes(format, cols) apart
 // (block formats: scales first, see row_scales; kFP8: the e4m3 bytes, its block scales in
-// `block_scales`). bf16 matrices with `panels` set are in the panel layout above instead, and
-// row() does not apply to them.
+// `block_scales`). bf16, Q8_0 and Q4_0 matrices with `panels` set are in their panel layouts
+// above instead (row_bytes still says a row's share), and row() does not apply to them; panel(p)
+// is block panel p.
 struct QuantMatrix {
   WeightFormat format = WeightFormat::kF32;
   int64_t rows = 0, cols = 0;
@@ -153,6 +189,9 @@ struct QuantMatrix {
   std::vector<float> block_scales;
 
   const void* row(int64_t r) const { return data.data() + static_cast<size_t>(r) * row_bytes; }
+  const uint8_t* panel(int64_t p) const {
+    return data.data() + static_cast<size_t>(p * block_panel_bytes(format, cols));
+  }
   // kFP8: the scales of row r's column blocks.
   const float* row_block_scales(int64_t r) const {
     return block_scales.data() + static_cast<size_t>(r / kFp8Block * fp8_blocks(cols));
@@ -160,8 +199,8 @@ struct QuantMatrix {
   size_t size_bytes() const { return data.size() + block_scales.size() * sizeof(float); }
 };
 
-// Converts a float32 matrix w[rows, cols] to `format` (rows in parallel); `panels` (bf16 only)
-// chooses the panel layout.
+// Converts a float32 matrix w[rows, cols] to `format` (rows in parallel); `panels` (bf16, Q8_0,
+// Q4_0) chooses the panel layout.
 QuantMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, WeightFormat format,
                             bool panels = false);
 // A [rows, cols] matrix in `format` (zeros), and rows [row_begin, row_begin + n_rows) of it
@@ -172,5 +211,8 @@ QuantMatrix make_quant_matrix(int64_t rows, int64_t cols, WeightFormat format, b
 void quantize_rows(const float* w, int64_t row_begin, int64_t n_rows, QuantMatrix& m);
 // Row r of m (either layout) as float32 y[m.cols].
 void dequantize_matrix_row(const QuantMatrix& m, int64_t r, float* y);
+// Row r of a Q8_0 / Q4_0 matrix in block panels, in the split-row layout (row_scales,
+// row_quants): m.row_bytes bytes at row.
+void panel_row_to_split(const QuantMatrix& m, int64_t r, void* row);
 
 }  // namespace dsmoe

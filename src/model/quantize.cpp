@@ -3,11 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "io/safetensors.h"
 #include "kernels/cpu/gemm_bf16.h"
+#include "kernels/cpu/gemm_quant.h"
 #include "model/weights.h"
 
 namespace dsmoe {
@@ -23,6 +25,12 @@ int64_t tensor_bytes(const Tensor& t) {
                             : t.numel() * static_cast<int64_t>(sizeof(float));
 }
 
+// DSMOE_BLOCK_PANELS=0 keeps Q8_0 / Q4_0 weights in rows (an A/B switch for benchmarks).
+bool block_panels_off() {
+  const char* value = std::getenv("DSMOE_BLOCK_PANELS");
+  return value != nullptr && std::string(value) == "0";
+}
+
 }  // namespace
 
 bool is_quantizable(const ModelConfig& config, const std::string& name, const Shape& shape,
@@ -33,6 +41,8 @@ bool is_quantizable(const ModelConfig& config, const std::string& name, const Sh
 }
 
 bool product_panels(WeightFormat format) {
+  if (format == WeightFormat::kQ8_0 || format == WeightFormat::kQ4_0)
+    return cpu::gemm_quant_native() && !block_panels_off();
   return format == WeightFormat::kBF16 && cpu::gemm_bf16_native();
 }
 

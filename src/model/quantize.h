@@ -41,9 +41,10 @@ bool is_quantizable(const ModelConfig& config, const std::string& name, const Sh
 // `panels`: the bf16 panel layout (QuantMatrix::panels), as product_panels(format) says for
 // linear weights.
 void quantize_tensor(Tensor& tensor, WeightFormat format, bool panels);
-// Whether linear weights in `format` are stored in the bf16 GEMM's panel layout
-// (QuantMatrix::panels): bf16 where the CPU runs the fast bf16 GEMM, whose prefill then reads the
-// weights as stored and whose decode streams them once.
+// Whether linear weights in `format` are stored in a panel layout (QuantMatrix::panels): bf16
+// where the CPU runs the fast bf16 GEMM, whose prefill then reads the weights as stored and whose
+// decode streams them once; Q8_0 / Q4_0 in block panels where it has AVX-512 VNNI (decode takes 16
+// rows per instruction, prefill packs without gathering), unless DSMOE_BLOCK_PANELS=0.
 bool product_panels(WeightFormat format);
 
 // Bytes of weights one decoded token reads: every layer's attention and norms, dense MLPs,

@@ -55,7 +55,8 @@ namespace HWY_NAMESPACE {
 
 #if HWY_TARGET == HWY_AVX3_DL
 
-constexpr int64_t kPanelRows = 16;                        // weight rows per panel: int32 lanes
+constexpr int64_t kPanelRows = 16;  // weight rows per panel: int32 lanes
+static_assert(kPanelRows == kBlockPanelRows, "block panels (kernels/quant.h) are GEMM panels");
 constexpr int64_t kGroups = kQuantBlock / 4;              // 4-byte groups per block: 8 vectors
 constexpr int64_t kPanelBlockBytes = (kGroups + 1) * 64;  // 8 weight vectors + 16 float scales
 // Panels per micro-kernel call (see MicroKernel).
@@ -235,12 +236,45 @@ HWY_INLINE __m512i LoadRowPair(const BlockQ4_0*, const uint8_t* lo, const uint8_
   return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F));
 }
 
+// PackPanel for a matrix in block panels (kernels/quant.h): its quant words are the packed
+// vectors already (Q4_0: vector i < 4 the low nibbles of word run i, vector i + 4 its high ones);
+// they become unsigned bytes, the f16 scales float.
+template <class Block>
+void PackBlockPanel(const QuantMatrix& w, int64_t panel, int64_t block_begin, int64_t block_end,
+                    uint8_t* HWY_RESTRICT dst) {
+  constexpr bool kQ8 = sizeof(Block::q) == kQuantBlock;
+  constexpr WeightFormat kFormat = kQ8 ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
+  const uint8_t* src = w.panel(panel);
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  const __m512i to_unsigned = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = block_begin; b < block_end; b++) {
+    uint8_t* out = dst + (b - block_begin) * kPanelBlockBytes;
+    const uint8_t* q = src + block_panel_quants_at(kFormat, b);
+    if constexpr (kQ8) {
+      for (int i = 0; i < kGroups; i++)
+        _mm512_store_si512(out + 64 * i,
+                           _mm512_xor_si512(_mm512_load_si512(q + 64 * i), to_unsigned));
+    } else {
+      for (int i = 0; i < kGroups / 2; i++) {
+        const __m512i packed = _mm512_load_si512(q + 64 * i);
+        _mm512_store_si512(out + 64 * i, _mm512_and_si512(packed, low_mask));
+        _mm512_store_si512(out + 64 * (i + kGroups / 2),
+                           _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_mask));
+      }
+    }
+    _mm512_store_ps(out + kGroups * 64,
+                    _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(
+                        src + block_panel_scales_at(kFormat, b)))));
+  }
+}
+
 // Packs blocks [block_begin, block_end) of rows 16 p .. 16 p + 15 of w (rows past the end repeat
 // the last row; their outputs are never stored) into dst: per block, kPanelBlockBytes (see the
 // top of the file).
 template <class Block>
 void PackPanel(const QuantMatrix& w, int64_t panel, int64_t block_begin, int64_t block_end,
                uint8_t* HWY_RESTRICT dst) {
+  if (w.panels) return PackBlockPanel<Block>(w, panel, block_begin, block_end, dst);
   const int64_t first = panel * kPanelRows, nb = w.cols / kQuantBlock;
   constexpr int64_t kQuantBytes = sizeof(Block::q);
   const uint8_t* quants[kPanelRows];
@@ -273,6 +307,17 @@ void PrefetchRun(const QuantMatrix& w, int64_t p0, int64_t panel_end, int64_t b0
   const int64_t row_end = std::min(std::min(panel_end, p0 + kMaxPanels) * kPanelRows, w.rows);
   const int64_t nb = w.cols / kQuantBlock;
   constexpr int64_t kQuantBytes = sizeof(Block::q);
+  if (w.panels) {  // block panels: the groups that hold the run, one stretch per panel
+    constexpr WeightFormat kFormat =
+        kQuantBytes == kQuantBlock ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
+    const int64_t b1 = std::min(nb, b0 + kKBlocks);
+    const int64_t begin = block_panel_scales_at(kFormat, b0);
+    const int64_t end = block_panel_quants_at(kFormat, b1 - 1) + block_panel_quant_bytes(kFormat);
+    for (int64_t p = p0; p < std::min(panel_end, p0 + kMaxPanels); p++)
+      for (int64_t offset = begin; offset < end; offset += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(w.panel(p)) + offset, _MM_HINT_T1);
+    return;
+  }
   const int64_t bytes = std::min(kKBlocks, nb - b0) * kQuantBytes;
   for (int64_t r = p0 * kPanelRows; r < row_end; r++) {
     // (the scales, at the row's start, are one or two cache lines: left to the hardware)

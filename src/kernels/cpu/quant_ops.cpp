@@ -285,6 +285,31 @@ void RowsBlocks(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTR
   const int64_t N = w.rows, nb = w.cols / kQuantBlock, M = acts.M;
   const bool q8 = w.format == WeightFormat::kQ8_0;
 #if HWY_TARGET == HWY_AVX3_DL
+  if (w.panels) {  // block panels: 16 rows at a time, as above
+    DSMOE_ASSERT(n_begin % kBlockPanelRows == 0 && (n_end % kBlockPanelRows == 0 || n_end == N));
+    for (int64_t p = n_begin / kBlockPanelRows; p * kBlockPanelRows < n_end; p++)
+      for (int64_t m0 = 0; m0 < M; m0 += kVnniRowsPerPass) {
+        const VnniGroup* x[kVnniRowsPerPass];
+        const int64_t rows = std::min(kVnniRowsPerPass, M - m0);
+        for (int64_t r = 0; r < rows; r++) x[r] = acts.groups + (m0 + r) * acts.groups_per_row;
+        float* o = out + m0 * N;
+        switch (rows) {
+          case 1:
+            DotPanelRowsVNNI<1>(q8, w, p, x, o, N);
+            break;
+          case 2:
+            DotPanelRowsVNNI<2>(q8, w, p, x, o, N);
+            break;
+          case 3:
+            DotPanelRowsVNNI<3>(q8, w, p, x, o, N);
+            break;
+          default:
+            DotPanelRowsVNNI<4>(q8, w, p, x, o, N);
+            break;
+        }
+      }
+    return;
+  }
   // Each weight row against all M activation rows while it is in L1 (batched decode reads the
   // weights once for all its rows), up to kVnniRowsPerPass rows sharing its unpacking.
   for (int64_t n = n_begin; n < n_end; n++)
@@ -310,8 +335,13 @@ void RowsBlocks(const PreparedActs& acts, const QuantMatrix& w, float* HWY_RESTR
     }
   static_assert(kVnniRowsPerPass == 4);
 #else
+  // (block panels, which only AVX3_DL builds, are read here when a test narrows the targets: one
+  // row at a time in the split-row layout)
+  thread_local std::vector<uint8_t> split;
+  split.resize(w.panels ? w.row_bytes : 0);
   for (int64_t n = n_begin; n < n_end; n++) {
-    const void* row = w.row(n);
+    if (w.panels) panel_row_to_split(w, n, split.data());
+    const void* row = w.panels ? static_cast<const void*>(split.data()) : w.row(n);
     const uint16_t* w_scale = row_scales(row);
     const uint8_t* wq = row_quants(row, nb);
     for (int64_t m = 0; m < M; m++) {
@@ -411,6 +441,16 @@ void for_claimed_chunks(std::atomic<int64_t>& next, int64_t total, int64_t min_c
                         int64_t n_threads, const Work& work) {
   int64_t begin = 0, end = 0;
   while (claim_chunk(next, total, min_chunk, n_threads, begin, end)) work(begin, end);
+}
+
+// n (a row range's end or start) moved to the panel boundary the layout of w needs: bf16 panel
+// groups (bf16_panel_boundary), block panels (the nearest multiple of kBlockPanelRows, or the
+// matrix's end), nothing for rows.
+int64_t panel_boundary(const QuantMatrix& w, int64_t n) {
+  if (!w.panels) return n;
+  if (w.format == WeightFormat::kBF16) return bf16_panel_boundary(n, w.rows);
+  if (n >= w.rows) return w.rows;
+  return std::min(w.rows, (n + kBlockPanelRows / 2) / kBlockPanelRows * kBlockPanelRows);
 }
 
 // prepare_acts, its time added to the profile's activation rounding when profiling.
@@ -522,7 +562,7 @@ void quant_linear_forward_rows(float* out, const float* inp, const QuantMatrix& 
     const int64_t t = omp_get_thread_num();
     region.work_begins(t);
     for_claimed_chunks(next_row, N, min_rows, n_threads, [&](int64_t begin, int64_t end) {
-      if (w.panels) begin = bf16_panel_boundary(begin, N), end = bf16_panel_boundary(end, N);
+      begin = panel_boundary(w, begin), end = panel_boundary(w, end);
       if (begin < end) HWY_DYNAMIC_DISPATCH(Rows)(acts, w, out, begin, end);
     });
     region.work_ends(t);
@@ -588,7 +628,7 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
               const int64_t offset = cost - cost_begin[j];
               const int64_t row =
                   std::clamp<int64_t>((offset + row_cost[j] - 1) / row_cost[j], 0, rows);
-              return jobs[j].w->panels ? bf16_panel_boundary(row, rows) : row;  // (whole groups)
+              return panel_boundary(*jobs[j].w, row);  // (whole groups or panels)
             };
             const int64_t lo = first_row_at(begin);  // (offsets below 0 clamp to row 0)
             const int64_t hi = first_row_at(end);

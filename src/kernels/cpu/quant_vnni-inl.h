@@ -117,3 +117,103 @@ void DotRowVNNI(bool q8, const QuantMatrix& w, int64_t n, const VnniGroup* const
   else
     DotRowQ4VNNI<kRows>(w, n, x, out, out_stride);
 }
+
+// Block panels (QuantMatrix::panels, kernels/quant.h): 16 weight rows per vector, one int32 lane
+// per row, so that nothing is reduced across lanes. Per block and activation row: the block's
+// int32 sums start at the zero-point correction (lane-broadcast), take 8 vpdpbusd whose
+// activation operand is 4 bytes broadcast from the VnniGroup, and go into the float sums times
+// scale_w * scale_x, even blocks into one accumulator and odd ones into another (FMA latency).
+// Every activation row takes the same instructions in the same order whatever kRows is.
+
+// The activation bytes 4i .. 4i + 3 of block b (in the VnniGroup of its group), the block's
+// correction and scale, for Q4_0 (16 bytes low, 16 high a block) and Q8_0 (32 bytes, two blocks a
+// vector) groups.
+struct PanelActs {
+  const int8_t* low;   // bytes 0..15 (Q4_0) or 0..31 (Q8_0)
+  const int8_t* high;  // Q4_0: bytes 16..31
+  int32_t correction;
+  float scale;
+};
+HWY_INLINE PanelActs PanelActsOf(bool q8, const VnniGroup& g, int64_t j) {
+  if (!q8) return {g.low + 16 * j, g.high + 16 * j, g.correction[4 * j], g.scale[4 * j]};
+  const int64_t half = j % 2;
+  if (j < 2) return {g.low + 32 * half, nullptr, g.correction[8 * half], g.scale[8 * half]};
+  return {g.high + 32 * half, nullptr, g.correction_hi[8 * half], g.scale_hi[8 * half]};
+}
+
+HWY_INLINE __m512i Broadcast4(const int8_t* p) {
+  int32_t word;
+  std::memcpy(&word, p, sizeof(word));
+  return _mm512_set1_epi32(word);
+}
+
+// Panel p against activation rows x[0 .. kRows): out[r * out_stride + 16 p + lane] for the lanes
+// that are rows of w.
+template <int kRows, bool kQ8>
+void DotPanelVNNI(const QuantMatrix& w, int64_t p, const VnniGroup* const* HWY_RESTRICT x,
+                  float* HWY_RESTRICT out, int64_t out_stride) {
+  const int64_t nb = w.cols / kQuantBlock;
+  const uint8_t* panel = w.panel(p);
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  const __m512i to_unsigned = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr WeightFormat kFormat = kQ8 ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
+  // Even blocks into acc_even, odd ones into acc_odd (two chains for the FMA latency); named
+  // arrays indexed by constants only, so that they stay in registers.
+  __m512 acc_even[kRows], acc_odd[kRows];
+  for (int r = 0; r < kRows; r++) acc_even[r] = acc_odd[r] = _mm512_setzero_ps();
+  auto block = [&](int64_t b, __m512* HWY_RESTRICT acc) {
+    const uint8_t* q = panel + block_panel_quants_at(kFormat, b);
+    for (int64_t line = 0; line < block_panel_quant_bytes(kFormat); line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(q) + kPrefetchBytes + line, _MM_HINT_T1);
+    // The block's 8 weight vectors, unsigned: vector i holds bytes 4i .. 4i + 3 of each row.
+    __m512i v[8];
+    if constexpr (kQ8) {
+      for (int i = 0; i < 8; i++)
+        v[i] = _mm512_xor_si512(_mm512_load_si512(q + 64 * i), to_unsigned);
+    } else {
+      for (int i = 0; i < 4; i++) {
+        const __m512i packed = _mm512_load_si512(q + 64 * i);
+        v[i] = _mm512_and_si512(packed, low_mask);
+        v[i + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_mask);
+      }
+    }
+    const __m512 w_scale = _mm512_cvtph_ps(_mm256_load_si256(
+        reinterpret_cast<const __m256i*>(panel + block_panel_scales_at(kFormat, b))));
+    const int64_t g = b / 4, j = b % 4;
+    for (int r = 0; r < kRows; r++) {
+      const PanelActs a = PanelActsOf(kQ8, x[r][g], j);
+      // bytes 4i .. 4i + 3 of the block: Q8_0 all in `low`, Q4_0 16..31 in `high`
+      auto bytes = [&](int i) {
+        return kQ8 ? a.low + 4 * i : (i < 4 ? a.low + 4 * i : a.high + 4 * (i - 4));
+      };
+      __m512i sum_a = _mm512_set1_epi32(a.correction), sum_b = _mm512_setzero_si512();
+      for (int i = 0; i < 8; i += 2) {
+        sum_a = _mm512_dpbusd_epi32(sum_a, v[i], Broadcast4(bytes(i)));
+        sum_b = _mm512_dpbusd_epi32(sum_b, v[i + 1], Broadcast4(bytes(i + 1)));
+      }
+      const __m512 scale = _mm512_mul_ps(w_scale, _mm512_set1_ps(a.scale));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sum_a, sum_b)), scale, acc[r]);
+    }
+  };
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    block(b, acc_even);
+    block(b + 1, acc_odd);
+  }
+  if (b < nb) block(b, acc_even);
+  const int64_t valid = std::min<int64_t>(kBlockPanelRows, w.rows - p * kBlockPanelRows);
+  const __mmask16 lanes = static_cast<__mmask16>((uint32_t{1} << valid) - 1);
+  for (int r = 0; r < kRows; r++)
+    _mm512_mask_storeu_ps(out + r * out_stride + p * kBlockPanelRows, lanes,
+                          _mm512_add_ps(acc_even[r], acc_odd[r]));
+}
+
+// Panel p against activation rows [0, rows), rows <= kVnniRowsPerPass.
+template <int kRows>
+void DotPanelRowsVNNI(bool q8, const QuantMatrix& w, int64_t p, const VnniGroup* const* x,
+                      float* out, int64_t out_stride) {
+  if (q8)
+    DotPanelVNNI<kRows, true>(w, p, x, out, out_stride);
+  else
+    DotPanelVNNI<kRows, false>(w, p, x, out, out_stride);
+}
