@@ -292,6 +292,56 @@ TEST_P(GemmQuantFormats, OneAndTwoThreadsAgreeBitwise) {
   }
 }
 
+// gemm_quant_group gives each job gemm_quant's bits, with inputs shared by several jobs
+// (quantized once), M from 1 to past the L2 split, K of different lengths, one and two threads.
+TEST_P(GemmQuantFormats, GroupGivesEachJobsBits) {
+  std::mt19937 rng(5);
+  const std::vector<Shape> shapes = {{48, 100, 1024}, {48, 37, 1024},  {1, 40, 256},
+                                     {7, 16, 256},    {200, 64, 2048}, {13, 300, 96}};
+  std::vector<QuantMatrix> w;
+  std::vector<std::vector<float>> x;
+  for (const Shape& s : shapes) {
+    w.push_back(weights(varied_matrix(rng, s.N, s.K), s.N, s.K));
+    x.push_back(varied_matrix(rng, s.M, s.K));
+  }
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    std::vector<std::vector<float>> want, got;
+    std::vector<cpu::QuantJob> jobs;
+    for (size_t i = 0; i < shapes.size(); i++) {
+      const Shape& s = shapes[i];
+      // Jobs 0 and 1 read one input, as an expert's gate and up projections do.
+      const std::vector<float>& input = i == 1 ? x[0] : x[i];
+      want.emplace_back(s.M * s.N);
+      got.emplace_back(s.M * s.N, -1.0f);
+      cpu::gemm_quant(want.back().data(), input.data(), s.M, w[i]);
+      jobs.push_back({nullptr, input.data(), &w[i], s.M});
+    }
+    for (size_t i = 0; i < jobs.size(); i++) jobs[i].out = got[i].data();
+    cpu::gemm_quant_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t i = 0; i < shapes.size(); i++)
+      EXPECT_EQ(std::memcmp(got[i].data(), want[i].data(), got[i].size() * sizeof(float)), 0)
+          << "job " << i << " threads " << threads;
+  }
+  set_num_threads(1);
+}
+
+// Q8_0 and Q4_0 jobs reading one input (zero points 128 and 8: quantized apart).
+TEST(GemmQuantGroup, FormatsMixedOnOneInput) {
+  std::mt19937 rng(6);
+  const int64_t M = 20, N = 48, K = 256;
+  const std::vector<float> x = varied_matrix(rng, M, K), weights = varied_matrix(rng, N, K);
+  const QuantMatrix q8 = quantize_matrix(weights.data(), N, K, WeightFormat::kQ8_0, true);
+  const QuantMatrix q4 = quantize_matrix(weights.data(), N, K, WeightFormat::kQ4_0, false);
+  std::vector<float> want8(M * N), want4(M * N), got8(M * N), got4(M * N);
+  cpu::gemm_quant(want8.data(), x.data(), M, q8);
+  cpu::gemm_quant(want4.data(), x.data(), M, q4);
+  const cpu::QuantJob jobs[] = {{got8.data(), x.data(), &q8, M}, {got4.data(), x.data(), &q4, M}};
+  cpu::gemm_quant_group(jobs, 2);
+  EXPECT_EQ(std::memcmp(got8.data(), want8.data(), got8.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(got4.data(), want4.data(), got4.size() * sizeof(float)), 0);
+}
+
 // Without VNNI (Highway restricted to plain AVX-512 or AVX2) gemm_quant is
 // quant_linear_forward_rows.
 TEST_P(GemmQuantFormats, FallsBackWithoutVNNI) {
@@ -379,7 +429,9 @@ TEST(GemmQuant, DISABLED_Speed) {
   std::mt19937 rng(5);
   for (const auto& [N, K] : {std::pair<int64_t, int64_t>{1408, 2048}, {2048, 1408}})
     for (WeightFormat f : {WeightFormat::kQ8_0, WeightFormat::kQ4_0}) {
-      const QuantMatrix w = quantize_matrix(random_vector(rng, N * K).data(), N, K, f);
+      const char* panels_env = std::getenv("DSMOE_SPEED_PANELS");  // 1: block panels
+      const bool panels = panels_env != nullptr && std::string(panels_env) == "1";
+      const QuantMatrix w = quantize_matrix(random_vector(rng, N * K).data(), N, K, f, panels);
       for (int64_t M : {16, 48, 128, 512}) {
         const std::vector<float> x = random_vector(rng, M * K);
         std::vector<float> out(M * N);

@@ -12,9 +12,12 @@
 // zero point z (8 or 128) is taken out exactly: sum_k (u_k - z) x_k = sum_k u_k x_k - z sum_k x_k,
 // with -z sum_k x_k per (row, block) the starting value of the block's int32 accumulator.
 //
-// Threads split the N panels (each packs its own, two at a time and a run of blocks at a time,
-// into a thread-local buffer) and, when there are fewer panels than threads, the activation
-// rows; every output element is computed by the same instructions whichever thread runs it.
+// Weights in rows are packed per call (each thread its own panels, two at a time and a run of
+// blocks at a time, into a thread-local buffer); weights in block panels (kernels/quant.h, the
+// same vectors as signed bytes or nibble pairs) are read in place and made unsigned in
+// registers. The threads claim chunks of panels (and of activation rows where the panels run
+// short) of one product or of a group of them (gemm_quant_group); every output element is
+// computed by the same instructions whichever thread runs it.
 
 // Highway 1.0.3 leaves AVX3_DL out of the dispatch set unless asked for. foreach_target.h comes
 // first (it re-includes this file once per target), hence no clang-format include sorting here.
@@ -34,16 +37,20 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/cpu/isa_dispatch.h"
 #include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
+#include "util/check.h"
 
 HWY_BEFORE_NAMESPACE();
 #if HWY_TARGET == HWY_AVX3_DL
@@ -184,148 +191,7 @@ void QuantizeRow(const float* HWY_RESTRICT x, int64_t m, int64_t nb, int32_t zer
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Packing one panel of 16 weight rows.
-
-// 16 rows x 8 dwords -> 8 vectors of 16 dwords: rows[i] holds row i in its low 256 bits and row
-// i + 8 in its high 256 bits; vector j (dword j of rows 0..15) goes to dst + 64 j. The classic
-// 8x8 transpose (unpack 32, unpack 64 within 128-bit lanes, then 128-bit lanes across), done on
-// both 256-bit halves at once.
-HWY_INLINE void TransposeStore(const __m512i (&rows)[8], uint8_t* HWY_RESTRICT dst) {
-  __m512i pairs[8], quads[8];
-  for (int i = 0; i < 4; i++) {
-    pairs[2 * i] = _mm512_unpacklo_epi32(rows[2 * i], rows[2 * i + 1]);
-    pairs[2 * i + 1] = _mm512_unpackhi_epi32(rows[2 * i], rows[2 * i + 1]);
-  }
-  // quads[c] (c < 4): dword c (lanes 0, 2) and c + 4 (lanes 1, 3) of rows 0..3 (+8);
-  // quads[c + 4]: the same for rows 4..7 (+8).
-  for (int h = 0; h < 2; h++) {
-    const __m512i* p = pairs + 4 * h;
-    quads[4 * h + 0] = _mm512_unpacklo_epi64(p[0], p[2]);
-    quads[4 * h + 1] = _mm512_unpackhi_epi64(p[0], p[2]);
-    quads[4 * h + 2] = _mm512_unpacklo_epi64(p[1], p[3]);
-    quads[4 * h + 3] = _mm512_unpackhi_epi64(p[1], p[3]);
-  }
-  const __m512i low_lanes = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
-  const __m512i high_lanes = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-  for (int c = 0; c < 4; c++) {
-    _mm512_store_si512(dst + 64 * c, _mm512_permutex2var_epi64(quads[c], low_lanes, quads[c + 4]));
-    _mm512_store_si512(dst + 64 * (c + 4),
-                       _mm512_permutex2var_epi64(quads[c], high_lanes, quads[c + 4]));
-  }
-}
-
-// The 32 weights of a block (quants at lo, hi: see row_quants) as unsigned bytes u = q + 128,
-// rows lo and hi as 256-bit halves.
-HWY_INLINE __m512i LoadRowPair(const BlockQ8_0*, const uint8_t* lo, const uint8_t* hi) {
-  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
-  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi));
-  return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1),
-                          _mm512_set1_epi8(static_cast<char>(0x80)));
-}
-
-// The 32 nibbles of a block as bytes 0..15 (elements 0..15 from the low nibbles, 16..31 from the
-// high ones), rows lo and hi as 256-bit halves.
-HWY_INLINE __m512i LoadRowPair(const BlockQ4_0*, const uint8_t* lo, const uint8_t* hi) {
-  const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo));
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi));
-  const __m512i ab = _mm512_castsi256_si512(_mm256_set_m128i(b, a));
-  const __m512i packed = _mm512_shuffle_i64x2(ab, ab, 0x50);  // 128-bit lanes a, a, b, b
-  // 128-bit lanes 1 and 3 (16-bit words 8..15, 24..31) take the high nibbles.
-  const __m512i shifted = _mm512_mask_srli_epi16(packed, 0xFF00FF00u, packed, 4);
-  return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F));
-}
-
-// PackPanel for a matrix in block panels (kernels/quant.h): its quant words are the packed
-// vectors already (Q4_0: vector i < 4 the low nibbles of word run i, vector i + 4 its high ones);
-// they become unsigned bytes, the f16 scales float.
-template <class Block>
-void PackBlockPanel(const QuantMatrix& w, int64_t panel, int64_t block_begin, int64_t block_end,
-                    uint8_t* HWY_RESTRICT dst) {
-  constexpr bool kQ8 = sizeof(Block::q) == kQuantBlock;
-  constexpr WeightFormat kFormat = kQ8 ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
-  const uint8_t* src = w.panel(panel);
-  const __m512i low_mask = _mm512_set1_epi8(0x0F);
-  const __m512i to_unsigned = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (int64_t b = block_begin; b < block_end; b++) {
-    uint8_t* out = dst + (b - block_begin) * kPanelBlockBytes;
-    const uint8_t* q = src + block_panel_quants_at(kFormat, b);
-    if constexpr (kQ8) {
-      for (int i = 0; i < kGroups; i++)
-        _mm512_store_si512(out + 64 * i,
-                           _mm512_xor_si512(_mm512_load_si512(q + 64 * i), to_unsigned));
-    } else {
-      for (int i = 0; i < kGroups / 2; i++) {
-        const __m512i packed = _mm512_load_si512(q + 64 * i);
-        _mm512_store_si512(out + 64 * i, _mm512_and_si512(packed, low_mask));
-        _mm512_store_si512(out + 64 * (i + kGroups / 2),
-                           _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_mask));
-      }
-    }
-    _mm512_store_ps(out + kGroups * 64,
-                    _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(
-                        src + block_panel_scales_at(kFormat, b)))));
-  }
-}
-
-// Packs blocks [block_begin, block_end) of rows 16 p .. 16 p + 15 of w (rows past the end repeat
-// the last row; their outputs are never stored) into dst: per block, kPanelBlockBytes (see the
-// top of the file).
-template <class Block>
-void PackPanel(const QuantMatrix& w, int64_t panel, int64_t block_begin, int64_t block_end,
-               uint8_t* HWY_RESTRICT dst) {
-  if (w.panels) return PackBlockPanel<Block>(w, panel, block_begin, block_end, dst);
-  const int64_t first = panel * kPanelRows, nb = w.cols / kQuantBlock;
-  constexpr int64_t kQuantBytes = sizeof(Block::q);
-  const uint8_t* quants[kPanelRows];
-  alignas(64) int32_t offsets[kPanelRows];  // byte offsets of the rows from row `first`
-  for (int64_t i = 0; i < kPanelRows; i++) {
-    const int64_t r = std::min(first + i, w.rows - 1);
-    quants[i] = row_quants(w.row(r), nb);
-    offsets[i] = static_cast<int32_t>((r - first) * static_cast<int64_t>(w.row_bytes));
-  }
-  const __m512i scale_offsets = _mm512_load_si512(offsets);
-  const auto* first_row = static_cast<const uint8_t*>(w.row(first));
-  for (int64_t b = block_begin; b < block_end; b++) {
-    uint8_t* out = dst + (b - block_begin) * kPanelBlockBytes;
-    __m512i pairs[8];
-    for (int i = 0; i < 8; i++)
-      pairs[i] = LoadRowPair(static_cast<const Block*>(nullptr), quants[i] + b * kQuantBytes,
-                             quants[i + 8] + b * kQuantBytes);
-    TransposeStore(pairs, out);
-    // The rows start with their f16 scales: gather the 16 dwords at scale b of each row, keep
-    // the low halves (the last scale's dword reaches 2 bytes into the quants: still the row).
-    const __m512i words =
-        _mm512_i32gather_epi32(scale_offsets, first_row + b * sizeof(uint16_t), 1);
-    _mm512_store_ps(out + kGroups * 64, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)));
-  }
-}
-
-// Prefetches into L2 blocks [b0, b0 + kKBlocks) of the rows of panels p0, p0 + 1 (< panel_end).
-template <class Block>
-void PrefetchRun(const QuantMatrix& w, int64_t p0, int64_t panel_end, int64_t b0) {
-  const int64_t row_end = std::min(std::min(panel_end, p0 + kMaxPanels) * kPanelRows, w.rows);
-  const int64_t nb = w.cols / kQuantBlock;
-  constexpr int64_t kQuantBytes = sizeof(Block::q);
-  if (w.panels) {  // block panels: the groups that hold the run, one stretch per panel
-    constexpr WeightFormat kFormat =
-        kQuantBytes == kQuantBlock ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
-    const int64_t b1 = std::min(nb, b0 + kKBlocks);
-    const int64_t begin = block_panel_scales_at(kFormat, b0);
-    const int64_t end = block_panel_quants_at(kFormat, b1 - 1) + block_panel_quant_bytes(kFormat);
-    for (int64_t p = p0; p < std::min(panel_end, p0 + kMaxPanels); p++)
-      for (int64_t offset = begin; offset < end; offset += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(w.panel(p)) + offset, _MM_HINT_T1);
-    return;
-  }
-  const int64_t bytes = std::min(kKBlocks, nb - b0) * kQuantBytes;
-  for (int64_t r = p0 * kPanelRows; r < row_end; r++) {
-    // (the scales, at the row's start, are one or two cache lines: left to the hardware)
-    const auto* start = reinterpret_cast<const char*>(row_quants(w.row(r), nb) + b0 * kQuantBytes);
-    for (int64_t offset = 0; offset < bytes + 63; offset += 64)
-      _mm_prefetch(start + std::min(offset, bytes - 1), _MM_HINT_T1);
-  }
-}
+#include "kernels/cpu/gemm_quant_pack-inl.h"
 
 // ---------------------------------------------------------------------------------------------
 // Micro-kernel: kRows activation rows (one tile) x kPanels panels (16 or 32 weight rows), a run
@@ -338,9 +204,16 @@ void PrefetchRun(const QuantMatrix& w, int64_t p0, int64_t panel_end, int64_t b0
 // cap the kernel at 80% of the vpdpbusd peak; measured alone (L1-hot) it reaches ~96% of that
 // (one panel x 12 rows: ~90%).
 
+// Where a micro-kernel reads the weights: panels packed per call (PackPanel), or a matrix's
+// block panels in place (kernels/quant.h), converted in registers as PackBlockPanel would (Q8_0:
+// + 128; Q4_0: a stored vector's low nibbles are vector i, its high ones vector i + 4; the f16
+// scales to float). In place saves the packing pass, which cost ~10% of a Q4_0 prefill on Zen 5.
+enum class WeightSource { kPacked, kPanelsQ8, kPanelsQ4 };
+
 struct TileArgs {
-  const uint8_t* panel;  // packed panels, panel_stride bytes apart
-  int64_t panel_stride;
+  const uint8_t* panel;           // packed panels, or the first panel of w (in place)
+  int64_t panel_stride;           // bytes from a panel to the next
+  int64_t first_block;            // in place: the run's first block
   const int8_t* q;                // the tile's first slot
   const float* scale;             // its scales
   const int32_t* correction;      // its corrections
@@ -351,7 +224,37 @@ struct TileArgs {
   __mmask16 columns[kMaxPanels];  // each panel's columns inside N
 };
 
-template <int kRows, int kPanels>
+// Weight vector j (bytes 4j .. 4j + 3 of the 16 rows, unsigned) of a block whose quants are at q.
+template <WeightSource kSource>
+HWY_INLINE __m512i WeightVector(const uint8_t* HWY_RESTRICT q, int j) {
+  if constexpr (kSource == WeightSource::kPacked) return _mm512_load_si512(q + 64 * j);
+  if constexpr (kSource == WeightSource::kPanelsQ8)
+    return _mm512_xor_si512(_mm512_load_si512(q + 64 * j),
+                            _mm512_set1_epi8(static_cast<char>(0x80)));
+  const __m512i packed = _mm512_load_si512(q + 64 * (j % (kGroups / 2)));
+  return _mm512_and_si512(j < kGroups / 2 ? packed : _mm512_srli_epi16(packed, 4),
+                          _mm512_set1_epi8(0x0F));
+}
+
+// The 16 weight scales of block b (the run's b-th) of the panel at `panel`, and its quants.
+template <WeightSource kSource>
+HWY_INLINE const uint8_t* BlockQuants(const TileArgs& a, const uint8_t* panel, int64_t b) {
+  if constexpr (kSource == WeightSource::kPacked) return panel + b * kPanelBlockBytes;
+  constexpr WeightFormat kFormat =
+      kSource == WeightSource::kPanelsQ8 ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
+  return panel + block_panel_quants_at(kFormat, a.first_block + b);
+}
+template <WeightSource kSource>
+HWY_INLINE __m512 BlockScalesOf(const TileArgs& a, const uint8_t* panel, int64_t b) {
+  if constexpr (kSource == WeightSource::kPacked)
+    return _mm512_load_ps(panel + b * kPanelBlockBytes + kGroups * 64);
+  constexpr WeightFormat kFormat =
+      kSource == WeightSource::kPanelsQ8 ? WeightFormat::kQ8_0 : WeightFormat::kQ4_0;
+  return _mm512_cvtph_ps(_mm256_load_si256(
+      reinterpret_cast<const __m256i*>(panel + block_panel_scales_at(kFormat, a.first_block + b))));
+}
+
+template <int kRows, int kPanels, WeightSource kSource>
 void MicroKernel(const TileArgs& a) {
   __m512 acc[kRows][kPanels];
 #pragma GCC unroll 16
@@ -362,7 +265,7 @@ void MicroKernel(const TileArgs& a) {
                                                        a.out + m * a.out_stride + p * kPanelRows)
                                : _mm512_setzero_ps();
   for (int64_t b = 0; b < a.blocks; b++) {
-    const uint8_t* w = a.panel + b * kPanelBlockBytes;
+    const uint8_t* w = BlockQuants<kSource>(a, a.panel, b);
     const int64_t slot = b * kRowTile;
     const int8_t* x = a.q + slot * kQuantBlock;
     __m512i sum[kRows][kPanels];
@@ -376,7 +279,7 @@ void MicroKernel(const TileArgs& a) {
     for (int j = 0; j < kGroups; j++) {
       __m512i wv[kPanels];
 #pragma GCC unroll 2
-      for (int p = 0; p < kPanels; p++) wv[p] = _mm512_load_si512(w + p * a.panel_stride + 64 * j);
+      for (int p = 0; p < kPanels; p++) wv[p] = WeightVector<kSource>(w + p * a.panel_stride, j);
 #pragma GCC unroll 16
       for (int m = 0; m < kRows; m++) {
         int32_t four_bytes;
@@ -391,7 +294,7 @@ void MicroKernel(const TileArgs& a) {
     __m512 w_scale[kPanels];
 #pragma GCC unroll 2
     for (int p = 0; p < kPanels; p++)
-      w_scale[p] = _mm512_load_ps(w + p * a.panel_stride + kGroups * 64);
+      w_scale[p] = BlockScalesOf<kSource>(a, a.panel + p * a.panel_stride, b);
 #pragma GCC unroll 16
     for (int m = 0; m < kRows; m++) {
       const __m512 x_scale = _mm512_set1_ps(a.scale[slot + m]);
@@ -409,17 +312,21 @@ void MicroKernel(const TileArgs& a) {
 }
 
 using MicroKernelFn = void (*)(const TileArgs&);
+using MicroKernelTable = std::array<std::array<MicroKernelFn, kRowTile>, kMaxPanels>;
 
-template <int kPanels, size_t... kRowsMinus1>
+template <int kPanels, WeightSource kSource, size_t... kRowsMinus1>
 constexpr std::array<MicroKernelFn, sizeof...(kRowsMinus1)> MakeMicroKernels(
     std::index_sequence<kRowsMinus1...>) {
-  return {&MicroKernel<static_cast<int>(kRowsMinus1) + 1, kPanels>...};
+  return {&MicroKernel<static_cast<int>(kRowsMinus1) + 1, kPanels, kSource>...};
 }
 
-// kMicroKernels[panels - 1][rows - 1] handles a tile of `rows` rows against `panels` panels.
-constexpr std::array<std::array<MicroKernelFn, kRowTile>, kMaxPanels> kMicroKernels = {
-    MakeMicroKernels<1>(std::make_index_sequence<kRowTile>()),
-    MakeMicroKernels<2>(std::make_index_sequence<kRowTile>())};
+// MicroKernels<source>()[panels - 1][rows - 1] handles a tile of `rows` rows against `panels`
+// panels.
+template <WeightSource kSource>
+constexpr MicroKernelTable MicroKernels() {
+  return {MakeMicroKernels<1, kSource>(std::make_index_sequence<kRowTile>()),
+          MakeMicroKernels<2, kSource>(std::make_index_sequence<kRowTile>())};
+}
 
 // ---------------------------------------------------------------------------------------------
 // Driver.
@@ -436,19 +343,41 @@ uint8_t* PanelBuffer(int64_t bytes) {
 // sums go through out, in the same order as without runs. When the activations fit in L2 the
 // panels go outermost, so that each weight row is read in one sweep; otherwise the runs do
 // (BLIS's order), so that the activations' run for all tiles stays in L2 while the panels pass.
+// Whether the GEMM reads block panels in place (default) or packs them per call as it packs
+// rows (DSMOE_GEMM_PACK_PANELS=1: the comparison's baseline).
+bool PanelsInPlace() {
+  static const bool in_place = [] {
+    const char* v = std::getenv("DSMOE_GEMM_PACK_PANELS");
+    return v == nullptr || std::string(v) != "1";
+  }();
+  return in_place;
+}
+
 template <class Block>
 void RunRange(const QuantMatrix& w, const QuantizedActivations& acts, int64_t M, float* out,
               int64_t panel_begin, int64_t panel_end, int64_t tile_begin, int64_t tile_end) {
   const int64_t N = w.rows, nb = w.cols / kQuantBlock;
+  constexpr bool kQ8 = sizeof(Block::q) == kQuantBlock;
   constexpr int64_t kPanelStride = kKBlocks * kPanelBlockBytes;
-  uint8_t* panels = PanelBuffer(kMaxPanels * kPanelStride);
+  static constexpr MicroKernelTable kPacked = MicroKernels<WeightSource::kPacked>();
+  static constexpr MicroKernelTable kInPlace =
+      MicroKernels < kQ8 ? WeightSource::kPanelsQ8 : WeightSource::kPanelsQ4 > ();
+  const bool in_place = w.panels && PanelsInPlace();
+  const MicroKernelTable& kernels = in_place ? kInPlace : kPacked;
+  uint8_t* panels = in_place ? nullptr : PanelBuffer(kMaxPanels * kPanelStride);
   const auto* q = reinterpret_cast<const int8_t*>(acts.q.data());
   auto run = [&](int64_t p0, int64_t b0) {
     const int64_t count = std::min<int64_t>(kMaxPanels, panel_end - p0);
     const int64_t blocks = std::min(kKBlocks, nb - b0);
-    TileArgs args{panels, kPanelStride, nullptr, nullptr, nullptr, blocks, b0 > 0, nullptr, N, {}};
+    TileArgs args{panels, kPanelStride, 0,       nullptr, nullptr, nullptr,
+                  blocks, b0 > 0,       nullptr, N,       {}};
+    if (in_place) {
+      args.panel = w.panel(p0);
+      args.panel_stride = block_panel_bytes(w.format, w.cols);
+      args.first_block = b0;
+    }
     for (int64_t i = 0; i < count; i++) {
-      PackPanel<Block>(w, p0 + i, b0, b0 + blocks, panels + i * kPanelStride);
+      if (!in_place) PackPanel<Block>(w, p0 + i, b0, b0 + blocks, panels + i * kPanelStride);
       const int64_t columns = std::min(kPanelRows, N - (p0 + i) * kPanelRows);
       args.columns[i] = static_cast<__mmask16>((1u << columns) - 1);
     }
@@ -459,7 +388,7 @@ void RunRange(const QuantMatrix& w, const QuantizedActivations& acts, int64_t M,
       args.scale = acts.scale.data() + slot;
       args.correction = acts.correction.data() + slot;
       args.out = out + t * kRowTile * N + p0 * kPanelRows;
-      kMicroKernels[count - 1][rows - 1](args);
+      kernels[count - 1][rows - 1](args);
     }
   };
   const int64_t runs = (nb + kKBlocks - 1) / kKBlocks;
@@ -477,42 +406,107 @@ void RunRange(const QuantMatrix& w, const QuantizedActivations& acts, int64_t M,
   }
 }
 
-template <class Block>
-void GemmBlocks(float* out, const float* x, int64_t M, const QuantMatrix& w, int32_t zero_point) {
-  const int64_t N = w.rows, K = w.cols, nb = K / kQuantBlock;
-  const int64_t panels = (N + kPanelRows - 1) / kPanelRows;
-  const int64_t tiles = (M + kRowTile - 1) / kRowTile;
-  thread_local QuantizedActivations caller_acts;  // the calling thread's; shared with the team
-  QuantizedActivations& acts = caller_acts;
-  acts.reserve_slots(tiles * nb * kRowTile);
-#pragma omp parallel if (M * N * K >= kMinParallelWork)
-  {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; m++) QuantizeRow(x + m * K, m, nb, zero_point, acts);
-    // (the implicit barrier of the loop: all rows are quantized before any tile runs)
-    // A grid of threads: panel groups first, tile groups only when panels run short.
-    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-    const int64_t panel_groups = std::min(threads, panels);
-    const int64_t tile_groups = std::min(threads / panel_groups, tiles);
-    if (thread < panel_groups * tile_groups) {
-      const int64_t pg = thread % panel_groups, tg = thread / panel_groups;
-      RunRange<Block>(w, acts, M, out, panels * pg / panel_groups, panels * (pg + 1) / panel_groups,
-                      tiles * tg / tile_groups, tiles * (tg + 1) / tile_groups);
-    }
+// A group of products (gemm_quant_group): the jobs' rows quantized once per distinct input, then
+// chunks of (job, panels, tiles) claimed by the threads as they come, all in one parallel region
+// (prefill's MoE layer: the gate and up products of every expert, then their down products, each
+// group waking the threads once instead of once per product). Each output element is computed by
+// the same instructions whatever the chunks and the thread count.
+struct GemmChunk {
+  int64_t job, panel_begin, panel_end, tile_begin, tile_end;
+};
+
+int32_t ZeroPoint(const QuantMatrix& w) { return w.format == WeightFormat::kQ8_0 ? 128 : 8; }
+
+// Chunks per thread for the whole group: enough for the threads to even out at the end.
+constexpr int64_t kChunksPerThread = 8;
+
+// The chunks of the group, in job order: each job's panels (pairs kept whole) cut so that a
+// chunk costs about `target` multiply-adds, its tiles too where the panels run short.
+void MakeChunks(const QuantJob* jobs, int64_t n_jobs, int64_t target,
+                std::vector<GemmChunk>& chunks) {
+  chunks.clear();
+  for (int64_t j = 0; j < n_jobs; j++) {
+    const QuantJob& job = jobs[j];
+    if (job.M <= 0 || job.w->rows <= 0) continue;
+    const int64_t panels = (job.w->rows + kPanelRows - 1) / kPanelRows;
+    const int64_t tiles = (job.M + kRowTile - 1) / kRowTile;
+    const int64_t cost = job.M * job.w->rows * job.w->cols;
+    const int64_t wanted = std::max<int64_t>(1, (cost + target - 1) / target);
+    const int64_t pairs = (panels + kMaxPanels - 1) / kMaxPanels;
+    const int64_t panel_parts = std::min(pairs, wanted);
+    const int64_t tile_parts = std::min(tiles, (wanted + panel_parts - 1) / panel_parts);
+    for (int64_t pp = 0; pp < panel_parts; pp++)
+      for (int64_t tp = 0; tp < tile_parts; tp++)
+        chunks.push_back({j, std::min(panels, pairs * pp / panel_parts * kMaxPanels),
+                          std::min(panels, pairs * (pp + 1) / panel_parts * kMaxPanels),
+                          tiles * tp / tile_parts, tiles * (tp + 1) / tile_parts});
   }
 }
 
-bool GemmQuantVNNI(float* out, const float* x, int64_t M, const QuantMatrix& w) {
-  if (w.format == WeightFormat::kQ8_0)
-    GemmBlocks<BlockQ8_0>(out, x, M, w, 128);
-  else
-    GemmBlocks<BlockQ4_0>(out, x, M, w, 8);
+bool GemmQuantGroupVNNI(const QuantJob* jobs, int64_t n_jobs) {
+  // The calling thread's, shared with the team through the references (grown only).
+  thread_local std::vector<QuantizedActivations> caller_sets;
+  thread_local std::vector<int64_t> caller_set_of, caller_set_job, caller_row_begin;
+  thread_local std::vector<GemmChunk> caller_chunks;
+  std::vector<QuantizedActivations>& sets = caller_sets;
+  std::vector<int64_t>& set_of = caller_set_of;        // per job: its activations
+  std::vector<int64_t>& set_job = caller_set_job;      // per set: the first job that reads it
+  std::vector<int64_t>& row_begin = caller_row_begin;  // per set: its first row of all sets'
+  std::vector<GemmChunk>& chunks = caller_chunks;
+  set_of.assign(static_cast<size_t>(n_jobs), -1);
+  set_job.clear();
+  row_begin.assign(1, 0);
+  int64_t work = 0;
+  for (int64_t j = 0; j < n_jobs; j++) {
+    const QuantJob& job = jobs[j];
+    if (job.M <= 0 || job.w->rows <= 0) continue;
+    work += job.M * job.w->rows * job.w->cols;
+    for (int64_t i = 0; i < j && set_of[j] < 0; i++)
+      if (set_of[i] >= 0 && jobs[i].inp == job.inp && jobs[i].M == job.M &&
+          jobs[i].w->cols == job.w->cols && ZeroPoint(*jobs[i].w) == ZeroPoint(*job.w))
+        set_of[j] = set_of[i];
+    if (set_of[j] >= 0) continue;
+    set_of[j] = static_cast<int64_t>(set_job.size());
+    set_job.push_back(j);
+    row_begin.push_back(row_begin.back() + job.M);
+    if (sets.size() < set_job.size()) sets.resize(set_job.size());
+    const int64_t tiles = (job.M + kRowTile - 1) / kRowTile;
+    sets[set_of[j]].reserve_slots(tiles * (job.w->cols / kQuantBlock) * kRowTile);
+  }
+  const int64_t n_sets = static_cast<int64_t>(set_job.size()), n_rows = row_begin.back();
+  const int64_t n_threads = omp_get_max_threads();
+  MakeChunks(jobs, n_jobs, std::max<int64_t>(1, work / (n_threads * kChunksPerThread)), chunks);
+  const auto n_chunks = static_cast<int64_t>(chunks.size());
+  std::atomic<int64_t> next_chunk{0};
+#pragma omp parallel if (work >= kMinParallelWork)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < n_rows; r++) {
+      const int64_t s = std::upper_bound(row_begin.begin(), row_begin.begin() + n_sets, r) -
+                        row_begin.begin() - 1;
+      const QuantJob& job = jobs[set_job[s]];
+      const int64_t m = r - row_begin[s], K = job.w->cols;
+      QuantizeRow(job.inp + m * K, m, K / kQuantBlock, ZeroPoint(*job.w), sets[s]);
+    }
+    // (the implicit barrier of the loop: all rows are quantized before any chunk runs)
+    for (int64_t c = next_chunk.fetch_add(1); c < n_chunks; c = next_chunk.fetch_add(1)) {
+      const GemmChunk& chunk = chunks[c];
+      const QuantJob& job = jobs[chunk.job];
+      const QuantizedActivations& acts = sets[set_of[chunk.job]];
+      if (job.w->format == WeightFormat::kQ8_0)
+        RunRange<BlockQ8_0>(*job.w, acts, job.M, job.out, chunk.panel_begin, chunk.panel_end,
+                            chunk.tile_begin, chunk.tile_end);
+      else
+        RunRange<BlockQ4_0>(*job.w, acts, job.M, job.out, chunk.panel_begin, chunk.panel_end,
+                            chunk.tile_begin, chunk.tile_end);
+    }
+  }
   return true;
 }
 
 #else  // HWY_TARGET != HWY_AVX3_DL
 
-bool GemmQuantVNNI(float*, const float*, int64_t, const QuantMatrix&) { return false; }
+bool GemmQuantGroupVNNI(const QuantJob*, int64_t) { return false; }
 
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
@@ -528,7 +522,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace dsmoe::cpu {
 
-HWY_EXPORT(GemmQuantVNNI);
+HWY_EXPORT(GemmQuantGroupVNNI);
 HWY_EXPORT(NativeTarget);
 namespace {
 // DSMOE_MAX_ISA holds before the first dispatch (kernels/cpu/isa_dispatch.h).
@@ -538,8 +532,17 @@ namespace {
 bool gemm_quant_native() { return HWY_DYNAMIC_DISPATCH(NativeTarget)(); }
 
 void gemm_quant(float* out, const float* x, int64_t M, const QuantMatrix& w) {
-  if (M <= 0 || w.rows <= 0) return;
-  if (!HWY_DYNAMIC_DISPATCH(GemmQuantVNNI)(out, x, M, w)) quant_linear_forward_rows(out, x, w, M);
+  const QuantJob job{out, x, &w, M};
+  gemm_quant_group(&job, 1);
+}
+
+void gemm_quant_group(const QuantJob* jobs, int64_t n_jobs) {
+  for (int64_t j = 0; j < n_jobs; j++)
+    DSMOE_ASSERT(jobs[j].w->format == WeightFormat::kQ8_0 ||
+                 jobs[j].w->format == WeightFormat::kQ4_0);
+  if (HWY_DYNAMIC_DISPATCH(GemmQuantGroupVNNI)(jobs, n_jobs)) return;
+  for (int64_t j = 0; j < n_jobs; j++)
+    quant_linear_forward_rows(jobs[j].out, jobs[j].inp, *jobs[j].w, jobs[j].M);
 }
 
 }  // namespace dsmoe::cpu

@@ -1,10 +1,12 @@
 // gemm_quant.h (cpu): matrix products of float32 activations (M > 1 rows, prefill) with Q8_0 /
 // Q4_0 weights on AVX-512 VNNI, in the layout of oneDNN's int8 GEMMs (weight panels packed per
-// call, activations quantized to Q8_0 once). Same results as cpu::quant_linear_forward up to the
-// order of float32 sums; tests in tests/test_gemm_quant.cpp. No SIMD types here.
+// call or read in place, activations quantized to Q8_0 once). Same results as
+// cpu::quant_linear_forward up to the order of float32 sums; tests in tests/test_gemm_quant.cpp. No
+// SIMD types here.
 #pragma once
 #include <cstdint>
 
+#include "kernels/cpu/quant_ops.h"
 #include "kernels/quant.h"
 
 namespace dsmoe::cpu {
@@ -19,5 +21,11 @@ bool gemm_quant_native();
 // (OpenMP) over N panels and M blocks, never over K, so results do not depend on the thread
 // count. Without VNNI it calls quant_linear_forward.
 void gemm_quant(float* out, const float* x, int64_t M, const QuantMatrix& w);
+
+// gemm_quant for every job of a group (Q8_0 / Q4_0 weights, M >= 1), in one parallel region:
+// each distinct input (pointer, M, K, zero point) quantized once, then chunks of the jobs' panels
+// claimed by the threads as they come (prefill's MoE layer: the gate and up products of all
+// experts, then their down products). Results bit for bit those of gemm_quant per job.
+void gemm_quant_group(const QuantJob* jobs, int64_t n_jobs);
 
 }  // namespace dsmoe::cpu

@@ -581,6 +581,9 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
   // Each job's share of the whole group's cost (bytes of weight rows read, times M).
   std::vector<int64_t>& cost_begin = cost_begin_kept;
   std::vector<int64_t>& row_cost = row_cost_kept;
+  thread_local std::vector<QuantJob> gemm_jobs_kept;  // Q8_0 / Q4_0 jobs for gemm_quant_group
+  std::vector<QuantJob>& gemm_jobs = gemm_jobs_kept;
+  gemm_jobs.clear();
   acts.assign(static_cast<size_t>(n_jobs), PreparedActs{});
   cost_begin.resize(static_cast<size_t>(n_jobs));
   row_cost.resize(static_cast<size_t>(n_jobs));
@@ -591,8 +594,11 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     cost_begin[j] = total_cost;
     row_cost[j] = 0;
     if (job.M == 0) continue;
-    if (use_gemm(*job.w, job.M) && !row_kernels()) {  // a GEMM of its own (parallel inside)
-      quant_linear_forward(job.out, job.inp, *job.w, job.M);
+    if (use_gemm(*job.w, job.M) && !row_kernels()) {  // GEMMs: parallel inside
+      if (job.w->format == WeightFormat::kQ8_0 || job.w->format == WeightFormat::kQ4_0)
+        gemm_jobs.push_back(job);  // (all of them together, below)
+      else
+        quant_linear_forward(job.out, job.inp, *job.w, job.M);
       continue;
     }
     int64_t same = -1;
@@ -610,6 +616,8 @@ void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs) {
     total_cost += row_cost[j] * job.w->rows;
     work += job.M * job.w->rows * job.w->cols;
   }
+  if (!gemm_jobs.empty())
+    gemm_quant_group(gemm_jobs.data(), static_cast<int64_t>(gemm_jobs.size()));
   // All jobs' rows as one range of cost cut into chunks (a row goes to the chunk that holds its
   // start), claimed as the threads come: one parallel region for the whole group.
   const int64_t n_threads = omp_get_max_threads();

@@ -57,7 +57,8 @@ struct QuantJob {
 // jobs with the same input (pointer, M,
 // K, format family) share its rounding. For decode, where each product is a matrix-vector
 // product too small to amortize waking the threads: the MoE experts' gate and up projections,
-// then their down projections.
+// then their down projections. Jobs that take the Q8_0 / Q4_0 GEMM (prefill's experts) run
+// together in cpu::gemm_quant_group, the others' GEMMs one by one.
 void quant_linear_forward_group(const QuantJob* jobs, int64_t n_jobs);
 
 // Highway target bits (HWY_AVX3_DL, HWY_AVX2, ...): those the quant kernels were compiled for,
