@@ -57,12 +57,13 @@ TEST(AbsorbedCompact, DerivedForCompactFormatsOnly) {
 }
 
 // Decoding through the cache (absorbed, compact halves) against recomputing the whole sequence
-// (naive MLA, float32 kv_b_proj) with the same compact model: the gap is the rounding of the
-// halves, since with float32 halves the two agree to 1e-4 (test_golden.cpp). Measured here as
-// max |diff| / max |logit|: bf16 (2^-9 relative per weight) ~0.2%; Q8_0, which also rounds the
-// per-head activations q_nope and o_latent to 8 bits per 32-block, 1-2.3% (Q4_0 models use Q8_0
-// halves: with 4-bit halves it was 5-10%); fp8 (e4m3: up to 2^-4 relative per weight, its own
-// 128 x 128 block scales per half) 3.0%. Bounds: 0.5% and 4%.
+// (naive MLA) with the same compact model: the gap is the rounding of the halves (and, in Q8_0
+// and Q4_0 models, of the recompute's Q8_0 kv_b_proj: PrefillExpandsWithQ8_0KvB), since with
+// float32 halves the two agree to 1e-4 (test_golden.cpp). Measured here as max |diff| / max
+// |logit|: bf16 (2^-9 relative per weight) ~0.2%; Q8_0, which also rounds the per-head
+// activations q_nope and o_latent to 8 bits per 32-block, 0.9-2.2% (Q4_0 models use Q8_0
+// halves: 0.9-2.8%; with 4-bit halves it was 5-10%); fp8 (e4m3: up to 2^-4 relative per weight, its
+// own 128 x 128 block scales per half) 3.0%. Bounds: 0.5% and 4%.
 TEST(AbsorbedCompact, CachedDecodeFollowsRecompute) {
   const ModelConfig c = wide_mla_config();
   const std::vector<int64_t> ids = random_ids(12, c.vocab_size, 5);
@@ -81,6 +82,38 @@ TEST(AbsorbedCompact, CachedDecodeFollowsRecompute) {
       EXPECT_LT(relative_max_diff(logits.data, full.data + t * c.vocab_size, c.vocab_size), bound)
           << weight_format_name(format) << " position " << t;
     }
+  }
+}
+
+// Prefill (naive MLA) of Q8_0 and Q4_0 models expands the latent rows with kv_b_proj in Q8_0
+// (AttentionWeights::kv_b_compact): against the same model expanding with the float32
+// kv_b_proj, the logits move by the rounding of the expansion's weights and latents to 8 bits
+// per 32-block, measured here as max |diff| / max |logit| at 1.6% (Q4_0) and 1.9% (Q8_0): the
+// size of the Q8_0 halves' effect on decode above (a 32-wide latent is one block). Bound: 4%, as
+// above. bf16 and fp8 models keep the float32 expansion.
+TEST(AbsorbedCompact, PrefillExpandsWithQ8_0KvB) {
+  const ModelConfig c = wide_mla_config();
+  const std::vector<int64_t> ids = random_ids(12, c.vocab_size, 5);
+  const auto n = static_cast<int64_t>(ids.size());
+  for (WeightFormat format :
+       {WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0, WeightFormat::kFP8}) {
+    Model m(c, random_weights(c, 4));
+    m.quantize(format);
+    const AttentionWeights& a = m.weights().layers[0].attn;
+    if (format == WeightFormat::kBF16 || format == WeightFormat::kFP8) {
+      EXPECT_EQ(a.kv_b_compact, nullptr) << weight_format_name(format);
+      continue;
+    }
+    ASSERT_NE(a.kv_b_compact, nullptr);
+    EXPECT_EQ(a.kv_b_compact->format, WeightFormat::kQ8_0);
+    EXPECT_EQ(a.kv_b_compact->rows, a.kv_b_proj.shape[0]);
+    EXPECT_EQ(a.kv_b_compact->cols, c.kv_lora_rank);
+    const Tensor compact = m.forward(ids.data(), 1, n);
+    for (LayerWeights& layer : m.mutable_weights().layers) layer.attn.kv_b_compact.reset();
+    const Tensor f32 = m.forward(ids.data(), 1, n);
+    const double diff = relative_max_diff(compact.data, f32.data, n * c.vocab_size);
+    EXPECT_GT(diff, 0.0) << weight_format_name(format);  // (the Q8_0 expansion did run)
+    EXPECT_LT(diff, 0.04) << weight_format_name(format);
   }
 }
 

@@ -275,6 +275,36 @@ TEST_P(GemmQuantFormats, NonFiniteActivationBlocksGiveNaN) {
   }
 }
 
+// quantize_blocks_q8_0_native (decode's activation rounding) gives quantize_block_q8_0's bytes
+// and scales for every kind of block: random, all zero, tiny (scale below the f16 normals),
+// huge (scale beyond f16), with a NaN or an infinity, and 1..40 blocks (the 16-block groups'
+// tails).
+TEST(QuantizeBlocksNative, MatchesQuantizeBlockQ8_0BitForBit) {
+  if (!cpu::gemm_quant_native()) GTEST_SKIP() << "no AVX-512 VNNI";
+  std::mt19937 rng(11);
+  for (int64_t nb = 1; nb <= 40; nb++) {
+    std::vector<float> x = random_vector(rng, static_cast<size_t>(nb * kQuantBlock), -3.0f, 3.0f);
+    auto block = [&](int64_t b) { return x.data() + (b % nb) * kQuantBlock; };
+    std::fill_n(block(1), kQuantBlock, 0.0f);
+    for (int64_t i = 0; i < kQuantBlock; i++) block(2)[i] *= 1e-9f;
+    for (int64_t i = 0; i < kQuantBlock; i++) block(3)[i] *= 1e38f;
+    block(4)[7] = std::numeric_limits<float>::quiet_NaN();
+    block(5)[31] = -std::numeric_limits<float>::infinity();
+    block(6)[0] = 65504.0f * 127.0f;  // the scale on the edge of f16
+    std::vector<BlockQ8_0> want(nb), got(nb);
+    std::vector<float> got_scale(nb);
+    ASSERT_TRUE(cpu::quantize_blocks_q8_0_native(x.data(), nb, got.data(), got_scale.data()));
+    for (int64_t b = 0; b < nb; b++) {
+      const bool ok = quantize_block_q8_0(x.data() + b * kQuantBlock, &want[b]);
+      EXPECT_EQ(std::memcmp(&want[b], &got[b], sizeof(BlockQ8_0)), 0) << "nb " << nb << " b " << b;
+      if (ok)
+        EXPECT_EQ(got_scale[b], f16_to_f32(want[b].scale_f16)) << "nb " << nb << " b " << b;
+      else
+        EXPECT_TRUE(std::isnan(got_scale[b])) << "nb " << nb << " b " << b;
+    }
+  }
+}
+
 TEST_P(GemmQuantFormats, OneAndTwoThreadsAgreeBitwise) {
   std::mt19937 rng(3);
   // Many panels (split between threads), one panel (the rows split), and a ragged mix.

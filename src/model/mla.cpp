@@ -6,23 +6,41 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_ops.h"
 #include "model/attention_impl.h"
+#include "util/profile.h"
 
 namespace dsmoe {
 namespace {
 
-// q [N, heads, qk] from x, with RoPE on the rope part of each head.
-void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x,
-                 const AttentionContext& ctx, const std::vector<AttentionSegment>& segments,
-                 AttentionActs& a) {
-  const int64_t N = ctx.n_seqs * ctx.n_tokens, H = c.hidden_size;
-  const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim();
+// The two products of x that open the layer: a.q (q_lora_rank 0) or a.q_latent, and a.rows_raw
+// (kv_a_proj_with_mqa). With quantized weights (inference) as one group, so that a decoded token
+// rounds x once and wakes the threads once for both; the same bits as two products.
+void mla_input_products(const ModelConfig& c, const AttentionWeights& w, const float* x, int64_t N,
+                        AttentionActs& a) {
+  const int64_t H = c.hidden_size, n_heads = c.num_attention_heads, qk = c.qk_head_dim();
+  const bool low_rank_q = c.q_lora_rank != 0;
+  const Tensor& q_weight = low_rank_q ? w.q_a_proj : w.q_proj;
+  const int64_t q_width = low_rank_q ? c.q_lora_rank : n_heads * qk;
+  std::vector<float>& q_out = low_rank_q ? a.q_latent : a.q;
+  q_out.resize(N * q_width);
   a.q.resize(N * n_heads * qk);
-  if (c.q_lora_rank == 0) {
-    cpu::linear(a.q.data(), x, w.q_proj, N, H, n_heads * qk);
-  } else {
-    a.q_latent.resize(N * c.q_lora_rank);
+  a.rows_raw.resize(N * c.kv_cache_row());
+  if (q_weight.quant != nullptr && w.kv_a_proj_with_mqa.quant != nullptr) {
+    const cpu::QuantJob jobs[2] = {{q_out.data(), x, q_weight.quant.get(), N},
+                                   {a.rows_raw.data(), x, w.kv_a_proj_with_mqa.quant.get(), N}};
+    cpu::quant_linear_forward_group(jobs, 2);
+    return;
+  }
+  cpu::linear(q_out.data(), x, q_weight, N, H, q_width);
+  cpu::linear(a.rows_raw.data(), x, w.kv_a_proj_with_mqa, N, H, c.kv_cache_row());
+}
+
+// q [N, heads, qk] from mla_input_products, with RoPE on the rope part of each head.
+void mla_queries(const ModelConfig& c, const AttentionWeights& w, const AttentionContext& ctx,
+                 const std::vector<AttentionSegment>& segments, AttentionActs& a) {
+  const int64_t N = ctx.n_seqs * ctx.n_tokens;
+  const int64_t n_heads = c.num_attention_heads, qk = c.qk_head_dim();
+  if (c.q_lora_rank != 0) {
     a.q_latent_normed.resize(N * c.q_lora_rank);
-    cpu::linear(a.q_latent.data(), x, w.q_a_proj, N, H, c.q_lora_rank);
     cpu::rmsnorm_forward(a.q_latent_normed.data(), a.q_latent.data(), w.q_a_layernorm.data, N,
                          c.q_lora_rank, c.rms_norm_eps);
     cpu::linear(a.q.data(), a.q_latent_normed.data(), w.q_b_proj, N, c.q_lora_rank, n_heads * qk);
@@ -35,14 +53,11 @@ void mla_queries(const ModelConfig& c, const AttentionWeights& w, const float* x
   }
 }
 
-// rows [N, kv_lora_rank + rope] = [kv_a_layernorm(c_kv) | RoPE(k_rope)].
-void mla_latents(const ModelConfig& c, const AttentionWeights& w, const float* x,
-                 const AttentionContext& ctx, const std::vector<AttentionSegment>& segments,
-                 AttentionActs& a) {
+// rows [N, kv_lora_rank + rope] = [kv_a_layernorm(c_kv) | RoPE(k_rope)] from rows_raw.
+void mla_latents(const ModelConfig& c, const AttentionWeights& w, const AttentionContext& ctx,
+                 const std::vector<AttentionSegment>& segments, AttentionActs& a) {
   const int64_t N = ctx.n_seqs * ctx.n_tokens, row = c.kv_cache_row();
-  a.rows_raw.resize(N * row);
   a.rows.resize(N * row);
-  cpu::linear(a.rows_raw.data(), x, w.kv_a_proj_with_mqa, N, c.hidden_size, row);
   for (int64_t t = 0; t < N; t++) {
     cpu::rmsnorm_forward(a.rows.data() + t * row, a.rows_raw.data() + t * row,
                          w.kv_a_layernorm.data, 1, c.kv_lora_rank, c.rms_norm_eps);
@@ -75,8 +90,16 @@ void attend_naive(const ModelConfig& c, const AttentionWeights& w, const float* 
   // The cached latents as one product, as a forward of this sequence alone expands them (also
   // inside a batched decode: see cpu::set_row_kernels).
   const cpu::RowKernelsScope whole_product(false);
-  cpu::gemm(false, true, n_kv, kv_width, c.kv_lora_rank, 1.0f, rows, row, w.kv_b_proj.data,
-            c.kv_lora_rank, 0.0f, kv, kv_width);
+  if (w.kv_b_compact != nullptr) {  // compact weights: the format's GEMM on the latents
+    std::vector<float> latents(n_kv * c.kv_lora_rank);
+    for (int64_t s = 0; s < n_kv; s++)
+      std::copy(rows + s * row, rows + s * row + c.kv_lora_rank,
+                latents.data() + s * c.kv_lora_rank);
+    cpu::quant_linear_forward(kv, latents.data(), *w.kv_b_compact, n_kv);
+  } else {
+    cpu::gemm(false, true, n_kv, kv_width, c.kv_lora_rank, 1.0f, rows, row, w.kv_b_proj.data,
+              c.kv_lora_rank, 0.0f, kv, kv_width);
+  }
   for (int64_t s = 0; s < n_kv; s++)
     for (int64_t h = 0; h < n_heads; h++) {
       float* key = keys + (s * n_heads + h) * qk;
@@ -123,15 +146,22 @@ void attend_absorbed_rows(const ModelConfig& c, const AttentionWeights& w,
       jobs.push_back({dst, q, w.absorbed_uk_t[h].get(), 1});
       std::copy(q + nope, q + qk, dst + rank);
     }
-  cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
-  for (int64_t r = 0; r < R; r++)
-    attend_latent(c, q_latent.data() + r * n_heads * row, items[r].rows, 1, items[r].n_kv,
-                  o_latent.data() + r * n_heads * rank);
+  {
+    ProfileScope timer(ProfileOp::kAbsorbedProducts);
+    cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
+  }
+  {
+    ProfileScope timer(ProfileOp::kLatentAttention);
+    for (int64_t r = 0; r < R; r++)
+      attend_latent(c, q_latent.data() + r * n_heads * row, items[r].rows, 1, items[r].n_kv,
+                    o_latent.data() + r * n_heads * rank);
+  }
   jobs.clear();
   for (int64_t r = 0; r < R; r++)
     for (int64_t h = 0; h < n_heads; h++)
       jobs.push_back({items[r].heads + h * dv, o_latent.data() + (r * n_heads + h) * rank,
                       w.absorbed_uv[h].get(), 1});
+  ProfileScope timer(ProfileOp::kAbsorbedProducts);
   cpu::quant_linear_forward_group(jobs.data(), static_cast<int64_t>(jobs.size()));
 }
 
@@ -177,8 +207,9 @@ void mla_forward(const ModelConfig& c, const AttentionWeights& w, const float* x
   const int64_t qk = c.qk_head_dim(), row = c.kv_cache_row(), dv = c.v_head_dim;
   const int64_t kv_width = n_heads * (c.qk_nope_head_dim + dv);
   const std::vector<AttentionSegment> segments = attention_segments(ctx);
-  mla_queries(c, w, x, ctx, segments, a);
-  mla_latents(c, w, x, ctx, segments, a);
+  mla_input_products(c, w, x, N, a);
+  mla_queries(c, w, ctx, segments, a);
+  mla_latents(c, w, ctx, segments, a);
   auto absorbed = [&](const AttentionSegment& seg) {
     return ctx.mla_mode == MlaMode::kAbsorbed ||
            (ctx.mla_mode == MlaMode::kAuto && seg.cache != nullptr && seg.n_past > 0);

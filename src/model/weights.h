@@ -39,8 +39,12 @@ struct AttentionWeights {
   // Inference with compact weights only (derive_absorbed_weights, model/quantize.h): kv_b_proj's
   // two halves per head for the absorbed decode, in the weight format: W_UK[h]^T
   // [kv_lora_rank, qk_nope_head_dim] and W_UV[h] [v_head_dim, kv_lora_rank]. Not checkpoint
-  // tensors (for_each_tensor does not visit them); kv_b_proj stays float32 for prefill.
+  // tensors (for_each_tensor does not visit them); kv_b_proj stays float32 (multi-token absorbed
+  // attention, training).
   std::vector<std::shared_ptr<const QuantMatrix>> absorbed_uk_t, absorbed_uv;
+  // kv_b_proj in the same format, for the naive prefill's expansion of the latent rows into keys
+  // and values (one quantized GEMM instead of a float32 one); null where there are no halves.
+  std::shared_ptr<const QuantMatrix> kv_b_compact;
 };
 
 class ExpertParallel;  // model/expert_parallel.h

@@ -18,16 +18,18 @@ enum class ProfileOp : int {
   kDenseMlp,    // a dense layer's MLP
   kNormResidual,  // the layers' RMSNorms and residual adds
   // nested: parts of the kinds above
-  kActQuant,      // rounding activations for the weight format, once per product or group
-  kParallelWait,  // quantized products: a parallel region's wall time beyond the work of its
-                  // first thread (waking the team, waiting for the slowest thread at the join)
+  kActQuant,          // rounding activations for the weight format, once per product or group
+  kParallelWait,      // quantized products: a parallel region's wall time beyond the work of its
+                      // first thread (waking the team, waiting for the slowest thread at the join)
+  kLatentAttention,   // MLA's absorbed decode: attention over the cached latent rows
+  kAbsorbedProducts,  // MLA's absorbed decode: the per-head products with W_UK and W_UV
   kCount
 };
 constexpr int kProfileOps = static_cast<int>(ProfileOp::kCount);
 constexpr int kProfileTopLevelOps = static_cast<int>(ProfileOp::kActQuant);
 inline constexpr const char* kProfileOpNames[kProfileOps] = {
-    "attention", "router",        "experts",   "moe_combine",
-    "dense_mlp", "norm_residual", "act_quant", "parallel_wait"};
+    "attention",     "router",    "experts",       "moe_combine",      "dense_mlp",
+    "norm_residual", "act_quant", "parallel_wait", "latent_attention", "absorbed_products"};
 
 // Nanoseconds and calls per kind since the last profile_reset().
 struct ProfileTotals {

@@ -14,6 +14,11 @@ namespace dsmoe::cpu {
 // True when the VNNI kernels run on this CPU (Highway's AVX3_DL target: AVX-512 with VNNI).
 bool gemm_quant_native();
 
+// quantize_block_q8_0 (kernels/quant.h) of the nb blocks at x into y, bit for bit, vectorized
+// (the VNNI target only: false, nothing written, on other CPUs); scale[b] is block b's scale as
+// float, NaN where the block failed (then y[b] is zero, as quantize_block_q8_0 leaves it).
+bool quantize_blocks_q8_0_native(const float* x, int64_t nb, BlockQ8_0* y, float* scale);
+
 // out[M, w.rows] = x[M, w.cols] . w^T for w in Q8_0 or Q4_0 (an Error-free kernel: the caller
 // guarantees the format); the semantics of quant_linear_forward: each activation row is quantized
 // to Q8_0 blocks (a block that cannot be quantized gets a NaN scale), each block's 32 products

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/cpu/gemm_quant.h"
 #include "tensor/dtype.h"
 
 namespace dsmoe::cpu {
@@ -78,10 +79,11 @@ PreparedActs prepare_acts(const float* inp, int64_t M, int64_t K, WeightFormat f
     const int64_t n_blocks = M * (K / kQuantBlock);
     buf.q8.resize(static_cast<size_t>(n_blocks));
     buf.q8_scale.resize(static_cast<size_t>(n_blocks));
-    for (int64_t i = 0; i < n_blocks; i++)
-      buf.q8_scale[i] = quantize_block_q8_0(inp + i * kQuantBlock, &buf.q8[i])
-                            ? f16_to_f32(buf.q8[i].scale_f16)
-                            : std::numeric_limits<float>::quiet_NaN();
+    if (!quantize_blocks_q8_0_native(inp, n_blocks, buf.q8.data(), buf.q8_scale.data()))
+      for (int64_t i = 0; i < n_blocks; i++)
+        buf.q8_scale[i] = quantize_block_q8_0(inp + i * kQuantBlock, &buf.q8[i])
+                              ? f16_to_f32(buf.q8[i].scale_f16)
+                              : std::numeric_limits<float>::quiet_NaN();
     acts.q8 = buf.q8.data();
     acts.q8_scale = buf.q8_scale.data();
     const int64_t nb = K / kQuantBlock, groups_per_row = (nb + 3) / 4;
